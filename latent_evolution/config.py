@@ -1,0 +1,291 @@
+"""Typed configuration: the schema behind every group in `conf/`, and its validation.
+
+Each dataclass is registered in Hydra's ConfigStore, so the YAML files in `conf/`
+merge into typed nodes: a misspelled key or a wrong type fails at composition,
+naming the full key. `validate()` adds the range and choice checks a type cannot
+express, and runs before anything expensive (data generation, compilation,
+submission).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+PRECISIONS = ("fp32", "tf32", "bf16")
+DATA_SOURCES = ("embedded", "simulation")
+DATA_COLUMNS = ("VOLTAGE", "CALCIUM", "FLUORESCENCE")
+
+
+class ConfigError(ValueError):
+    """A config value outside what is allowed; the message is one line naming the key."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r}: {allowed}")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class MLPConfig:
+    hidden_dims: int = 256
+    num_hidden_layers: int = 3
+    l1_reg_loss: float = 0.0  # weight of sum over parameter tensors of mean(|p|)
+
+
+@dataclass
+class StimulusEncoderConfig:
+    hidden_dims: int = 64
+    num_hidden_layers: int = 3
+    output_dims: int = 64
+
+
+@dataclass
+class ModelConfig:
+    latent_dims: int = 256
+    activation: str = "relu"
+    use_batch_norm: bool = False
+    use_stimulus: bool = True
+    encoder: MLPConfig = field(default_factory=MLPConfig)
+    decoder: MLPConfig = field(default_factory=MLPConfig)
+    evolver: MLPConfig = field(default_factory=MLPConfig)
+    stimulus_encoder: StimulusEncoderConfig = field(default_factory=StimulusEncoderConfig)
+
+
+# ------------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0  # 0 disables clipping
+    seed: int = 42
+    time_units: int = 1  # frames predicted ahead (one frame = 20 ms)
+    evolve_multiple_steps: bool = False  # loss on every intermediate frame, not only the last
+    data_passes_per_epoch: int = 1
+    val_every: int = 5  # epochs between validations; the last epoch always validates
+    eval_batch_size: int = 4096  # frames per chunk when evaluating a whole split
+    log_every: int = 10  # epochs between plain log lines when not on a terminal
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class SplitsConfig:
+    """Frame windows [start, stop) of each split."""
+
+    train: list[int] = field(default_factory=lambda: [500, 8000])
+    val: list[int] = field(default_factory=lambda: [8500, 10000])
+    test: list[int] = field(default_factory=lambda: [10500, 12000])
+
+
+@dataclass
+class EmbeddedConfig:
+    """Parameters of the built-in flyvis-like simulation (used when source=embedded)."""
+
+    n_neurons: int = 1024
+    n_frames: int = 12000
+    n_cell_types: int = 16
+    seed: int = 0
+    dt: float = 0.02  # seconds per frame
+
+
+@dataclass
+class DataConfig:
+    name: str = "embedded"
+    source: str = "embedded"
+    path: str | None = None  # simulation folder; embedded data lives in cache_dir
+    cache_dir: str = "${oc.env:LATENT_EVOLUTION_CACHE,${oc.env:HOME}/.cache/latent_evolution}"
+    column: str = "VOLTAGE"
+    n_input: int = 256  # stimulus-driven neurons, the first n_input of the file
+    noise_std: float | None = 0.05  # process noise per frame; None if unknown
+    device: str = "auto"  # where the data lives: auto (the training device) | cpu | cuda
+    splits: SplitsConfig = field(default_factory=SplitsConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+
+
+# ------------------------------------------------------------------------ hardware
+
+
+@dataclass
+class LSFRequest:
+    queue: str | None = None
+    slots: int = 1
+    gpu: str | None = None  # the -gpu string, e.g. "num=1" or "num=1:gmodel=NVIDIAH100"
+    project: str | None = None
+    additional_directives: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SlurmRequest:
+    partition: str | None = None
+    constraint: str | None = None
+    gres: str | None = None
+    cpus_per_task: int = 1
+    account: str | None = None
+    additional_parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"
+    compile: str = "none"
+    mem_gb: int = 16
+    timeout_min: int = 240
+    lsf: LSFRequest = field(default_factory=LSFRequest)
+    slurm: SlurmRequest = field(default_factory=SlurmRequest)
+
+
+# -------------------------------------------------------------------------- root
+
+
+@dataclass
+class Config:
+    name: str = "default"  # experiment name; names the output folders
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, node in (
+        ("model", ModelConfig),
+        ("training", TrainingConfig),
+        ("data", DataConfig),
+        ("hardware", HardwareConfig),
+    ):
+        cs.store(group=group, name=f"base_{group}", node=node)
+
+
+register_configs()
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Turn Hydra's composed config into the typed `Config` and validate it."""
+    node = {k: v for k, v in cfg.items() if k != "hydra"} if "hydra" in cfg else cfg
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), node))
+    assert isinstance(config, Config)
+    validate(config)
+    return config
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _positive(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(key, value, "must be a positive integer")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if not value >= 0:  # also catches NaN
+        raise ConfigError(key, value, "must be >= 0")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _positive("model.latent_dims", m.latent_dims)
+    _choice("model.activation", m.activation, ACTIVATIONS)
+    for part in ("encoder", "decoder", "evolver"):
+        mlp: MLPConfig = getattr(m, part)
+        _positive(f"model.{part}.hidden_dims", mlp.hidden_dims)
+        if mlp.num_hidden_layers < 0:
+            raise ConfigError(f"model.{part}.num_hidden_layers", mlp.num_hidden_layers, "must be >= 0")
+        _non_negative(f"model.{part}.l1_reg_loss", mlp.l1_reg_loss)
+    s = m.stimulus_encoder
+    _positive("model.stimulus_encoder.hidden_dims", s.hidden_dims)
+    _positive("model.stimulus_encoder.output_dims", s.output_dims)
+    if s.num_hidden_layers < 0:
+        raise ConfigError("model.stimulus_encoder.num_hidden_layers", s.num_hidden_layers, "must be >= 0")
+
+
+def _validate_training(t: TrainingConfig) -> None:
+    for key in ("epochs", "batch_size", "time_units", "data_passes_per_epoch", "val_every"):
+        _positive(f"training.{key}", getattr(t, key))
+    _positive("training.eval_batch_size", t.eval_batch_size)
+    _positive("training.log_every", t.log_every)
+    if not t.learning_rate > 0:
+        raise ConfigError("training.learning_rate", t.learning_rate, "must be > 0")
+    _choice("training.optimizer", t.optimizer, OPTIMIZERS)
+    _non_negative("training.weight_decay", t.weight_decay)
+    _non_negative("training.grad_clip_norm", t.grad_clip_norm)
+
+
+def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
+    _choice("data.source", d.source, DATA_SOURCES)
+    _choice("data.column", d.column, DATA_COLUMNS)
+    _choice("data.device", d.device, ("auto", "cpu", "cuda"))
+    _positive("data.n_input", d.n_input)
+    if d.source == "simulation" and not d.path:
+        raise ConfigError("data.path", d.path, "must name a simulation folder holding x_list_0.npy")
+    if d.noise_std is not None:
+        _non_negative("data.noise_std", d.noise_std)
+    if d.source == "embedded":
+        e = d.embedded
+        for key in ("n_neurons", "n_frames"):
+            _positive(f"data.embedded.{key}", getattr(e, key))
+        if e.n_cell_types < 3:
+            raise ConfigError("data.embedded.n_cell_types", e.n_cell_types, "must be >= 3 (2 input types + 1)")
+        if d.n_input > e.n_neurons:
+            raise ConfigError("data.n_input", d.n_input, f"must be <= data.embedded.n_neurons ({e.n_neurons})")
+    windows = []
+    for split in ("train", "val", "test"):
+        key, w = f"data.splits.{split}", list(getattr(d.splits, split))
+        if len(w) != 2 or not 0 <= w[0] < w[1]:
+            raise ConfigError(key, w, "must be [start, stop) with 0 <= start < stop")
+        if d.source == "embedded" and w[1] > d.embedded.n_frames:
+            raise ConfigError(key, w, f"must lie inside [0, {d.embedded.n_frames}) (data.embedded.n_frames)")
+        if w[1] - w[0] <= time_units:
+            raise ConfigError(key, w, f"must hold more than training.time_units={time_units} frames")
+        windows.append((split, w))
+    for i, (a, wa) in enumerate(windows):
+        for b, wb in windows[i + 1 :]:
+            if wa[0] < wb[1] and wb[0] < wa[1]:
+                raise ConfigError(f"data.splits.{b}", wb, f"must not overlap data.splits.{a}={wa}")
+    train = d.splits.train
+    if batch_size > train[1] - train[0] - time_units:
+        raise ConfigError(
+            "training.batch_size", batch_size,
+            f"must be <= the training window's {train[1] - train[0] - time_units} start frames",
+        )
+
+
+def _validate_hardware(h: HardwareConfig) -> None:
+    if h.device not in ("auto", "cpu", "cuda") and not h.device.startswith("cuda:"):
+        raise ConfigError("hardware.device", h.device, "must be one of auto, cpu, cuda, cuda:N")
+    _choice("hardware.precision", h.precision, PRECISIONS)
+    _choice("hardware.compile", h.compile, COMPILE_MODES)
+    _positive("hardware.mem_gb", h.mem_gb)
+    _positive("hardware.timeout_min", h.timeout_min)
+    _positive("hardware.lsf.slots", h.lsf.slots)
+    _positive("hardware.slurm.cpus_per_task", h.slurm.cpus_per_task)
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError (one line: key, value, what is allowed) on the first bad value."""
+    _validate_model(config.model)
+    _validate_training(config.training)
+    _validate_data(config.data, config.training.time_units, config.training.batch_size)
+    _validate_hardware(config.hardware)

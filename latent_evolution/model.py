@@ -1,0 +1,127 @@
+"""The latent evolution model: encoder, residual evolver, decoder, stimulus encoder.
+
+Prediction `x_hat[t+tu] = dec(evolve^tu(enc(x[t])))`, one evolver step per 20 ms frame:
+`z <- z + evolver(cat[z, stim_enc(s[t])])`. The loss parts are returned separately
+(evolve, reconstruction, L1) so reports never mix them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from latent_evolution.config import MLPConfig, ModelConfig
+
+ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+class MLP(nn.Sequential):
+    """Hidden blocks of Linear -> [BatchNorm1d] -> activation, then a final Linear."""
+
+    def __init__(
+        self,
+        in_dims: int,
+        hidden_dims: int,
+        out_dims: int,
+        num_hidden_layers: int,
+        activation: str = "relu",
+        use_batch_norm: bool = False,
+    ):
+        layers: list[nn.Module] = []
+        width = in_dims
+        for _ in range(num_hidden_layers):
+            layers.append(nn.Linear(width, hidden_dims))
+            if use_batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dims))
+            layers.append(ACTIVATION_LAYERS[activation]())
+            width = hidden_dims
+        layers.append(nn.Linear(width, out_dims))
+        super().__init__(*layers)
+
+
+def l1_penalty(module: nn.Module) -> Tensor:
+    """Sum over the module's parameter tensors of mean(|p|)."""
+    return torch.stack([p.abs().mean() for p in module.parameters()]).sum()
+
+
+class LatentModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int):
+        super().__init__()
+        self.cfg = cfg
+
+        def block(part: MLPConfig, d_in: int, d_out: int) -> MLP:
+            return MLP(
+                d_in, part.hidden_dims, d_out, part.num_hidden_layers,
+                cfg.activation, cfg.use_batch_norm,
+            )
+
+        self.encoder = block(cfg.encoder, n_neurons, cfg.latent_dims)
+        self.decoder = block(cfg.decoder, cfg.latent_dims, n_neurons)
+        stim_dims = 0
+        self.stimulus_encoder: MLP | None = None
+        if cfg.use_stimulus:
+            s = cfg.stimulus_encoder
+            # never batch-normed: the stimulus is sparse and its statistics shift per sequence
+            self.stimulus_encoder = MLP(
+                n_input, s.hidden_dims, s.output_dims, s.num_hidden_layers, cfg.activation
+            )
+            stim_dims = s.output_dims
+        self.evolver = block(cfg.evolver, cfg.latent_dims + stim_dims, cfg.latent_dims)
+        self.l1_weights = {
+            "encoder": cfg.encoder.l1_reg_loss,
+            "decoder": cfg.decoder.l1_reg_loss,
+            "evolver": cfg.evolver.l1_reg_loss,
+        }
+
+    def rollout(self, z: Tensor, stim: Tensor) -> Tensor:
+        """Evolve latents z (B, L) through stim (B, tu, n_input); returns (B, tu, L)."""
+        steps = stim.shape[1]
+        if self.stimulus_encoder is not None:
+            # one batched pass over all tu frames instead of tu small ones
+            s_enc = self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(z.shape[0], steps, -1)
+        states = []
+        for k in range(steps):
+            inp = torch.cat([z, s_enc[:, k]], dim=-1) if self.stimulus_encoder is not None else z
+            z = z + self.evolver(inp)
+            states.append(z)
+        return torch.stack(states, dim=1)
+
+    def forward(self, x_t: Tensor, stim: Tensor) -> Tensor:
+        """Predict frame t+tu from x_t (B, N) and stim (B, tu, n_input), decoding only it."""
+        latents = self.rollout(self.encoder(x_t), stim)
+        return self.decoder(latents[:, -1])
+
+    def loss_parts(
+        self, x_t: Tensor, stim: Tensor, targets: Tensor, every_step: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(evolve MSE, reconstruction MSE, weighted L1), each a 0-d tensor in fp32.
+
+        targets: (B, tu, N) frames t+1..t+tu. With every_step the evolve loss averages
+        all tu predictions; otherwise only the last frame counts and only it is decoded.
+        """
+        z = self.encoder(x_t)
+        latents = self.rollout(z, stim)
+        if every_step:
+            b, tu, dims = latents.shape
+            pred = self.decoder(latents.reshape(b * tu, dims)).view(b, tu, -1)
+            evolve = nn.functional.mse_loss(pred.float(), targets)
+        else:
+            evolve = nn.functional.mse_loss(self.decoder(latents[:, -1]).float(), targets[:, -1])
+        recon = nn.functional.mse_loss(self.decoder(z).float(), x_t)
+        reg = evolve.new_zeros(())
+        for name, weight in self.l1_weights.items():
+            if weight > 0:
+                reg = reg + weight * l1_penalty(getattr(self, name)).float()
+        return evolve, recon, reg
+
+
+def constant_baseline(x: Tensor, time_units: int) -> Tensor:
+    """MSE of predicting 'no change': mean((x[:-tu] - x[tu:])^2) over frames and neurons."""
+    return (x[:-time_units] - x[time_units:]).pow(2).mean()

@@ -1,0 +1,255 @@
+"""The trainer: builds data, model, optimizer and a compiled step, then runs the loop.
+
+Hot-loop rules (measured in benchmarks/): the data lives on the training device and
+batches are drawn there; losses are summed on the device and read once per epoch, so
+nothing inside an epoch waits for the GPU; the step is compiled, and if compilation
+fails the run goes on eagerly with a warning instead of losing the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from latent_evolution.config import Config
+from latent_evolution.data import Split, gather_batch, load_dataset
+from latent_evolution.files import atomic_write, atomic_write_json, atomic_write_text
+from latent_evolution.metrics import GPUMonitor, commit_hash, torch_memory_stats
+from latent_evolution.model import LatentModel, constant_baseline
+
+log = logging.getLogger(__name__)
+LOSS_PARTS = ("objective", "evolve", "recon", "reg")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Set matmul precision; bf16 runs the model under autocast (the loss stays fp32)."""
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(model: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.Optimizer:
+    t = config.training
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, foreach=True)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    # fused: one kernel for all parameters on CUDA; foreach is the fastest CPU form
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return cls(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, **fast)
+
+
+class CompiledStep:
+    """torch.compile'd function that falls back to eager, once and loudly, if compiling fails."""
+
+    def __init__(self, fn: Any, mode: str):
+        self.eager, self.mode = fn, mode
+        self.fn = fn if mode == "none" else torch.compile(fn, mode=None if mode == "default" else mode)
+
+    @property
+    def compiled(self) -> bool:
+        return self.fn is not self.eager
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        try:
+            return self.fn(*args)
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            log.warning("torch.compile(mode=%s) failed, continuing eagerly: %s", self.mode, exc)
+            self.fn = self.eager
+            return self.fn(*args)
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.device = resolve_device(config.hardware.device)
+        torch.manual_seed(config.training.seed)
+        data_device = self.device if config.data.device == "auto" else torch.device(config.data.device)
+        self.data = load_dataset(config.data, data_device)
+        self.model = LatentModel(config.model, self.data.n_neurons, self.data.n_input).to(self.device)
+        self.optimizer = build_optimizer(self.model, config, self.device)
+        self.autocast = autocast_context(config.hardware.precision, self.device)
+        self.step = CompiledStep(self._losses, config.hardware.compile)
+        # batches are drawn where the data lives, so indexing never crosses devices
+        self.batch_rng = torch.Generator(data_device).manual_seed(config.training.seed)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ the step
+
+    def _losses(self, x_t: Tensor, stim: Tensor, targets: Tensor) -> Tensor:
+        """(objective, evolve, recon, reg) stacked; the objective is what we descend."""
+        with self.autocast:
+            evolve, recon, reg = self.model.loss_parts(
+                x_t, stim, targets, self.config.training.evolve_multiple_steps
+            )
+        return torch.stack([evolve + recon + reg, evolve, recon, reg])
+
+    def train_epoch(self) -> Tensor:
+        """One epoch of optimizer steps; returns the mean loss parts, still on the device."""
+        t = self.config.training
+        train = self.data.train
+        steps = (len(train) // t.batch_size) * t.data_passes_per_epoch
+        sums = torch.zeros(len(LOSS_PARTS), device=self.device)
+        self.model.train()
+        for _ in range(steps):
+            starts = torch.randint(
+                len(train) - t.time_units, (t.batch_size,), device=train.x.device, generator=self.batch_rng
+            )
+            x_t, stim, targets = gather_batch(train, starts, t.time_units, t.evolve_multiple_steps)
+            parts = self.step(x_t.to(self.device, non_blocking=True), stim.to(self.device, non_blocking=True),
+                              targets.to(self.device, non_blocking=True))  # fmt: skip
+            parts[0].backward()
+            if t.grad_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip_norm, foreach=True)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            sums += parts.detach()
+        return sums / steps
+
+    @torch.no_grad()
+    def evaluate(self, split: Split) -> Tensor:
+        """Evolve-only MSE of predicting frame t+tu from every start frame t of the split."""
+        t = self.config.training
+        self.model.eval()
+        n_starts = len(split) - t.time_units
+        total = torch.zeros((), device=self.device)
+        for first in range(0, n_starts, t.eval_batch_size):
+            starts = torch.arange(first, min(first + t.eval_batch_size, n_starts), device=split.x.device)
+            x_t, stim, targets = gather_batch(split, starts, t.time_units, every_step=False)
+            with self.autocast:
+                pred = self.model(x_t.to(self.device), stim.to(self.device))
+            total += (pred.float() - targets[:, -1].to(self.device)).pow(2).sum()
+        return total / (n_starts * self.data.n_neurons)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train for training.epochs, then evaluate and write the run's files."""
+        t = self.config.training
+        started = time.perf_counter()
+        status, diverged_at = "ok", None
+        epochs = range(self.epoch, t.epochs)
+        with GPUMonitor(self.device) as monitor:
+            bar = self._progress(epochs)
+            for epoch in bar:
+                # ---- train: no host sync until the epoch's losses are read below
+                epoch_start = time.perf_counter()
+                parts = self.train_epoch()
+                last = epoch == t.epochs - 1
+                val = self.evaluate(self.data.val) if last or (epoch + 1) % t.val_every == 0 else None
+                # ---- the one read per epoch
+                values = (torch.cat([parts, val.view(1)]) if val is not None else parts).tolist()
+                row = {"epoch": epoch + 1, **{f"train_{k}_loss": v for k, v in zip(LOSS_PARTS, values)},
+                       "val_loss": values[4] if val is not None else None,
+                       "epoch_duration_seconds": time.perf_counter() - epoch_start}  # fmt: skip
+                self.history.append(row)
+                self.epoch = epoch + 1
+                self._report(bar, row)
+                if not all(math.isfinite(v) for v in values):
+                    status, diverged_at = "diverged", epoch + 1
+                    log.error("Loss is not finite at epoch %d; stopping this run", epoch + 1)
+                    break
+            training_seconds = time.perf_counter() - started
+            gpu = monitor.stop()
+        metrics = self._final_metrics(status, diverged_at, training_seconds, gpu)
+        self._write_outputs(metrics)
+        return metrics
+
+    def _progress(self, epochs: range) -> Any:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            return tqdm(epochs, desc="epochs", unit="epoch", initial=epochs.start, total=epochs.stop)
+        return epochs
+
+    def _report(self, bar: Any, row: dict[str, Any]) -> None:
+        val = f"{row['val_loss']:.6f}" if row["val_loss"] is not None else "-"
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"train {row['train_objective_loss']:.6f} val {val}")
+        elif row["epoch"] % self.config.training.log_every == 0 or row["val_loss"] is not None:
+            log.info("epoch %d: train %.6f (evolve %.6f) val %s, %.2f s",
+                     row["epoch"], row["train_objective_loss"], row["train_evolve_loss"], val,
+                     row["epoch_duration_seconds"])  # fmt: skip
+
+    # --------------------------------------------------------------- reporting
+
+    def _final_metrics(self, status: str, diverged_at: int | None, seconds: float, gpu: Any) -> dict[str, Any]:
+        tu = self.config.training.time_units
+        d = self.data
+        splits = {"train": d.train, "val": d.val, "test": d.test}
+        losses = {f"final_{k}_loss": self.evaluate(s) for k, s in splits.items()}
+        baselines = {f"{k}_loss_constant_model": constant_baseline(s.x, tu) for k, s in splits.items()}
+        read = {k: float(v) for k, v in {**losses, **baselines}.items()}
+        last = self.history[-1] if self.history else {}
+        durations = [r["epoch_duration_seconds"] for r in self.history]
+        return {
+            "status": status,
+            "diverged_at_epoch": diverged_at,
+            **read,
+            **{f"final_train_{k}_loss": last.get(f"train_{k}_loss") for k in LOSS_PARTS},
+            "noise_std": d.noise_std,
+            "noise_floor_loss": d.noise_std**2 if d.noise_std is not None else None,
+            "epochs_completed": self.epoch,
+            "training_duration_seconds": round(seconds, 3),
+            "avg_epoch_duration_seconds": round(sum(durations) / len(durations), 4) if durations else None,
+            "gpu_type": gpu.gpu_type,
+            "total_gpu_memory_mb": gpu.total_gpu_memory_mb,
+            "max_gpu_memory_mb": gpu.max_gpu_memory_mb,
+            "avg_gpu_utilization_percent": gpu.avg_gpu_utilization_percent,
+            **torch_memory_stats(self.device),
+            "device": str(self.device),
+            "compiled": self.step.compiled,
+            "n_parameters": sum(p.numel() for p in self.model.parameters()),
+            "data_path": str(d.path),
+            "commit_hash": commit_hash(),
+        }
+
+    def _write_outputs(self, metrics: dict[str, Any]) -> None:
+        """Weights and the epoch log first; metrics.json last, so its presence means done."""
+        atomic_write(self.run_dir / "model.pt", lambda f: torch.save(self.model.state_dict(), f))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(self.history[0]) if self.history else ["epoch"])
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.run_dir / "training_log.csv", out.getvalue())
+        atomic_write_json(self.run_dir / "metrics.json", metrics)
+
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "batch_rng": self.batch_rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        self.batch_rng.set_state(state["batch_rng"])
