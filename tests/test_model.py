@@ -1,0 +1,73 @@
+"""Model shapes, the constant baseline formula, L1 terms and the batch-norm switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from latent_evolution.config import MLPConfig, ModelConfig, StimulusEncoderConfig
+from latent_evolution.model import MLP, LatentModel, constant_baseline, l1_penalty
+
+
+def small_model_config(latent_dims: int, **kw) -> ModelConfig:
+    mlp = MLPConfig(hidden_dims=32, num_hidden_layers=2)
+    stim = StimulusEncoderConfig(hidden_dims=16, num_hidden_layers=1, output_dims=8)
+    return ModelConfig(latent_dims=latent_dims, encoder=mlp, decoder=mlp, evolver=mlp,
+                       stimulus_encoder=stim, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("latent_dims", [1, 2, 64, 256])
+@pytest.mark.parametrize("time_units", [1, 3])
+def test_prediction_and_loss_shapes(latent_dims, time_units):
+    model = LatentModel(small_model_config(latent_dims), n_neurons=40, n_input=7)
+    x_t, stim = torch.randn(5, 40), torch.randn(5, time_units, 7)
+    assert model(x_t, stim).shape == (5, 40)
+    assert model.rollout(model.encoder(x_t), stim).shape == (5, time_units, latent_dims)
+    for every_step in (False, True):
+        targets = torch.randn(5, time_units if every_step else 1, 40)
+        parts = model.loss_parts(x_t, stim, targets, every_step)
+        assert all(p.shape == () and torch.isfinite(p) for p in parts)
+
+
+def test_mlp_structure_follows_the_design_notes():
+    mlp = MLP(10, 32, 4, num_hidden_layers=3, activation="relu", use_batch_norm=True)
+    kinds = [type(m) for m in mlp]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU] * 3 + [nn.Linear]
+    assert [type(m) for m in MLP(10, 32, 4, num_hidden_layers=0)] == [nn.Linear]
+
+
+def test_stimulus_encoder_is_never_batch_normed_and_can_be_off():
+    with_bn = LatentModel(small_model_config(8, use_batch_norm=True), n_neurons=20, n_input=5)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in with_bn.stimulus_encoder)
+    assert any(isinstance(m, nn.BatchNorm1d) for m in with_bn.encoder)
+    no_stim = LatentModel(small_model_config(8, use_stimulus=False), n_neurons=20, n_input=5)
+    assert no_stim.stimulus_encoder is None
+    assert no_stim.evolver[0].in_features == 8
+
+
+def test_evolver_is_residual_one_step_per_frame():
+    model = LatentModel(small_model_config(4), n_neurons=10, n_input=3)
+    for p in model.evolver.parameters():
+        nn.init.zeros_(p)  # a zero update: the latent must carry through unchanged
+    z = torch.randn(2, 4)
+    out = model.rollout(z, torch.randn(2, 5, 3))
+    assert torch.equal(out, z.unsqueeze(1).expand(2, 5, 4))
+
+
+def test_constant_baseline_on_a_known_array():
+    x = torch.tensor([[0.0, 1.0], [1.0, 1.0], [3.0, 0.0], [3.0, 2.0]])
+    # one frame ahead: diffs [1,0], [2,-1], [0,2] -> squares 1,0,4,1,0,4 -> mean 10/6
+    assert constant_baseline(x, 1).item() == pytest.approx(10 / 6)
+    # two frames ahead: diffs [3,-1], [2,1] -> squares 9,1,4,1 -> mean 15/4
+    assert constant_baseline(x, 2).item() == pytest.approx(15 / 4)
+
+
+def test_l1_terms_are_weighted_sums_of_mean_abs_per_parameter():
+    cfg = small_model_config(4)
+    cfg.encoder = MLPConfig(hidden_dims=8, num_hidden_layers=1, l1_reg_loss=0.5)
+    model = LatentModel(cfg, n_neurons=6, n_input=2)
+    expected = 0.5 * sum(p.abs().mean() for p in model.encoder.parameters())
+    _, _, reg = model.loss_parts(torch.randn(3, 6), torch.randn(3, 1, 2), torch.randn(3, 1, 6), False)
+    assert reg.item() == pytest.approx(expected.item())
+    assert l1_penalty(model.decoder).item() > 0
