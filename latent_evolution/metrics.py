@@ -112,3 +112,61 @@ def commit_hash() -> str:
         from latent_evolution import __version__
 
         return f"v{__version__}"
+
+
+# ----------------------------------------------------------------- FLOPs and MFU
+
+# Dense peak FLOP/s by precision from the vendors' data sheets (no sparsity); the
+# first pattern contained in NVML's device name wins, so the PCIe variant comes first.
+PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H100 PCIe", {"fp32": 51.2e12, "tf32": 378e12, "bf16": 756e12}),
+    ("H100", {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12}),
+    ("H200", {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12}),
+    ("A100", {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12}),
+    ("L4", {"fp32": 30.3e12, "tf32": 60e12, "bf16": 121e12}),
+]
+
+
+def peak_flops(gpu_type: str | None, precision: str) -> float | None:
+    """The data-sheet peak for this GPU and precision, None if the GPU is not in the table."""
+    for pattern, peaks in PEAK_FLOPS:
+        if gpu_type and pattern in gpu_type:
+            return peaks[precision]
+    return None
+
+
+def _linear_uses(model: torch.nn.Module, time_units: int, decoder_uses: int) -> list:
+    """(linear layer, uses per sample, whether its input needs a gradient) for each layer."""
+    uses = {"encoder": 1, "decoder": decoder_uses, "evolver": time_units,
+            "stimulus_encoder": time_units}  # fmt: skip
+    rows = []
+    for name, n in uses.items():
+        module = getattr(model, name, None)
+        linears = [m for m in module or () if isinstance(m, torch.nn.Linear)]
+        for i, layer in enumerate(linears):
+            # the encoders' first layers read data, which needs no gradient
+            input_grad = not (i == 0 and name in ("encoder", "stimulus_encoder"))
+            rows.append((layer, n, input_grad))
+    return rows
+
+
+def train_step_flops(model: torch.nn.Module, batch_size: int, time_units: int, every_step: bool) -> int:
+    """Matmul FLOPs of one training step, forward and backward (as FlopCounterMode counts).
+
+    Forward is 2*in*out per sample per use; backward adds 2*in*out for the weight
+    gradient and, where the input needs one, 2*in*out for the input gradient. The
+    decoder runs for the reconstruction and for one (or tu) predictions.
+    """
+    decoder_uses = 1 + (time_units if every_step else 1)
+    return sum(
+        2 * layer.in_features * layer.out_features * batch_size * n * (3 if input_grad else 2)
+        for layer, n, input_grad in _linear_uses(model, time_units, decoder_uses)
+    )
+
+
+def eval_flops(model: torch.nn.Module, batch_size: int, time_units: int) -> int:
+    """Matmul FLOPs of predicting frame t+tu for batch_size start frames (forward only)."""
+    return sum(
+        2 * layer.in_features * layer.out_features * batch_size * n
+        for layer, n, _ in _linear_uses(model, time_units, decoder_uses=1)
+    )

@@ -1,0 +1,56 @@
+"""FLOP counting against torch's own counter, the peak table, NVML monitoring without a GPU."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from latent_evolution.config import ModelConfig
+from latent_evolution.metrics import GPUMonitor, commit_hash, eval_flops, peak_flops, train_step_flops
+from latent_evolution.model import LatentModel
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize(("time_units", "every_step", "use_stimulus"),
+                         [(1, False, True), (3, True, True), (2, False, False)])  # fmt: skip
+def test_analytic_flops_match_torch_flop_counter(time_units, every_step, use_stimulus):
+    model = LatentModel(ModelConfig(latent_dims=16, use_stimulus=use_stimulus), 50, 7)
+    x_t, stim = torch.randn(8, 50), torch.randn(8, time_units, 7)
+    targets = torch.randn(8, time_units if every_step else 1, 50)
+    with FlopCounterMode(display=False) as train:
+        sum(model.loss_parts(x_t, stim, targets, every_step)).backward()
+    with FlopCounterMode(display=False) as infer, torch.no_grad():
+        model(x_t, stim)
+    assert train_step_flops(model, 8, time_units, every_step) == train.get_total_flops()
+    assert eval_flops(model, 8, time_units) == infer.get_total_flops()
+
+
+def test_peak_table_matches_nvml_names_and_precisions():
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4e12)
+    assert peak_flops("NVIDIA H100 PCIe", "bf16") == pytest.approx(756e12)
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "tf32") == pytest.approx(156e12)
+    assert peak_flops("NVIDIA L4", "fp32") == pytest.approx(30.3e12)
+    assert peak_flops("cpu", "fp32") is None and peak_flops(None, "fp32") is None
+
+
+def test_monitor_is_a_no_op_on_cpu():
+    with GPUMonitor(torch.device("cpu")) as monitor:
+        pass
+    assert monitor.stats.gpu_type is None and monitor.stats.avg_gpu_utilization_percent is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-driver path")
+def test_monitor_without_nvidia_driver_warns_and_records_nothing(caplog):
+    with GPUMonitor(torch.device("cuda:0"), interval_s=0.01) as monitor:
+        pass
+    assert monitor.stats.gpu_type is None and monitor.stats.max_gpu_memory_mb is None
+    assert "NVML unavailable" in caplog.text
+
+
+def test_commit_hash_is_the_checkouts_head():
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert commit_hash().startswith(head)
