@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from latent_evolution.files import claim_new_dir
+
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -78,6 +80,7 @@ class TrainingConfig:
     val_every: int = 5  # epochs between validations; the last epoch always validates
     eval_batch_size: int = 4096  # frames per chunk when evaluating a whole split
     log_every: int = 10  # epochs between plain log lines when not on a terminal
+    checkpoint_every: int = 10  # epochs between checkpoint.pt saves (0: only after the last)
 
 
 # ---------------------------------------------------------------------------- data
@@ -108,6 +111,8 @@ class DataConfig:
     name: str = "embedded"
     source: str = "embedded"
     path: str | None = None  # simulation folder; embedded data lives in cache_dir
+    path_env: str | None = None  # environment variable a preset's path is read from, if any
+    expected_shape: list[int] | None = None  # [T, N] the file must hold (a preset's guard)
     cache_dir: str = "${oc.env:LATENT_EVOLUTION_CACHE,${oc.env:HOME}/.cache/latent_evolution}"
     column: str = "VOLTAGE"
     n_input: int = 256  # stimulus-driven neurons, the first n_input of the file
@@ -177,6 +182,12 @@ def register_configs() -> None:
 
 register_configs()
 
+# `${unique_dir:PATH}` (conf/config.yaml's hydra.sweep.dir): a folder of its own even for two
+# sweeps started in the same second. Cached: Hydra hands a sweep's resolver cache to each of its
+# jobs (load_sweep_config copies it), so the sweep and its jobs all see the one folder claimed.
+if not OmegaConf.has_resolver("unique_dir"):
+    OmegaConf.register_new_resolver("unique_dir", claim_new_dir, use_cache=True)
+
 
 def to_config(cfg: DictConfig) -> Config:
     """Turn Hydra's composed config into the typed `Config` and validate it."""
@@ -212,13 +223,17 @@ def _validate_model(m: ModelConfig) -> None:
         mlp: MLPConfig = getattr(m, part)
         _positive(f"model.{part}.hidden_dims", mlp.hidden_dims)
         if mlp.num_hidden_layers < 0:
-            raise ConfigError(f"model.{part}.num_hidden_layers", mlp.num_hidden_layers, "must be >= 0")
+            raise ConfigError(
+                f"model.{part}.num_hidden_layers", mlp.num_hidden_layers, "must be >= 0"
+            )
         _non_negative(f"model.{part}.l1_reg_loss", mlp.l1_reg_loss)
     s = m.stimulus_encoder
     _positive("model.stimulus_encoder.hidden_dims", s.hidden_dims)
     _positive("model.stimulus_encoder.output_dims", s.output_dims)
     if s.num_hidden_layers < 0:
-        raise ConfigError("model.stimulus_encoder.num_hidden_layers", s.num_hidden_layers, "must be >= 0")
+        raise ConfigError(
+            "model.stimulus_encoder.num_hidden_layers", s.num_hidden_layers, "must be >= 0"
+        )
 
 
 def _validate_training(t: TrainingConfig) -> None:
@@ -226,6 +241,7 @@ def _validate_training(t: TrainingConfig) -> None:
         _positive(f"training.{key}", getattr(t, key))
     _positive("training.eval_batch_size", t.eval_batch_size)
     _positive("training.log_every", t.log_every)
+    _non_negative("training.checkpoint_every", t.checkpoint_every)
     if not t.learning_rate > 0:
         raise ConfigError("training.learning_rate", t.learning_rate, "must be > 0")
     _choice("training.optimizer", t.optimizer, OPTIMIZERS)
@@ -239,26 +255,37 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
     _choice("data.device", d.device, ("auto", "cpu", "cuda"))
     _positive("data.n_input", d.n_input)
     if d.source == "simulation" and not d.path:
-        raise ConfigError("data.path", d.path, "must name a simulation folder holding x_list_0.npy")
+        where = f"set {d.path_env} or pass data.path=..." if d.path_env else "pass data.path=..."
+        raise ConfigError("data.path", d.path, f"needs the folder holding x_list_0.npy: {where}")
     if d.noise_std is not None:
         _non_negative("data.noise_std", d.noise_std)
+    if d.expected_shape is not None and (len(d.expected_shape) != 2 or min(d.expected_shape) <= 0):
+        raise ConfigError("data.expected_shape", d.expected_shape, "must be [T, N], both positive")
     if d.source == "embedded":
         e = d.embedded
         for key in ("n_neurons", "n_frames"):
             _positive(f"data.embedded.{key}", getattr(e, key))
         if e.n_cell_types < 3:
-            raise ConfigError("data.embedded.n_cell_types", e.n_cell_types, "must be >= 3 (2 input types + 1)")
+            raise ConfigError(
+                "data.embedded.n_cell_types", e.n_cell_types, "must be >= 3 (2 input types + 1)"
+            )
         if d.n_input > e.n_neurons:
-            raise ConfigError("data.n_input", d.n_input, f"must be <= data.embedded.n_neurons ({e.n_neurons})")
+            raise ConfigError(
+                "data.n_input", d.n_input, f"must be <= data.embedded.n_neurons ({e.n_neurons})"
+            )
     windows = []
     for split in ("train", "val", "test"):
         key, w = f"data.splits.{split}", list(getattr(d.splits, split))
         if len(w) != 2 or not 0 <= w[0] < w[1]:
             raise ConfigError(key, w, "must be [start, stop) with 0 <= start < stop")
         if d.source == "embedded" and w[1] > d.embedded.n_frames:
-            raise ConfigError(key, w, f"must lie inside [0, {d.embedded.n_frames}) (data.embedded.n_frames)")
+            raise ConfigError(
+                key, w, f"must lie inside [0, {d.embedded.n_frames}) (data.embedded.n_frames)"
+            )
         if w[1] - w[0] <= time_units:
-            raise ConfigError(key, w, f"must hold more than training.time_units={time_units} frames")
+            raise ConfigError(
+                key, w, f"must hold more than training.time_units={time_units} frames"
+            )
         windows.append((split, w))
     for i, (a, wa) in enumerate(windows):
         for b, wb in windows[i + 1 :]:
@@ -267,7 +294,8 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
     train = d.splits.train
     if batch_size > train[1] - train[0] - time_units:
         raise ConfigError(
-            "training.batch_size", batch_size,
+            "training.batch_size",
+            batch_size,
             f"must be <= the training window's {train[1] - train[0] - time_units} start frames",
         )
 

@@ -1,10 +1,10 @@
-"""Data: the embedded flyvis-like simulation, the simulation-folder loader, device batches.
+"""Data: the embedded flyvis-like simulation, the loaded splits, and their batches.
 
-Both the embedded generator and real flyvis/NeuralGraph runs use one folder layout:
-`x_list_0.npy`, float32 (T, N, 9) with columns named in COLUMNS, plus an optional
-`metadata.json`. Frame t holds V_t and the stimulus that drives V_{t+1}. The loader
-reads only the configured split windows, one chunk of frames at a time, so host
-memory stays near the size of what is kept, never the size of the file.
+Both the embedded generator and real flyvis/NeuralGraph runs use one folder layout
+(`simulation_folder.py`: `x_list_0.npy` (T, N, 9) plus an optional `metadata.json`), so
+one loader reads both: it checks the folder from the .npy header, then reads only the
+configured split windows of one column and the stimulus. The splits live on the training
+device, or in host memory with batches streamed to it (data.device, `BatchSource`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,21 +24,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latent_evolution.config import DataConfig, EmbeddedConfig
+from latent_evolution.config import ConfigError, DataConfig, EmbeddedConfig
 from latent_evolution.files import atomic_write_json
+from latent_evolution.simulation_folder import (
+    COLUMNS,
+    DATA_FILE,
+    METADATA_FILE,
+    SPLITS,
+    check_simulation,
+    read_window,
+)
 
 log = logging.getLogger(__name__)
 
-COLUMNS = {
-    "INDEX": 0, "X": 1, "Y": 2, "VOLTAGE": 3, "STIMULUS": 4,
-    "GROUP_TYPE": 5, "CELL_TYPE": 6, "CALCIUM": 7, "FLUORESCENCE": 8,
-}  # fmt: skip
-DATA_FILE = "x_list_0.npy"
-METADATA_FILE = "metadata.json"
 GENERATOR_VERSION = 1  # bump when the simulation changes, so stale caches are not reused
 INPUT_TYPES = 2  # photoreceptor-like cell types of the embedded simulation
 GAIN = 2.5  # row sum of |W| in the embedded simulation
-READ_CHUNK_BYTES = 64 << 20  # host buffer per read: bounds peak RSS above what is kept
+# under data.device=auto, the most of the GPU's free memory the splits may take: the rest is
+# left for the model, activations and the compile workspace
+DEVICE_DATA_SHARE = 0.5
 
 
 # ------------------------------------------------------------- embedded simulation
@@ -81,7 +86,9 @@ def _stimulus(xy: Tensor, n_frames: int, dt: float, g: torch.Generator) -> Tenso
         contrast = 0.5 + torch.rand((), generator=g)
         t = torch.arange(t0, min(t0 + length, n_frames)).unsqueeze(1) * dt
         proj = xy[:, 0] * torch.cos(theta) + xy[:, 1] * torch.sin(theta)
-        out[t0 : t0 + t.shape[0]] = contrast * torch.sin(2 * torch.pi * freq * proj - speed * t + phase)
+        out[t0 : t0 + t.shape[0]] = contrast * torch.sin(
+            2 * torch.pi * freq * proj - speed * t + phase
+        )
         t0 += length
     return out
 
@@ -90,10 +97,12 @@ def simulate(e: EmbeddedConfig, n_input: int, noise_std: float) -> np.ndarray:
     """Euler-integrate dV/dt = (-V + W ReLU(V) + e + V_rest) / tau, return (T, N, 9) float32."""
     g = torch.Generator().manual_seed(e.seed)
     n, n_types = e.n_neurons, e.n_cell_types
-    types = torch.cat([
-        torch.randint(0, INPUT_TYPES, (n_input,), generator=g),
-        torch.randint(INPUT_TYPES, n_types, (n - n_input,), generator=g),
-    ])  # fmt: skip
+    types = torch.cat(
+        [
+            torch.randint(0, INPUT_TYPES, (n_input,), generator=g),
+            torch.randint(INPUT_TYPES, n_types, (n - n_input,), generator=g),
+        ]
+    )
     xy = torch.rand(n, 2, generator=g) * 2 - 1
     w = _connectivity(types, xy, n_types, g)
     tau = (0.025 + 0.055 * torch.rand(n_types, generator=g))[types]  # seconds
@@ -112,20 +121,33 @@ def simulate(e: EmbeddedConfig, n_input: int, noise_std: float) -> np.ndarray:
     fluorescence = calcium + 0.01 * torch.randn(e.n_frames, n, generator=g)
 
     x = np.empty((e.n_frames, n, 9), dtype=np.float32)
-    static = {"INDEX": torch.arange(n), "X": xy[:, 0], "Y": xy[:, 1],
-              "GROUP_TYPE": (types >= INPUT_TYPES).int(), "CELL_TYPE": types}  # fmt: skip
+    static = {
+        "INDEX": torch.arange(n),
+        "X": xy[:, 0],
+        "Y": xy[:, 1],
+        "GROUP_TYPE": (types >= INPUT_TYPES).int(),
+        "CELL_TYPE": types,
+    }
     for name, values in static.items():
         x[:, :, COLUMNS[name]] = values.numpy()
-    for name, values in (("VOLTAGE", volt), ("STIMULUS", stim), ("CALCIUM", calcium),
-                         ("FLUORESCENCE", fluorescence)):  # fmt: skip
+    for name, values in (
+        ("VOLTAGE", volt),
+        ("STIMULUS", stim),
+        ("CALCIUM", calcium),
+        ("FLUORESCENCE", fluorescence),
+    ):
         x[:, :, COLUMNS[name]] = values.numpy()
     return x
 
 
 def embedded_folder(cfg: DataConfig) -> Path:
     """The cached simulation for cfg, generated on first use (atomically: temp dir + rename)."""
-    params = {"generator": GENERATOR_VERSION, "n_input": cfg.n_input, "noise_std": cfg.noise_std,
-              **asdict(cfg.embedded)}  # fmt: skip
+    params = {
+        "generator": GENERATOR_VERSION,
+        "n_input": cfg.n_input,
+        "noise_std": cfg.noise_std,
+        **asdict(cfg.embedded),
+    }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(cfg.cache_dir).expanduser()
     folder = cache / f"embedded-{key}"
@@ -168,6 +190,7 @@ class Dataset:
     path: Path
     noise_std: float | None
     metadata: dict[str, Any]
+    streamed: bool = False  # splits stay in host memory; batches go to the device one by one
 
     @property
     def n_neurons(self) -> int:
@@ -178,60 +201,158 @@ class Dataset:
         return self.train.stim.shape[1]
 
 
-def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, byte offset of the data) from an .npy header, reading nothing else."""
-    with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        if fortran:
-            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
-        return shape, dtype, f.tell()
-
-
-def read_window(path: Path, column: str, n_input: int, window: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Frames [start, stop) of one column and of the stimulus, read chunk by chunk."""
-    shape, dtype, offset = _npy_layout(path)
-    _, n, width = shape
-    start, stop = window
-    frame_bytes = n * width * dtype.itemsize
-    chunk = max(1, READ_CHUNK_BYTES // frame_bytes)
-    x = np.empty((stop - start, n), dtype=np.float32)
-    stim = np.empty((stop - start, n_input), dtype=np.float32)
-    buf = np.empty((min(chunk, stop - start), n, width), dtype=dtype)
-    with open(path, "rb", buffering=0) as f:
-        for t in range(start, stop, chunk):
-            rows = min(chunk, stop - t)
-            f.seek(offset + t * frame_bytes)
-            f.readinto(memoryview(buf[:rows]).cast("B"))
-            x[t - start : t - start + rows] = buf[:rows, :, COLUMNS[column]]
-            stim[t - start : t - start + rows] = buf[:rows, :n_input, COLUMNS["STIMULUS"]]
-    return x, stim
+def _placement(choice: str, device: torch.device, kept_bytes: int) -> tuple[torch.device, bool]:
+    """(where the splits live, whether batches stream from host memory) for data.device."""
+    if choice == "cuda" and device.type != "cuda":
+        raise ConfigError("data.device", choice, f"needs a CUDA training device, not {device}")
+    if choice == "cpu":
+        return torch.device("cpu"), True
+    if choice == "auto" and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if kept_bytes > DEVICE_DATA_SHARE * free:
+            log.warning(
+                "Splits (%.1f GB) exceed %.0f%% of free GPU memory (%.1f GB): kept in "
+                "host memory, batches streamed",
+                kept_bytes / 1e9,
+                100 * DEVICE_DATA_SHARE,
+                free / 1e9,
+            )
+            return torch.device("cpu"), True
+    return device, False
 
 
 def load_dataset(cfg: DataConfig, device: torch.device) -> Dataset:
+    """Check the folder from its header, then read the split windows to where they live."""
     folder = embedded_folder(cfg) if cfg.source == "embedded" else Path(cfg.path).expanduser()
+    layout = check_simulation(folder, cfg)
+    windows = {name: list(getattr(cfg.splits, name)) for name in SPLITS}
+    frames = sum(stop - start for start, stop in windows.values())
+    kept_bytes = frames * (layout.shape[1] + cfg.n_input) * 4  # float32
+    where, streamed = _placement(cfg.device, device, kept_bytes)
+    splits = {}
+    for name, window in windows.items():
+        x, stim = read_window(layout, cfg.column, cfg.n_input, name, window)
+        splits[name] = Split(torch.from_numpy(x).to(where), torch.from_numpy(stim).to(where))
     meta_file = folder / METADATA_FILE
     metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    splits = {}
-    for name in ("train", "val", "test"):
-        x, stim = read_window(folder / DATA_FILE, cfg.column, cfg.n_input, getattr(cfg.splits, name))
-        splits[name] = Split(torch.from_numpy(x).to(device), torch.from_numpy(stim).to(device))
-    noise_std = metadata.get("noise_std", cfg.noise_std)
-    return Dataset(**splits, path=folder, noise_std=noise_std, metadata=metadata)
+    # the process noise is added to V, so it bounds the loss of the VOLTAGE column only
+    noise_std = metadata.get("noise_std", cfg.noise_std) if cfg.column == "VOLTAGE" else None
+    return Dataset(**splits, path=folder, noise_std=noise_std, metadata=metadata, streamed=streamed)
 
 
 # ------------------------------------------------------------------------- batches
 
+Batch = tuple[Tensor, Tensor, Tensor]  # x_t (B, N), stim (B, tu, n_input), targets (B, k, N)
+
+
+def _rows(source: Tensor, index: Tensor, out: Tensor | None) -> Tensor:
+    """source[index] along dim 0, written into out (any shape of that size) when given."""
+    if out is None:
+        return source.index_select(0, index)
+    return torch.index_select(source, 0, index, out=out.view(-1, source.shape[1]))
+
 
 def gather_batch(
-    split: Split, starts: Tensor, time_units: int, every_step: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Index a batch on the split's device: x_t (B, N), stim (B, tu, n_in), targets.
+    split: Split, starts: Tensor, time_units: int, every_step: bool, out: Batch | None = None
+) -> Batch:
+    """Index a batch where the split lives: x_t (B, N), stim (B, tu, n_in), targets.
 
     targets are frames t+1..t+tu (B, tu, N) with every_step, else only t+tu (B, 1, N).
+    With `out` (staging buffers), the rows are written there instead of new tensors.
     """
     offsets = torch.arange(time_units, device=starts.device)
-    stim = split.stim[starts.unsqueeze(1) + offsets]
     ahead = offsets + 1 if every_step else offsets[-1:] + 1
-    return split.x[starts], stim, split.x[starts.unsqueeze(1) + ahead]
+    b, rows = starts.numel(), starts.unsqueeze(1)
+    x_out, stim_out, targets_out = out or (None, None, None)
+    x_t = _rows(split.x, starts, x_out).view(b, -1)
+    stim = _rows(split.stim, (rows + offsets).flatten(), stim_out).view(b, time_units, -1)
+    targets = _rows(split.x, (rows + ahead).flatten(), targets_out).view(b, len(ahead), -1)
+    return x_t, stim, targets
+
+
+class BatchSource:
+    """Training and evaluation batches on the training device, wherever the splits live.
+
+    Start frames are drawn on the host from `generator`, one draw per epoch, so a seed gives
+    the same batches whether the splits are device-resident or streamed. Device-resident
+    splits are indexed in place. Streamed splits (host memory) are gathered into two pinned
+    staging buffers and copied with non_blocking=True on a side CUDA stream one batch ahead,
+    so the copy of batch k+1 runs while step k computes. A streamed batch is valid until the
+    next one is requested. Without CUDA the same code runs, minus pinning and streams.
+    """
+
+    def __init__(
+        self, data: Dataset, device: torch.device, time_units: int, generator: torch.Generator
+    ):
+        self.streamed, self.device = data.streamed, device
+        self.time_units, self.generator = time_units, generator
+
+    def random(
+        self, split: Split, batch_size: int, steps: int, every_step: bool
+    ) -> Iterator[Batch]:
+        """`steps` batches of start frames drawn uniformly, with replacement."""
+        high = len(split) - self.time_units
+        starts = torch.randint(high, (steps, batch_size), generator=self.generator)
+        return self._batches(split, starts.to(split.x.device), every_step)
+
+    def ordered(self, split: Split, batch_size: int) -> Iterator[Batch]:
+        """Every start frame of the split once, in order; targets are frames t+tu only."""
+        starts = torch.arange(len(split) - self.time_units, device=split.x.device)
+        return self._batches(split, starts.split(batch_size), every_step=False)
+
+    def _batches(self, split: Split, starts: Sequence[Tensor], every_step: bool) -> Iterator[Batch]:
+        if self.streamed:
+            return self._streamed(split, starts, every_step)
+        return (gather_batch(split, s, self.time_units, every_step) for s in starts)
+
+    def _streamed(
+        self, split: Split, starts: Sequence[Tensor], every_step: bool
+    ) -> Iterator[Batch]:
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        staging = [self._staging(split, len(starts[0]), every_step, cuda) for _ in range(2)]
+        # per staging buffer: the event of the copy that last read it
+        copied: list[torch.cuda.Event | None] = [None, None]
+        pending = None
+        for k, s in enumerate(starts):
+            i = k % 2
+            if copied[i] is not None:
+                copied[i].synchronize()  # batch k-2's copy is done; its buffer can be refilled
+            out = tuple(t[: len(s)] for t in staging[i])
+            host = gather_batch(split, s, self.time_units, every_step, out)
+            batch, copied[i] = self._copy(host, stream)
+            if pending is not None:
+                yield self._ready(*pending)  # step k-1 runs while batch k is copied
+            pending = batch, copied[i]
+        if pending is not None:
+            yield self._ready(*pending)
+
+    def _staging(self, split: Split, rows: int, every_step: bool, pin: bool) -> Batch:
+        k = self.time_units if every_step else 1
+        shapes = (
+            (rows, split.x.shape[1]),
+            (rows, self.time_units, split.stim.shape[1]),
+            (rows, k, split.x.shape[1]),
+        )
+        return tuple(torch.empty(shape, pin_memory=pin) for shape in shapes)
+
+    def _copy(
+        self, host: Batch, stream: torch.cuda.Stream | None
+    ) -> tuple[Batch, torch.cuda.Event | None]:
+        """(the batch on the device, the event that marks its copy done), async on CUDA."""
+        if stream is None:
+            return host, None  # the training device is the host: use the staging buffers
+        with torch.cuda.stream(stream):
+            batch = tuple(t.to(self.device, non_blocking=True) for t in host)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return batch, done
+
+    def _ready(self, batch: Batch, copied: torch.cuda.Event | None) -> Batch:
+        """Make the training stream wait for this batch's copy (and only for it)."""
+        if copied is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(copied)
+            for t in batch:
+                t.record_stream(current)  # its memory came from the side stream's pool
+        return batch

@@ -42,4 +42,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    return atomic_write_text(
+        path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n"
+    )
+
+
+def claim_new_dir(path: str | Path) -> str:
+    """Create the folder `path`, or `path-2`, `path-3`, ... when taken; return the one made.
+
+    mkdir without exist_ok is atomic, so two processes (two sweeps started in the same
+    second) never get the same folder.
+    """
+    path, n = Path(path), 1
+    while True:
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return str(candidate)
+        except FileExistsError:
+            n += 1

@@ -45,11 +45,15 @@ class GPUMonitor:
             import pynvml
 
             pynvml.nvmlInit()
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            index = (
+                self.device.index if self.device.index is not None else torch.cuda.current_device()
+            )
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             name = pynvml.nvmlDeviceGetName(self._handle)
             self.stats.gpu_type = name.decode() if isinstance(name, bytes) else name
-            self.stats.total_gpu_memory_mb = pynvml.nvmlDeviceGetMemoryInfo(self._handle).total / MIB
+            self.stats.total_gpu_memory_mb = (
+                pynvml.nvmlDeviceGetMemoryInfo(self._handle).total / MIB
+            )
         except Exception as exc:  # no driver, no NVML, a MIG slice without access
             log.warning("NVML unavailable, GPU utilization will not be recorded: %s", exc)
             self._handle = None
@@ -105,8 +109,12 @@ def commit_hash() -> str:
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=7", "--match=NOMATCH"],
-            cwd=root, capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         from latent_evolution import __version__
@@ -137,8 +145,12 @@ def peak_flops(gpu_type: str | None, precision: str) -> float | None:
 
 def _linear_uses(model: torch.nn.Module, time_units: int, decoder_uses: int) -> list:
     """(linear layer, uses per sample, whether its input needs a gradient) for each layer."""
-    uses = {"encoder": 1, "decoder": decoder_uses, "evolver": time_units,
-            "stimulus_encoder": time_units}  # fmt: skip
+    uses = {
+        "encoder": 1,
+        "decoder": decoder_uses,
+        "evolver": time_units,
+        "stimulus_encoder": time_units,
+    }
     rows = []
     for name, n in uses.items():
         module = getattr(model, name, None)
@@ -150,7 +162,9 @@ def _linear_uses(model: torch.nn.Module, time_units: int, decoder_uses: int) -> 
     return rows
 
 
-def train_step_flops(model: torch.nn.Module, batch_size: int, time_units: int, every_step: bool) -> int:
+def train_step_flops(
+    model: torch.nn.Module, batch_size: int, time_units: int, every_step: bool
+) -> int:
     """Matmul FLOPs of one training step, forward and backward (as FlopCounterMode counts).
 
     Forward is 2*in*out per sample per use; backward adds 2*in*out for the weight

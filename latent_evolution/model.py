@@ -58,8 +58,12 @@ class LatentModel(nn.Module):
 
         def block(part: MLPConfig, d_in: int, d_out: int) -> MLP:
             return MLP(
-                d_in, part.hidden_dims, d_out, part.num_hidden_layers,
-                cfg.activation, cfg.use_batch_norm,
+                d_in,
+                part.hidden_dims,
+                d_out,
+                part.num_hidden_layers,
+                cfg.activation,
+                cfg.use_batch_norm,
             )
 
         self.encoder = block(cfg.encoder, n_neurons, cfg.latent_dims)
@@ -85,7 +89,9 @@ class LatentModel(nn.Module):
         steps = stim.shape[1]
         if self.stimulus_encoder is not None:
             # one batched pass over all tu frames instead of tu small ones
-            s_enc = self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(z.shape[0], steps, -1)
+            s_enc = self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(
+                z.shape[0], steps, -1
+            )
         states = []
         for k in range(steps):
             inp = torch.cat([z, s_enc[:, k]], dim=-1) if self.stimulus_encoder is not None else z

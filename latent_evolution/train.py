@@ -7,37 +7,70 @@ the run with one line naming the key, before any data or compilation work.
 from __future__ import annotations
 
 import logging
-import sys
+import math
+import os
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from latent_evolution.config import ConfigError, to_config
+from latent_evolution.config import Config, to_config
+from latent_evolution.input_errors import one_line_input_errors
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    try:
-        config = to_config(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    from latent_evolution.trainer import Trainer  # torch import after the config is known good
-
+    config = to_config(cfg)  # already checked before the run folder existed (input_errors)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = Trainer(config, run_dir).fit()
+    metrics = train_or_resume(config, run_dir)
+    if metrics["status"] != "ok":
+        log.error(
+            "Run %s at epoch %s (last finite train loss %s); results in %s",
+            metrics["status"],
+            metrics["diverged_at_epoch"],
+            metrics["last_finite_train_loss"],
+            run_dir,
+        )
+        return math.inf  # the sweep goes on; an optimizing sweeper ranks this run last
     log.info(
         "test loss %.6f vs constant model %.6f (%.1f%% better), noise floor %s; results in %s",
-        metrics["final_test_loss"], metrics["test_loss_constant_model"],
+        metrics["final_test_loss"],
+        metrics["test_loss_constant_model"],
         100 * (1 - metrics["final_test_loss"] / metrics["test_loss_constant_model"]),
-        metrics["noise_floor_loss"], run_dir,
-    )  # fmt: skip
+        metrics["noise_floor_loss"],
+        run_dir,
+    )
     return metrics["final_val_loss"]
 
 
+def train_or_resume(config: Config, run_dir: Path) -> dict[str, Any]:
+    """A finished run folder's metrics; else train, continuing from its checkpoint.pt if any."""
+    from latent_evolution.checkpoint import completed_metrics  # torch: after the config is good
+
+    metrics = completed_metrics(run_dir)
+    if metrics is not None:
+        log.info("%s already holds a finished run (metrics.json); not training again", run_dir)
+        return metrics
+    from latent_evolution.trainer import Trainer
+
+    trainer = Trainer(config, run_dir)
+    trainer.resume()
+    return trainer.fit()
+
+
+def cli() -> None:
+    """`python -m latent_evolution.train`: bad input is one line on stderr and exit status 2."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's full report
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us instead of Hydra's multi-line print
+    with one_line_input_errors():
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

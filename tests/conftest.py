@@ -26,7 +26,7 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def compose():
-    """compose(*overrides) -> the composed DictConfig, as `python -m latent_evolution.train` sees it."""
+    """compose(*overrides) -> the composed DictConfig, as the train command sees it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -37,3 +37,32 @@ def compose():
             )
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real one-node Slurm cluster (tests/slurm_cluster.py), SLURM_CONF pointing at it.
+
+    Missing Slurm programs skip on a workstation and fail in CI (CI=true), where .ci/run
+    installs them.
+    """
+    from tests.slurm_cluster import SlurmTestCluster, missing_programs
+
+    missing = missing_programs()
+    if missing:
+        reason = f"Slurm programs missing: {', '.join(missing)} (apt-get install slurm-wlm munge)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = SlurmTestCluster(tmp_path_factory.mktemp("slurm"))
+    previous = os.environ.get("SLURM_CONF")
+    try:
+        cluster.start()
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        yield cluster
+    finally:
+        cluster.stop()
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous

@@ -9,13 +9,21 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from latent_evolution.config import ModelConfig
-from latent_evolution.metrics import GPUMonitor, commit_hash, eval_flops, peak_flops, train_step_flops
+from latent_evolution.metrics import (
+    GPUMonitor,
+    commit_hash,
+    eval_flops,
+    peak_flops,
+    train_step_flops,
+)
 from latent_evolution.model import LatentModel
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize(("time_units", "every_step", "use_stimulus"),
-                         [(1, False, True), (3, True, True), (2, False, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("time_units", "every_step", "use_stimulus"),
+    [(1, False, True), (3, True, True), (2, False, False)],
+)
 def test_analytic_flops_match_torch_flop_counter(time_units, every_step, use_stimulus):
     model = LatentModel(ModelConfig(latent_dims=16, use_stimulus=use_stimulus), 50, 7)
     x_t, stim = torch.randn(8, 50), torch.randn(8, time_units, 7)
@@ -51,6 +59,11 @@ def test_monitor_without_nvidia_driver_warns_and_records_nothing(caplog):
 
 
 def test_commit_hash_is_the_checkouts_head():
-    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert commit_hash().startswith(head)

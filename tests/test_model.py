@@ -13,8 +13,9 @@ from latent_evolution.model import MLP, LatentModel, constant_baseline, l1_penal
 def small_model_config(latent_dims: int, **kw) -> ModelConfig:
     mlp = MLPConfig(hidden_dims=32, num_hidden_layers=2)
     stim = StimulusEncoderConfig(hidden_dims=16, num_hidden_layers=1, output_dims=8)
-    return ModelConfig(latent_dims=latent_dims, encoder=mlp, decoder=mlp, evolver=mlp,
-                       stimulus_encoder=stim, **kw)  # fmt: skip
+    return ModelConfig(
+        latent_dims=latent_dims, encoder=mlp, decoder=mlp, evolver=mlp, stimulus_encoder=stim, **kw
+    )
 
 
 @pytest.mark.parametrize("latent_dims", [1, 2, 64, 256])
@@ -68,6 +69,8 @@ def test_l1_terms_are_weighted_sums_of_mean_abs_per_parameter():
     cfg.encoder = MLPConfig(hidden_dims=8, num_hidden_layers=1, l1_reg_loss=0.5)
     model = LatentModel(cfg, n_neurons=6, n_input=2)
     expected = 0.5 * sum(p.abs().mean() for p in model.encoder.parameters())
-    _, _, reg = model.loss_parts(torch.randn(3, 6), torch.randn(3, 1, 2), torch.randn(3, 1, 6), False)
+    _, _, reg = model.loss_parts(
+        torch.randn(3, 6), torch.randn(3, 1, 2), torch.randn(3, 1, 6), False
+    )
     assert reg.item() == pytest.approx(expected.item())
     assert l1_penalty(model.decoder).item() > 0

@@ -1,0 +1,197 @@
+"""Training-speed benchmark: how close the train step runs to the machine's GEMM limit.
+
+For the fly_N9_62_1-sized model (N 13741, hidden 256, latent 256, stimulus 1736 -> 64)
+and each batch size and compile mode it reports steps/s, samples/s, the train step's
+achieved FLOP/s (matmul FLOPs counted exactly, see metrics.train_step_flops) beside
+the GEMM FLOP/s measured in the same run (the roofline fraction), an epoch split into
+train steps / validation / the rest, the trainer against a bare loop, and peak memory.
+Runs unchanged on CPU and CUDA:
+
+    python benchmarks/bench_train.py                         # fly size, batch 32/256/2048
+    python benchmarks/bench_train.py --compile none,default --batch-sizes 256 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from latent_evolution.config import Config, DataConfig, HardwareConfig, ModelConfig, TrainingConfig
+from latent_evolution.data import Dataset, Split
+from latent_evolution.metrics import eval_flops, peak_flops, torch_memory_stats, train_step_flops
+from latent_evolution.trainer import Trainer, resolve_device
+
+TRAIN_FRAMES = 4096  # synthetic frames per split: 225 MB of fly-sized fp32 data
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int = 1) -> float:
+    """Seconds per call of fn, the device drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def gemm_flops(device: torch.device, precision: str) -> float:
+    """Measured FLOP/s of a large square matmul: the practical ceiling for this workload."""
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device, dtype=DTYPES[precision])
+    b = torch.randn(size, size, device=device, dtype=DTYPES[precision])
+    timed(lambda: a @ b, device, repeats=2)  # warm up kernels and thread pools
+    seconds = timed(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 4)
+    return 2 * size**3 / seconds
+
+
+def synthetic_dataset(n_neurons: int, n_input: int, device: torch.device) -> Dataset:
+    """Random fly-sized splits on the device: speed does not depend on the values."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(frames: int) -> Split:
+        x = torch.randn(frames, n_neurons, generator=g) * 0.5
+        return Split(x.to(device), torch.randn(frames, n_input, generator=g).to(device))
+
+    return Dataset(split(TRAIN_FRAMES + 1), split(1024), split(1024), Path("synthetic"), 0.05, {})
+
+
+def make_config(args: argparse.Namespace, batch_size: int, compile_mode: str) -> Config:
+    steps_per_pass = TRAIN_FRAMES // batch_size
+    passes = max(1, math.ceil(args.steps / steps_per_pass))
+    return Config(
+        model=replace(ModelConfig(), latent_dims=args.latent),
+        training=TrainingConfig(batch_size=batch_size, data_passes_per_epoch=passes, val_every=5),
+        data=DataConfig(n_input=args.n_input),
+        hardware=HardwareConfig(device=args.device, precision=args.precision, compile=compile_mode),
+    )
+
+
+def bare_loop(trainer: Trainer, steps: int) -> float:
+    """Seconds per step of the plainest loop over the same model: the floor for our loop."""
+    t, train, model, opt = (
+        trainer.config.training,
+        trainer.data.train,
+        trainer.model,
+        trainer.optimizer,
+    )
+
+    def run() -> None:
+        for _ in range(steps):
+            starts = torch.randint(len(train) - 1, (t.batch_size,), device=train.x.device)
+            x_t, stim, targets = (
+                train.x[starts],
+                train.stim[starts].unsqueeze(1),
+                train.x[starts + 1],
+            )
+            sum(model.loss_parts(x_t, stim, targets.unsqueeze(1), False)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    run()  # warm-up
+    return timed(run, trainer.device) / steps
+
+
+def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: str) -> dict:
+    config = make_config(args, batch_size, mode)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(config, Path(run_dir), data=data)
+        device = trainer.device
+        t = config.training
+        steps = (TRAIN_FRAMES // batch_size) * t.data_passes_per_epoch
+        compile_s = timed(trainer.train_epoch, device)  # first epoch: compilation + warm-up
+        train_s = timed(trainer.train_epoch, device, repeats=args.epochs)
+        val_s = timed(lambda: trainer.evaluate(data.val), device)
+        # the full loop as `python -m latent_evolution.train` runs it, validation cadence included
+        trainer.config = replace(config, training=replace(t, epochs=args.epochs + 1))
+        trainer.fit()
+        fit_epochs = [row["epoch_duration_seconds"] for row in trainer.history[1:]]
+        loop_s = sum(fit_epochs) / len(fit_epochs)
+        bare_s = bare_loop(trainer, steps) * steps if mode == "none" else None
+        flops = train_step_flops(trainer.model, batch_size, t.time_units, t.evolve_multiple_steps)
+        val_flops = eval_flops(trainer.model, len(data.val) - 1, t.time_units)
+        return {
+            "batch_size": batch_size,
+            "compile": mode,
+            "compiled": trainer.step.compiled,
+            "steps_per_s": steps / train_s,
+            "samples_per_s": steps * batch_size / train_s,
+            "train_step_tflops": flops * steps / train_s / 1e12,
+            "val_tflops": val_flops / val_s / 1e12,
+            "epoch_s": loop_s,
+            "train_steps_s": train_s,
+            "val_s_per_epoch": val_s / t.val_every,
+            "overhead_pct": 100 * (loop_s - train_s) / loop_s,
+            "loop_vs_bare": loop_s / bare_s if bare_s else None,
+            "first_epoch_s": compile_s,
+            **torch_memory_stats(device),
+        }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--batch-sizes", default="32,256,2048")
+    p.add_argument("--compile", default="none,default", help="comma-separated compile modes")
+    p.add_argument("--n-neurons", type=int, default=13741)
+    p.add_argument("--n-input", type=int, default=1736)
+    p.add_argument("--latent", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="at least this many steps per epoch")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per setting")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    gemm = gemm_flops(device, args.precision)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_flops(name, args.precision)
+    sheet = f", data-sheet peak {peak / 1e12:.0f}" if peak else ""
+    print(
+        f"device {name}, {torch.get_num_threads()} threads; GEMM {gemm / 1e12:.3f} TFLOP/s "
+        f"measured ({args.precision}){sheet}"
+    )
+    data = synthetic_dataset(args.n_neurons, args.n_input, device)
+    rows = []
+    for mode in args.compile.split(","):
+        for batch_size in map(int, args.batch_sizes.split(",")):
+            row = bench_one(args, data, batch_size, mode)
+            row["roofline_fraction"] = row["train_step_tflops"] * 1e12 / gemm
+            row["mfu"] = row["train_step_tflops"] * 1e12 / peak if peak else None
+            rows.append(row)
+            print_row(row)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"device": name, "gemm_flops": gemm, "rows": rows}, indent=2)
+        )
+    return rows
+
+
+def print_row(r: dict) -> None:
+    bare = f"{r['loop_vs_bare']:.3f}x bare" if r["loop_vs_bare"] else "-"
+    print(
+        f"batch {r['batch_size']:>5} compile {r['compile']:<15} {r['steps_per_s']:8.2f} steps/s "
+        f"{r['samples_per_s']:9.0f} samples/s {r['train_step_tflops']:.3f} TFLOP/s "
+        f"roofline {r['roofline_fraction']:.2f} | epoch {r['epoch_s']:.3f} s, train steps "
+        f"{r['train_steps_s']:.3f} s, val/epoch {r['val_s_per_epoch']:.3f} s, overhead "
+        f"{r['overhead_pct']:.1f}% | loop {bare} | first epoch {r['first_epoch_s']:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Hydra sweeper that validates every job of a multirun before launching any."""

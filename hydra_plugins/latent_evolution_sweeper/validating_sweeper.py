@@ -1,0 +1,53 @@
+"""`hydra/sweeper=validating`: Hydra's basic sweeper, checking every job's config first.
+
+The basic sweeper composes a batch's configs only when that batch launches, and never
+runs `validate()`: a bad value in job 30 would surface after 29 jobs had run (or been
+queued on a cluster). This sweeper composes and validates every combination up front,
+so a bad value ends the command with one line and nothing is written or submitted.
+Sweeps given in `hydra.sweeper.params` work as with the basic sweeper.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+from latent_evolution.config import to_config
+from latent_evolution.input_errors import INPUT_ERRORS, describe
+
+
+@dataclass
+class ValidatingSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.latent_evolution_sweeper.validating_sweeper.ValidatingSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="validating", node=ValidatingSweeperConf)
+
+
+class ValidatingSweeper(BasicSweeper):
+    def sweep(self, arguments: list[str]) -> Any:
+        self.validate_all_jobs(arguments)
+        return super().sweep(arguments)
+
+    def validate_all_jobs(self, arguments: list[str]) -> None:
+        """Compose and validate each job's config; raise the first error naming its job."""
+        assert self.config is not None and self.hydra_context is not None
+        loader = self.hydra_context.config_loader
+        params = self._parse_config() + list(arguments)
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(params)
+        jobs = [job for batch in self.split_arguments(parsed, None) for job in batch]
+        for num, overrides in enumerate(jobs):
+            try:
+                to_config(loader.load_sweep_config(self.config, list(overrides)))
+            except INPUT_ERRORS as exc:
+                raise SweepJobError(num, overrides, exc) from None
+
+
+class SweepJobError(HydraException):
+    """A bad config in one job of a sweep: the one-line reason, then which job."""
+
+    def __init__(self, num: int, overrides: list[str], exc: BaseException):
+        super().__init__(f"{describe(exc)} (sweep job {num}: {' '.join(overrides)})")

@@ -1,0 +1,68 @@
+"""A run folder's checkpoint: written atomically, read back with weights_only=True.
+
+`checkpoint.pt` holds only tensors, dicts, lists, numbers and strings (model and
+optimizer state, RNG states, epoch, the epoch log, the config), so loading it never
+runs pickled code. `metrics.json` is written last by every run, so its presence
+means the run is complete and must not be trained again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latent_evolution.config import ConfigError
+from latent_evolution.files import atomic_write
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+# config keys a resumed run may change: where it runs and how long, not what it learns
+RESUMABLE_CHANGES = (
+    "name",
+    "hardware",
+    "data.cache_dir",
+    "data.device",
+    "training.epochs",
+    "training.checkpoint_every",
+    "training.log_every",
+)
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
+    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The run folder's checkpoint (tensors on the CPU), or None if it has none."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    for partial in Path(run_dir).glob(".*.tmp"):  # left by a writer that was killed
+        partial.unlink(missing_ok=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> None:
+    """Raise ConfigError on the first key where the checkpoint's config differs from this run's."""
+    for key, value in current.items():
+        name = f"{prefix}{key}"
+        if name in RESUMABLE_CHANGES or saved.get(key) == value:
+            continue
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            check_same_run(saved[key], value, f"{name}.")
+            continue
+        raise ConfigError(
+            name,
+            value,
+            f"this run folder's checkpoint.pt was made with {saved.get(key)!r}; "
+            "use the same value or a new run folder",
+        )
+
+
+def completed_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run, or None if the run folder holds no finished run."""
+    path = Path(run_dir) / METRICS
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,234 @@
+"""Render a sweep comparison (latent_evolution/compare.py) as text, CSV, JSON or a plot.
+
+terminal and markdown print three tables like the lab notes' Results sections: every run
+sorted by validation loss, train/val/test loss, and repeats; values every run shares
+(commit, GPU, constant baselines) move to one header line. CSV holds the runs table with
+every column; JSON holds the runs and repeats with missing values as null.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from latent_evolution.compare import LOSSES, SEED, STATUSES, Comparison
+
+# Columns that describe the setting more than the run; in text, shown once when all agree.
+CONTEXT = (
+    "commit_hash",
+    "gpu_type",
+    "epochs_completed",
+    "noise_floor_loss",
+    "train_loss_constant_model",
+    "val_loss_constant_model",
+    "test_loss_constant_model",
+)
+TERMINAL_NOTE_CHARS = 80  # long error lines are cut in the terminal, kept whole elsewhere
+
+
+def render(c: Comparison, fmt: str) -> str:
+    if fmt == "csv":
+        return c.runs.to_csv(index=False)
+    if fmt == "json":
+        return json.dumps(_as_json(c), indent=2) + "\n"
+    return _as_text(c, markdown=fmt == "markdown")
+
+
+def counts(table: pd.DataFrame) -> dict[str, int]:
+    found = table["status"].value_counts()
+    return {status: int(found.get(status, 0)) for status in STATUSES}
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def _records(table: pd.DataFrame | None) -> list[dict[str, Any]]:
+    if table is None:
+        return []
+    return [{k: _plain(v) for k, v in row.items()} for row in table.to_dict("records")]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null (strict JSON), tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _as_json(c: Comparison) -> dict[str, Any]:
+    return {
+        "swept": c.swept,
+        "sort": c.sort,
+        "counts": counts(c.runs),
+        "runs": _records(c.runs),
+        "repeat_keys": c.repeat_keys,
+        "repeats": _records(c.repeats),
+    }
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def _as_text(c: Comparison, markdown: bool) -> str:
+    notes = c.runs["note"] if markdown else c.runs["note"].str.slice(0, TERMINAL_NOTE_CHARS)
+    runs, shared = _split_shared(c.runs.assign(note=notes))
+    n = counts(c.runs)
+    lines = [f"{len(c.runs)} runs: " + ", ".join(f"{v} {k}" for k, v in n.items() if v)]
+    if shared:
+        lines.append(
+            "same for all runs: " + ", ".join(f"{k}={_cell(v)}" for k, v in shared.items())
+        )
+    sections = [
+        (f"Runs, sorted by {c.sort}", runs),
+        ("Train/val/test loss", c.runs[[*c.swept, "status", *LOSSES]]),
+    ]
+    if c.repeats is not None:
+        keys = ", ".join(c.repeat_keys) or "nothing but the seed"
+        sections.append(
+            (
+                f"Repeats: runs grouped by {keys}; mean/std/CV over ok runs",
+                _repeats_view(c.repeats, c.repeat_keys),
+            )
+        )
+    for title, table in sections:
+        lines += ["", f"### {title}" if markdown else f"{title}:", ""]
+        lines += _grid(table, markdown)
+    return "\n".join(lines) + "\n"
+
+
+def _split_shared(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Drop all-empty columns; move context columns with one value into a header dict."""
+    shared, drop = {}, []
+    for col in table.columns:
+        values = table[col].dropna()
+        values = values[values.map(str) != ""]
+        if values.empty:
+            drop.append(col)
+        elif col in CONTEXT and values.map(str).nunique() == 1:
+            shared[col] = values.iloc[0]
+            drop.append(col)
+    return table.drop(columns=drop), shared
+
+
+def _repeats_view(repeats: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    view = repeats[[*keys, "n", "n_ok", "failure_rate_pct"]].copy()
+    for loss in ("final_val_loss", "final_test_loss"):
+        mean, std = repeats[f"{loss}_mean"], repeats[f"{loss}_std"]
+        view[f"{loss} mean ± std"] = [
+            _cell(m) + (f" ± {s:.2g}" if pd.notna(s) else "")
+            for m, s in zip(mean, std, strict=True)
+        ]
+        view[f"{loss}_cv_pct"] = repeats[f"{loss}_cv_pct"]
+    return view
+
+
+def _cell(value: Any, column: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.1f}" if column.endswith("_pct") else f"{value:.6g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_cell(v) for v in value) + "]"
+    return str(value)
+
+
+def _grid(table: pd.DataFrame, markdown: bool) -> list[str]:
+    """Aligned rows: `| a | b |` tables for markdown, two-space columns for terminals."""
+    header = [str(col) for col in table.columns]
+    rows = [
+        [_cell(v, col) for col, v in zip(header, row, strict=True)]
+        for row in table.itertuples(index=False)
+    ]
+    if markdown:
+        rows = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    rule = ["-" * w for w in widths]
+
+    def line(cells: list[str]) -> str:
+        padded = [cell.ljust(w) for cell, w in zip(cells, widths, strict=True)]
+        return f"| {' | '.join(padded)} |" if markdown else "  ".join(padded).rstrip()
+
+    return [line(header), line(rule), *(line(row) for row in rows)]
+
+
+# ---------------------------------------------------------------------------- plot
+
+
+def plot_curves(c: Comparison, path: Path) -> Path:
+    """Validation loss per epoch of every run with a training_log.csv, coloured by the
+    --group-by keys (default: the first swept parameter), constant baseline dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from latent_evolution.files import atomic_write
+
+    keys = c.group_by or [k for k in c.swept if k != SEED][:1] or c.swept[:1]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    _draw_curves(ax, _plot_groups(c.runs, keys), plt.get_cmap("viridis"))
+    baselines = pd.to_numeric(c.runs["val_loss_constant_model"]).dropna().unique()
+    for i, baseline in enumerate(baselines):
+        label = None if i else "constant baseline"
+        ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label=label)
+    title = f"Validation loss of {len(c.runs)} runs by {', '.join(keys) or 'run'}"
+    ax.set(xlabel="epoch", ylabel="validation loss (MSE)", yscale="log", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(title=", ".join(keys) or None, fontsize="small")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def _draw_curves(ax: Any, groups: dict[str, list[str]], cmap: Any) -> None:
+    """One colour per group, spread over the colormap in group order; one legend entry each."""
+    for i, (label, run_dirs) in enumerate(groups.items()):
+        style = {"color": cmap(i / max(len(groups) - 1, 1)), "alpha": 0.8, "marker": "."}
+        for j, run_dir in enumerate(run_dirs):
+            epochs, losses = _val_curve(Path(run_dir) / "training_log.csv")
+            ax.plot(epochs, losses, markersize=4, label=None if j else label, **style)
+
+
+def _plot_groups(runs: pd.DataFrame, keys: Sequence[str]) -> dict[str, list[str]]:
+    """Legend label -> run folders, labels ordered by value (numbers numerically)."""
+    groups: dict[str, tuple[list[Any], list[str]]] = {}
+    rows = zip(runs["run_dir"], runs[list(keys)].itertuples(index=False), strict=True)
+    for run_dir, values in rows:
+        label = ", ".join(_cell(v) for v in values) or "all runs"
+        groups.setdefault(label, ([_order(v) for v in values], []))[1].append(run_dir)
+    ordered = sorted(groups.items(), key=lambda item: item[1][0])
+    return {label: run_dirs for label, (_, run_dirs) in ordered}
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """Numbers by value (so 32 < 128), then text alphabetically, then missing values."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return (0, float(value), "")
+    return (2, 0.0, "") if _cell(value) == "" else (1, 0.0, str(value))
+
+
+def _val_curve(log: Path) -> tuple[list[int], list[float]]:
+    """Epochs with a finite validation loss in a run's training_log.csv (none if absent)."""
+    if not log.is_file():
+        return [], []
+    epochs, losses = [], []
+    with open(log, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                epoch, loss = int(row["epoch"]), float(row.get("val_loss") or "nan")
+            except (KeyError, ValueError):
+                continue
+            if math.isfinite(loss) and loss > 0:  # log axis
+                epochs.append(epoch)
+                losses.append(loss)
+    return epochs, losses

@@ -1,0 +1,108 @@
+"""Bad input is rejected with one line naming the key, the value and what is allowed.
+
+The table is checked in process (Hydra compose + to_config, as the CLI does); a few
+cases go through the real CLI: exit status 2, one stderr line, nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from latent_evolution.config import to_config
+from latent_evolution.input_errors import INPUT_ERRORS, describe
+from tests.conftest import ROOT
+
+TINY = ("data=tiny", "model=small", "hardware=cpu")
+POSITIVE = "must be a positive integer"
+BAD_INPUTS = [  # (override, expected one-line message, as a regex)
+    ("training.batch_size=0", rf"^training\.batch_size=0: {POSITIVE}$"),
+    ("training.batch_size=-4", rf"^training\.batch_size=-4: {POSITIVE}$"),
+    ("training.batch_size=abc", r"^training\.batch_size: Value 'abc' .* converted to Integer$"),
+    ("training.batch_size=5000", r"^training\.batch_size=5000: must be <= the training window's"),
+    ("training.epochs=0", rf"^training\.epochs=0: {POSITIVE}$"),
+    ("training.epochs=1.5", r"^training\.epochs: Value '1\.5' .* converted to Integer$"),
+    ("training.learning_rate=0", r"^training\.learning_rate=0\.0: must be > 0$"),
+    ("training.learning_rate=-1e-3", r"^training\.learning_rate=-0\.001: must be > 0$"),
+    ("training.learning_rate=fast", r"^training\.learning_rate: Value 'fast' .* to Float$"),
+    ("training.optimizer=adamax", r"^training\.optimizer='adamax': must be one of adam, adamw,"),
+    ("training.time_units=0", rf"^training\.time_units=0: {POSITIVE}$"),
+    ("training.checkpoint_every=-1", r"^training\.checkpoint_every=-1: must be >= 0$"),
+    ("training.weight_decay=-1", r"^training\.weight_decay=-1\.0: must be >= 0$"),
+    ("training.grad_clip_norm=-0.5", r"^training\.grad_clip_norm=-0\.5: must be >= 0$"),
+    ("training.val_every=0", rf"^training\.val_every=0: {POSITIVE}$"),
+    ("training.lr=0.1", r"^training\.lr: unknown key; TrainingConfig has epochs, batch_size,"),
+    ("model.latent_dims=0", rf"^model\.latent_dims=0: {POSITIVE}$"),
+    ("model.encoder.hidden_dims=0", rf"^model\.encoder\.hidden_dims=0: {POSITIVE}$"),
+    ("model.evolver.num_hidden_layers=-1", r"^model\.evolver\.num_hidden_layers=-1: must be >= 0$"),
+    ("model.decoder.num_hidden_layers=two", r"^model\.decoder\.num_hidden_layers: Value 'two'"),
+    ("model.stimulus_encoder.output_dims=0", r"^model\.stimulus_encoder\.output_dims=0: must"),
+    ("model.evolver.l1_reg_loss=-0.1", r"^model\.evolver\.l1_reg_loss=-0\.1: must be >= 0$"),
+    ("model.activation=swish", r"^model\.activation='swish': must be one of relu, gelu, silu,"),
+    ("model=huge", r"^model=huge: must be one of latent, small$"),
+    ("hardware=foo", r"^hardware=foo: must be one of a100, auto, cpu, h100, h200, l4$"),
+    ("hardware.compile=max_autotune", r"^hardware\.compile='max_autotune': must be one of none,"),
+    ("hardware.precision=fp16", r"^hardware\.precision='fp16': must be one of fp32, tf32, bf16$"),
+    ("hardware.device=gpu", r"^hardware\.device='gpu': must be one of auto, cpu, cuda, cuda:N$"),
+    ("data.column=VOLT", r"^data\.column='VOLT': must be one of VOLTAGE, CALCIUM, FLUORESCENCE$"),
+    ("data.splits.train=[2000,200]", r"^data\.splits\.train=\[2000, 200\]: must be \[start,"),
+    ("data.splits.val=[1500,2200]", r"^data\.splits\.val=\[1500, 2200\]: must not overlap"),
+    ("data.splits.test=[2600,99999]", r"^data\.splits\.test=\[2600, 99999\]: must lie inside"),
+    ("data.splits.test=[2600]", r"^data\.splits\.test=\[2600\]: must be \[start, stop\)"),
+    ("data.source=simulation", r"^data\.path=None: .*x_list_0\.npy"),
+    ("training.epochs=[1", r"^training\.epochs=\[1: not a valid override"),
+]
+
+
+def first_error(compose, *overrides: str) -> str:
+    with pytest.raises(INPUT_ERRORS) as info:
+        to_config(compose(*overrides))
+    return describe(info.value)
+
+
+def test_the_table_is_long_enough():
+    assert len(BAD_INPUTS) >= 25
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_INPUTS, ids=[o for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_naming_key_value_and_allowed(compose, override, message):
+    text = first_error(compose, *TINY, override)
+    assert "\n" not in text
+    assert re.search(message, text), text
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": ""}  # the user did not ask for Hydra's report
+    return subprocess.run(
+        [sys.executable, "-m", "latent_evolution.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("training.batch_size=abc",), r"^error: training\.batch_size: Value 'abc'"),
+        (("hardware=foo",), r"^error: hardware=foo: must be one of a100, auto,"),
+        (("training.epochs=0",), rf"^error: training\.epochs=0: {POSITIVE}$"),
+        (("-m", "training.batch_size=32,0"), r"^error: training\.batch_size=0: .*\(sweep job 1: "),
+        (("-m", "training.optimizer=adam,adamax"), r"^error: training\.optimizer='adamax'"),
+    ],
+)
+def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
+    run_dir, sweep_dir = tmp_path / "run", tmp_path / "sweep"
+    dirs = (f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={sweep_dir}")
+    result = cli(*args[:1], *TINY[:2], *args[1:], *dirs)  # a flag (-m) first; hardware free
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not run_dir.exists() and not sweep_dir.exists()  # no folder, no job launched

@@ -1,0 +1,229 @@
+"""Cluster launchers: per-job GPU-type dispatch on a real one-node Slurm cluster and through the
+LSF stand-in, failure reports, dry runs, detached submission, preemption and resume, and the
+lab's experiments as presets.
+
+Sweeps run as a user runs them (`python -m latent_evolution.train -m ...` in a temp folder).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from latent_evolution.config import to_config
+from latent_evolution.files import claim_new_dir
+from tests.conftest import CONF
+
+pytest_plugins = ["tests.lsf_standin"]  # the lsf_standin fixture
+LAUNCHERS = "hydra_plugins.latent_evolution_launchers.dispatch_launcher"
+TINY = ("data=tiny", "model=small", "training.batch_size=256", "hardware.compile=none")
+ONE_EPOCH_ON_CPU = (*TINY, "training.epochs=1", "hardware.device=cpu")
+# gpu_type_sweep cut to one job per GPU type (the command line wins over a preset's sweep)
+GPU_TYPES = ("experiment=gpu_type_sweep", "hardware.precision=fp32", *ONE_EPOCH_ON_CPU)
+QUEUES = {"gpu_l4": "8", "gpu_a100": "12", "gpu_h100": "12", "gpu_h200": "12"}  # queue: slots
+# the notes' experiments: (jobs in the sweep, epochs)
+EXPERIMENTS = {
+    "batch_size_sweep": (4, 5000),
+    "learning_rate_sweep": (4, 5000),
+    "latent_dim_sweep": (4, 10000),
+    "gpu_type_sweep": (16, 5000),
+    "reproducibility": (5, 10000),
+    "reproducibility_512": (5, 10000),
+    "use_batch_norm": (2, 10000),
+    "batch_and_lr_wo_bn": (16, 10000),
+    "latent1d": (1, 10000),
+    "add_stimulus_lr": (24, 10000),
+    "l1_reg_encoder_decoder_only": (7, 10000),
+}
+
+
+def sweep(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "latent_evolution.train", "-m", *overrides]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=400)
+
+
+def the_sweep_dir(cwd: Path) -> Path:
+    (found,) = [path.parent for path in cwd.glob("multirun/*/*/*/multirun.yaml")]
+    return found
+
+
+def submitted(cwd: Path) -> list[dict]:
+    return json.loads((the_sweep_dir(cwd) / "submitted_jobs.json").read_text())
+
+
+def run_config(cwd: Path, record: dict):
+    return OmegaConf.load(cwd / record["run_dir"] / ".hydra" / "config.yaml")
+
+
+def slurm_job(cluster, job_id: str) -> dict[str, str]:
+    """`scontrol show job` as {field: value} (finished jobs stay listed for MinJobAge)."""
+    return dict(re.findall(r"(\w+)=(\S*)", cluster.run("scontrol", "show", "job", job_id)))
+
+
+def wait_for(ready: Callable[[], bool], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_launcher_names_select_the_dispatching_launchers(compose):
+    # hydra-submitit-launcher stores its own `submitit_slurm` whenever Hydra (re)imports it
+    importlib.reload(importlib.import_module("hydra_plugins.hydra_submitit_launcher.config"))
+    for name, launcher in (
+        ("submitit_slurm", "SlurmDispatchLauncher"),
+        ("submitit_lsf", "LSFDispatchLauncher"),
+    ):
+        cfg = compose(f"hydra/launcher={name}", return_hydra_config=True)
+        assert cfg.hydra.launcher._target_ == f"{LAUNCHERS}.{launcher}"
+
+
+def sweep_choices(key: str, values: str) -> list[str]:
+    override = OverridesParser.create().parse_override(f"{key}={values}")
+    return list(override.sweep_string_iterator())
+
+
+def test_every_experiment_of_the_notes_is_a_preset_carrying_its_sweep():
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == sorted(EXPERIMENTS)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        for name, (n_jobs, epochs) in EXPERIMENTS.items():
+            cfg = compose("config", [f"experiment={name}"], return_hydra_config=True)
+            assert (cfg.name, cfg.training.epochs) == (name, epochs)
+            params = cfg.hydra.sweeper.params or {}
+            jobs = 1
+            for key, values in params.items():
+                choices = sweep_choices(key, values)
+                jobs *= len(choices)
+                for choice in choices:  # every value composes and validates
+                    to_config(compose("config", [f"experiment={name}", f"{key}={choice}"]))
+            assert jobs == n_jobs, name
+        l1 = compose(
+            "config", ["experiment=l1_reg_encoder_decoder_only", "model.encoder.l1_reg_loss=0.01"]
+        ).model
+        assert (l1.encoder.l1_reg_loss, l1.decoder.l1_reg_loss, l1.evolver.l1_reg_loss) == (
+            0.01,
+            0.01,
+            0.0,
+        )
+
+
+def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own(
+    compose, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    first, second = (compose("name=x", return_hydra_config=True).hydra.sweep.dir for _ in "12")
+    assert first != second and Path(first).is_dir() and Path(second).is_dir()
+    assert claim_new_dir(tmp_path / "d") == str(tmp_path / "d")
+    assert claim_new_dir(tmp_path / "d") == str(tmp_path / "d-2")
+
+
+# -------------------------------------------------------------------------------- LSF
+
+
+def test_dry_run_prints_one_script_per_gpu_type_and_submits_nothing(lsf_standin, tmp_path):
+    done = sweep(
+        tmp_path,
+        "experiment=gpu_type_sweep",
+        "hydra/launcher=submitit_lsf",
+        "hydra.launcher.dry_run=true",
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(re.findall(r'#BSUB -q "(\w+)"', done.stdout)) == sorted(QUEUES)
+    # 16 jobs: per GPU type one array of 4 (compiled or not x tf32 or not)
+    assert done.stdout.count('#BSUB -J "gpu_type_sweep[1-4]%4"') == 4
+    assert lsf_standin.submissions() == []
+
+
+def test_gpu_type_sweep_through_lsf_sends_each_job_to_its_queue(lsf_standin, tmp_path):
+    done = sweep(tmp_path, *GPU_TYPES, "hydra/launcher=submitit_lsf")
+    assert done.returncode == 0, done.stderr
+    options = {str(s["job_id"]): s["options"] for s in lsf_standin.submissions()}
+    assert {o["q"]: o["n"] for o in options.values()} == QUEUES
+    for record in submitted(tmp_path):
+        queue = options[record["job_id"].split("_")[0]]["q"]
+        assert queue == run_config(tmp_path, record).hardware.lsf.queue
+        assert (tmp_path / record["run_dir"] / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------ Slurm
+
+
+def test_gpu_type_sweep_on_slurm_runs_every_job_in_its_partition(slurm_cluster, tmp_path):
+    done = sweep(tmp_path, *GPU_TYPES, "hydra/launcher=submitit_slurm")
+    assert done.returncode == 0, done.stderr
+    partitions = []
+    for record in submitted(tmp_path):
+        partitions.append(run_config(tmp_path, record).hardware.slurm.partition)
+        assert slurm_job(slurm_cluster, record["job_id"])["Partition"] == partitions[-1]
+        assert (tmp_path / record["run_dir"] / "metrics.json").exists()
+    assert sorted(partitions) == sorted(QUEUES)
+
+
+def test_a_failing_job_lets_the_others_finish_and_is_named_with_its_rerun(slurm_cluster, tmp_path):
+    # the CPU build of torch fails the cuda job at run time, after its config validated
+    done = sweep(
+        tmp_path,
+        *TINY,
+        "training.epochs=1",
+        "hardware=l4",
+        "hardware.device=cpu,cuda",
+        "hydra/launcher=submitit_slurm",
+    )
+    assert done.returncode != 0
+    assert "1 of 2 jobs failed" in done.stderr
+    good, bad = submitted(tmp_path)
+    assert (tmp_path / good["run_dir"] / "metrics.json").exists()
+    report = (the_sweep_dir(tmp_path) / "failed_jobs.txt").read_text()
+    assert f"job {bad['num']} (" in report and f"job {good['num']} (" not in report
+    log = Path(re.search(r"log: (\S+)", report).group(1))
+    assert "Torch not compiled with CUDA" in log.read_text()
+    rerun = shlex.split(report.strip().splitlines()[-1])
+    assert rerun == [
+        sys.executable,
+        "-m",
+        "latent_evolution.train",
+        "-m",
+        "hydra/launcher=submitit_slurm",
+        *bad["overrides"],
+    ]
+
+
+def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+    done = sweep(
+        tmp_path,
+        *TINY,
+        "training.epochs=10",
+        "training.data_passes_per_epoch=10",  # epochs of ~1 s: the signal lands mid-run
+        "training.checkpoint_every=1",
+        "hardware=l4",
+        "hardware.device=cpu",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.wait=false",
+    )
+    assert done.returncode == 0, done.stderr  # returned at once, the job still to run
+    (record,) = submitted(tmp_path)
+    run_dir = tmp_path / record["run_dir"]
+    wait_for((run_dir / "checkpoint.pt").exists, "the first checkpoint", 120)
+    slurm_cluster.run("scancel", "--signal=USR2", record["job_id"])  # Slurm's preemption warning
+    wait_for((run_dir / "metrics.json").exists, "the requeued job to finish", 300)
+    assert slurm_job(slurm_cluster, record["job_id"])["Restarts"] == "1"
+    assert re.search(
+        r"Resuming from \S+checkpoint\.pt at epoch [1-9]", (run_dir / "train.log").read_text()
+    )
+    rows = (run_dir / "training_log.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == list(range(1, 11))
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 10

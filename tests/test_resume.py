@@ -1,0 +1,211 @@
+"""Checkpoints, resume, preemption signals and divergence: nothing a run did is lost.
+
+The subprocess tests run the real CLI: SIGKILL at a random point or a cluster's warning
+signal (SIGUSR2), then the same command again, must end with exactly the results of an
+uninterrupted run (bitwise: eager CPU training is deterministic).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from latent_evolution.config import ConfigError, to_config
+from latent_evolution.preemption import DeferredSignals
+from latent_evolution.train import train_or_resume
+from latent_evolution.trainer import Trainer
+from tests.conftest import ROOT
+
+TINY = ("data=tiny", "model=small", "hardware=cpu")
+EPOCHS = 12
+RUN = (*TINY, f"training.epochs={EPOCHS}", "training.log_every=1", "training.val_every=3")
+RESULT_KEYS = (
+    "status",
+    "epochs_completed",
+    "final_train_loss",
+    "final_val_loss",
+    "final_test_loss",
+    "final_train_objective_loss",
+    "final_train_evolve_loss",
+    "final_train_recon_loss",
+)
+
+
+def command(run_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "latent_evolution.train",
+        *RUN,
+        *extra,
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def run(run_dir: Path, *extra: str) -> None:
+    subprocess.run(command(run_dir, *extra), cwd=ROOT, check=True, capture_output=True, timeout=300)
+
+
+def results(run_dir: Path) -> tuple[dict, list[dict]]:
+    """Metrics that training decides, and the epoch log without its timings."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = read_log(run_dir)
+    for row in rows:
+        del row["epoch_duration_seconds"]
+    return {k: metrics[k] for k in RESULT_KEYS}, rows
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    with open(run_dir / "training_log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"run ended early with {proc.returncode}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def resumed_epoch(run_dir: Path) -> int:
+    line = next(li for li in (run_dir / "train.log").read_text().splitlines() if "Resuming" in li)
+    return int(line.rsplit(" ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[dict, list[dict]]:
+    """An uninterrupted run's results."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run(run_dir, "training.checkpoint_every=0")
+    return results(run_dir)
+
+
+def start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    out = subprocess.DEVNULL
+    return subprocess.Popen(command(run_dir, *extra), cwd=ROOT, stdout=out, stderr=out)
+
+
+def wait_for_epoch(run_dir: Path, epoch: int, proc: subprocess.Popen) -> None:
+    """Until the run logs the end of `epoch` (training.log_every=1 logs every epoch)."""
+    log = run_dir / "train.log"
+    wait_for(lambda: log.exists() and f"epoch {epoch}:" in log.read_text(), proc)
+
+
+def test_sigkill_at_a_random_point_then_rerun_gives_identical_results(reference, tmp_path):
+    # a random epoch, then a random moment in the next: mid-step, mid-checkpoint-write, ...
+    epoch, delay = random.randint(2, EPOCHS - 3), random.uniform(0, 0.05)
+    where = f"killed {delay:.3f} s after epoch {epoch}"
+    proc = start(tmp_path, "training.checkpoint_every=1")
+    wait_for_epoch(tmp_path, epoch, proc)
+    time.sleep(delay)
+    assert proc.poll() is None, f"finished before it was {where}"
+    proc.kill()
+    proc.wait()
+    assert not (tmp_path / "metrics.json").exists()
+
+    run(tmp_path, "training.checkpoint_every=1")
+    assert 1 <= resumed_epoch(tmp_path) < EPOCHS
+    assert results(tmp_path) == reference, where
+    assert not list(tmp_path.glob(".*.tmp"))  # a write the kill interrupted was cleaned up
+
+
+def test_warning_signal_checkpoints_at_epoch_end_and_the_rerun_resumes(reference, tmp_path):
+    """SIGUSR2 (Slurm --signal, LSF -wa): checkpoint at the epoch's end, then the default action."""
+    proc = start(tmp_path, "training.checkpoint_every=0")  # no checkpoint unless warned
+    wait_for_epoch(tmp_path, 2, proc)
+    proc.send_signal(signal.SIGUSR2)
+    assert proc.wait(timeout=60) == -signal.SIGUSR2
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert 2 <= state["epoch"] < EPOCHS and len(state["history"]) == state["epoch"]
+    assert not (tmp_path / "metrics.json").exists()
+
+    run(tmp_path, "training.checkpoint_every=0")
+    assert resumed_epoch(tmp_path) == state["epoch"]
+    assert results(tmp_path) == reference
+
+
+def test_deferred_signal_reaches_the_previous_handler_at_forward():
+    """Under submitit the previous USR2 handler requeues the job: it must still be called."""
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        with DeferredSignals() as signals:
+            signal.raise_signal(signal.SIGUSR2)
+            assert signals.requested and seen == []
+            signals.forward()
+            assert seen == [signal.SIGUSR2] and not signals.requested
+        signal.raise_signal(signal.SIGUSR2)  # the previous handler is back
+        assert seen == [signal.SIGUSR2, signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_checkpoint_is_weights_only_and_holds_the_whole_state(compose, tmp_path):
+    config = to_config(compose(*TINY, "training.epochs=2", "training.checkpoint_every=1"))
+    Trainer(config, tmp_path).fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert {"model", "optimizer", "torch_rng", "batch_rng", "epoch", "history", "config"} <= set(
+        state
+    )
+    assert state["epoch"] == 2 and [r["epoch"] for r in state["history"]] == [1, 2]
+
+
+def test_finished_run_is_returned_not_trained_again(compose, tmp_path, monkeypatch):
+    config = to_config(compose(*TINY, "training.epochs=2"))
+    first = train_or_resume(config, tmp_path)
+
+    def no_training(*args):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("latent_evolution.trainer.Trainer", no_training)
+    assert train_or_resume(config, tmp_path) == json.loads(json.dumps(first))
+
+
+def test_checkpoint_of_another_config_is_refused(compose, tmp_path):
+    Trainer(to_config(compose(*TINY, "training.epochs=2")), tmp_path).fit()
+    (tmp_path / "metrics.json").unlink()
+    other = Trainer(
+        to_config(compose(*TINY, "training.epochs=4", "training.learning_rate=0.01")), tmp_path
+    )
+    with pytest.raises(
+        ConfigError, match=r"^training\.learning_rate=0\.01: this run folder's checkpoint"
+    ):
+        other.resume()
+
+
+def test_nan_loss_stops_the_run_records_divergence_and_returns(compose, tmp_path, monkeypatch):
+    train_epoch = Trainer.train_epoch
+
+    def nan_in_third_epoch(self):  # as a too-large step does: NaN loss and weights
+        parts = train_epoch(self)
+        if self.epoch == 2:
+            for p in self.model.parameters():
+                p.data.fill_(float("nan"))
+            parts = parts * float("nan")
+        return parts
+
+    monkeypatch.setattr(Trainer, "train_epoch", nan_in_third_epoch)
+    config = to_config(
+        compose(*TINY, "training.epochs=6", "training.val_every=1", "training.checkpoint_every=1")
+    )
+    metrics = Trainer(config, tmp_path).fit()  # returns: the sweep goes on
+
+    log = read_log(tmp_path)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert on_disk == json.loads(json.dumps(metrics))  # strict JSON: no NaN tokens
+    assert metrics["status"] == "diverged" and metrics["diverged_at_epoch"] == 3
+    assert metrics["epochs_completed"] == 3 and len(log) == 3
+    assert metrics["last_finite_train_loss"] == float(log[1]["train_objective_loss"])
+    assert metrics["last_finite_val_loss"] == float(log[1]["val_loss"])
+    assert metrics["final_train_objective_loss"] is None and metrics["final_val_loss"] is None
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 2  # not NaN
