@@ -110,7 +110,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         trainer = Trainer(config, Path(run_dir), data=data)
         device = trainer.device
         t = config.training
-        steps = (TRAIN_FRAMES // batch_size) * t.data_passes_per_epoch
+        steps = trainer.steps_per_epoch
         compile_s = timed(trainer.train_epoch, device)  # first epoch: compilation + warm-up
         train_s = timed(trainer.train_epoch, device, repeats=args.epochs)
         val_s = timed(lambda: trainer.evaluate(data.val), device)

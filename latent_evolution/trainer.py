@@ -27,7 +27,13 @@ from latent_evolution.checkpoint import check_same_run, load_checkpoint, save_ch
 from latent_evolution.config import Config
 from latent_evolution.data import BatchSource, Dataset, Split, load_dataset
 from latent_evolution.files import atomic_write, atomic_write_json, atomic_write_text
-from latent_evolution.metrics import GPUMonitor, commit_hash, torch_memory_stats
+from latent_evolution.metrics import (
+    GPUMonitor,
+    commit_hash,
+    peak_flops,
+    torch_memory_stats,
+    train_step_flops,
+)
 from latent_evolution.model import LatentModel, constant_baseline
 from latent_evolution.preemption import DeferredSignals
 
@@ -130,14 +136,18 @@ class Trainer:
             )
         return torch.stack([evolve + recon + reg, evolve, recon, reg])
 
+    @property
+    def steps_per_epoch(self) -> int:
+        t = self.config.training
+        return (len(self.data.train) // t.batch_size) * t.data_passes_per_epoch
+
     def train_epoch(self) -> Tensor:
         """One epoch of optimizer steps; returns the mean loss parts, still on the device."""
         t = self.config.training
-        train = self.data.train
-        steps = (len(train) // t.batch_size) * t.data_passes_per_epoch
+        steps = self.steps_per_epoch
         sums = torch.zeros(len(LOSS_PARTS), device=self.device)
         self.model.train()
-        batches = self.batches.random(train, t.batch_size, steps, t.evolve_multiple_steps)
+        batches = self.batches.random(self.data.train, t.batch_size, steps, t.evolve_multiple_steps)
         for x_t, stim, targets in batches:
             parts = self.step(x_t, stim, targets)
             parts[0].backward()
@@ -249,6 +259,7 @@ class Trainer:
         read = {k: float(v) for k, v in {**losses, **baselines}.items()}
         last = self.history[-1] if self.history else {}
         durations = [r["epoch_duration_seconds"] for r in self.history]
+        epoch_seconds = sum(durations) / len(durations) if durations else None
         return {
             "status": status,
             "diverged_at_epoch": diverged_at,
@@ -260,9 +271,8 @@ class Trainer:
             "noise_floor_loss": d.noise_std**2 if d.noise_std is not None else None,
             "epochs_completed": self.epoch,
             "training_duration_seconds": round(seconds, 3),
-            "avg_epoch_duration_seconds": round(sum(durations) / len(durations), 4)
-            if durations
-            else None,
+            "avg_epoch_duration_seconds": epoch_seconds and round(epoch_seconds, 4),
+            **self._throughput(epoch_seconds, gpu.gpu_type),
             "gpu_type": gpu.gpu_type,
             "total_gpu_memory_mb": gpu.total_gpu_memory_mb,
             "max_gpu_memory_mb": gpu.max_gpu_memory_mb,
@@ -273,6 +283,22 @@ class Trainer:
             "n_parameters": sum(p.numel() for p in self.model.parameters()),
             "data_path": str(d.path),
             "commit_hash": commit_hash(),
+        }
+
+    def _throughput(self, epoch_seconds: float | None, gpu_type: str | None) -> dict[str, Any]:
+        """Matmul FLOP/s achieved over whole epochs (validation included) and MFU.
+
+        MFU is against the data-sheet peak for this GPU and precision (metrics.PEAK_FLOPS);
+        None on CPU or an unknown GPU, where benchmarks/bench_train.py measures a roofline.
+        """
+        t = self.config.training
+        step = train_step_flops(self.model, t.batch_size, t.time_units, t.evolve_multiple_steps)
+        achieved = step * self.steps_per_epoch / epoch_seconds if epoch_seconds else None
+        peak = peak_flops(gpu_type, self.config.hardware.precision)
+        return {
+            "train_step_flops": step,
+            "model_flops_per_second": achieved,
+            "mfu": achieved / peak if achieved and peak else None,
         }
 
     def _write_outputs(self, metrics: dict[str, Any]) -> None:

@@ -69,6 +69,10 @@ def test_run_folder_holds_metrics_log_and_weights(compose, tmp_path):
     assert on_disk.keys() >= METRIC_NAMES
     assert on_disk["final_val_loss"] == metrics["final_val_loss"]
     assert on_disk["gpu_type"] is None and on_disk["device"] == "cpu"  # CPU: null, no crash
+    assert on_disk["mfu"] is None  # no data-sheet peak for a CPU
+    steps = 4400 // 64  # data=tiny's train window over the default batch size
+    flops = on_disk["train_step_flops"] * steps / on_disk["avg_epoch_duration_seconds"]
+    assert on_disk["model_flops_per_second"] == pytest.approx(flops, rel=0.01)
     rows = list(csv.DictReader((tmp_path / "training_log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert [r["val_loss"] != "" for r in rows] == [False, True, False, True]
