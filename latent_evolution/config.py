@@ -19,6 +19,7 @@ from latent_evolution.files import claim_new_dir
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("mse", "huber", "l1")  # training objective; val/test are always MSE
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 PRECISIONS = ("fp32", "tf32", "bf16")
 DATA_SOURCES = ("embedded", "simulation")
@@ -71,6 +72,7 @@ class TrainingConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     optimizer: str = "adam"
+    loss: str = "mse"  # evolve and reconstruction terms of the objective
     weight_decay: float = 0.0
     grad_clip_norm: float = 0.0  # 0 disables clipping
     seed: int = 42
@@ -245,6 +247,7 @@ def _validate_training(t: TrainingConfig) -> None:
     if not t.learning_rate > 0:
         raise ConfigError("training.learning_rate", t.learning_rate, "must be > 0")
     _choice("training.optimizer", t.optimizer, OPTIMIZERS)
+    _choice("training.loss", t.loss, LOSSES)
     _non_negative("training.weight_decay", t.weight_decay)
     _non_negative("training.grad_clip_norm", t.grad_clip_norm)
 

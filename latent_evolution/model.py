@@ -20,6 +20,11 @@ ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "leaky_relu": nn.LeakyReLU,
 }
+LOSS_FUNCTIONS = {  # keys: config.LOSSES
+    "mse": nn.functional.mse_loss,
+    "huber": nn.functional.huber_loss,
+    "l1": nn.functional.l1_loss,
+}
 
 
 class MLP(nn.Sequential):
@@ -105,22 +110,24 @@ class LatentModel(nn.Module):
         return self.decoder(latents[:, -1])
 
     def loss_parts(
-        self, x_t: Tensor, stim: Tensor, targets: Tensor, every_step: bool
+        self, x_t: Tensor, stim: Tensor, targets: Tensor, every_step: bool, loss: str = "mse"
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(evolve MSE, reconstruction MSE, weighted L1), each a 0-d tensor in fp32.
+        """(evolve, reconstruction, weighted L1) losses, each a 0-d tensor in fp32.
 
         targets: (B, tu, N) frames t+1..t+tu. With every_step the evolve loss averages
         all tu predictions; otherwise only the last frame counts and only it is decoded.
+        loss names the error of the first two terms (LOSS_FUNCTIONS).
         """
+        error = LOSS_FUNCTIONS[loss]
         z = self.encoder(x_t)
         latents = self.rollout(z, stim)
         if every_step:
             b, tu, dims = latents.shape
             pred = self.decoder(latents.reshape(b * tu, dims)).view(b, tu, -1)
-            evolve = nn.functional.mse_loss(pred.float(), targets)
+            evolve = error(pred.float(), targets)
         else:
-            evolve = nn.functional.mse_loss(self.decoder(latents[:, -1]).float(), targets[:, -1])
-        recon = nn.functional.mse_loss(self.decoder(z).float(), x_t)
+            evolve = error(self.decoder(latents[:, -1]).float(), targets[:, -1])
+        recon = error(self.decoder(z).float(), x_t)
         reg = evolve.new_zeros(())
         for name, weight in self.l1_weights.items():
             if weight > 0:

@@ -130,9 +130,10 @@ class Trainer:
 
     def _losses(self, x_t: Tensor, stim: Tensor, targets: Tensor) -> Tensor:
         """(objective, evolve, recon, reg) stacked; the objective is what we descend."""
+        t = self.config.training
         with self.autocast:
             evolve, recon, reg = self.model.loss_parts(
-                x_t, stim, targets, self.config.training.evolve_multiple_steps
+                x_t, stim, targets, t.evolve_multiple_steps, t.loss
             )
         return torch.stack([evolve + recon + reg, evolve, recon, reg])
 

@@ -30,6 +30,7 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ("training.learning_rate=-1e-3", r"^training\.learning_rate=-0\.001: must be > 0$"),
     ("training.learning_rate=fast", r"^training\.learning_rate: Value 'fast' .* to Float$"),
     ("training.optimizer=adamax", r"^training\.optimizer='adamax': must be one of adam, adamw,"),
+    ("training.loss=cosine", r"^training\.loss='cosine': must be one of mse, huber, l1$"),
     ("training.time_units=0", rf"^training\.time_units=0: {POSITIVE}$"),
     ("training.checkpoint_every=-1", r"^training\.checkpoint_every=-1: must be >= 0$"),
     ("training.weight_decay=-1", r"^training\.weight_decay=-1\.0: must be >= 0$"),

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from latent_evolution.config import MLPConfig, ModelConfig, StimulusEncoderConfig
-from latent_evolution.model import MLP, LatentModel, constant_baseline, l1_penalty
+from latent_evolution.config import LOSSES, MLPConfig, ModelConfig, StimulusEncoderConfig
+from latent_evolution.model import LOSS_FUNCTIONS, MLP, LatentModel, constant_baseline, l1_penalty
 
 
 def small_model_config(latent_dims: int, **kw) -> ModelConfig:
@@ -54,6 +54,26 @@ def test_evolver_is_residual_one_step_per_frame():
     z = torch.randn(2, 4)
     out = model.rollout(z, torch.randn(2, 5, 3))
     assert torch.equal(out, z.unsqueeze(1).expand(2, 5, 4))
+
+
+ERRORS = {  # each configurable loss written out by hand
+    "mse": lambda d: d.pow(2).mean(),
+    "l1": lambda d: d.abs().mean(),
+    "huber": lambda d: torch.where(d.abs() < 1, 0.5 * d.pow(2), d.abs() - 0.5).mean(),
+}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_configurable_loss_is_the_named_error(loss):
+    model = LatentModel(small_model_config(4), n_neurons=6, n_input=2)
+    x_t, stim, targets = 2 * torch.randn(3, 6), torch.randn(3, 1, 2), 2 * torch.randn(3, 1, 6)
+    evolve, recon, _ = model.loss_parts(x_t, stim, targets, False, loss)
+    with torch.no_grad():
+        expected_recon = ERRORS[loss](model.decoder(model.encoder(x_t)) - x_t)
+        expected_evolve = ERRORS[loss](model(x_t, stim) - targets[:, -1])
+    assert recon.item() == pytest.approx(expected_recon.item(), rel=1e-5)
+    assert evolve.item() == pytest.approx(expected_evolve.item(), rel=1e-5)
+    assert set(LOSS_FUNCTIONS) == set(LOSSES) == set(ERRORS)
 
 
 def test_constant_baseline_on_a_known_array():
