@@ -115,7 +115,7 @@ class DataConfig:
     path: str | None = None  # simulation folder; embedded data lives in cache_dir
     path_env: str | None = None  # environment variable a preset's path is read from, if any
     expected_shape: list[int] | None = None  # [T, N] the file must hold (a preset's guard)
-    cache_dir: str = "${oc.env:LATENT_EVOLUTION_CACHE,${oc.env:HOME}/.cache/latent_evolution}"
+    cache_dir: str = "${oc.env:LATENT_EVOLUTION_CACHE,'~/.cache/latent_evolution'}"
     column: str = "VOLTAGE"
     n_input: int = 256  # stimulus-driven neurons, the first n_input of the file
     noise_std: float | None = 0.05  # process noise per frame; None if unknown

@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> float:
         )
         return math.inf  # the sweep goes on; an optimizing sweeper ranks this run last
     log.info(
-        "test loss %.6f vs constant model %.6f (%.1f%% better), noise floor %s; results in %s",
+        "test loss %.6f vs constant model %.6f (improvement %.1f%%), noise floor %s; results in %s",
         metrics["final_test_loss"],
         metrics["test_loss_constant_model"],
         100 * (1 - metrics["final_test_loss"] / metrics["test_loss_constant_model"]),
