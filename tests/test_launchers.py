@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from latent_evolution.config import to_config
 from latent_evolution.files import claim_new_dir
+from latent_evolution.lsf import lsf_element
 from tests.conftest import CONF
 
 pytest_plugins = ["tests.lsf_standin"]  # the lsf_standin fixture
@@ -202,7 +203,8 @@ def test_a_failing_job_lets_the_others_finish_and_is_named_with_its_rerun(slurm_
     ]
 
 
-def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+def start_preemptible_job(tmp_path: Path, launcher: str) -> tuple[dict, Path]:
+    """Submit one 10-epoch job and return (its record, its run folder) at its first checkpoint."""
     done = sweep(
         tmp_path,
         *TINY,
@@ -211,19 +213,36 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm_clust
         "training.checkpoint_every=1",
         "hardware=l4",
         "hardware.device=cpu",
-        "hydra/launcher=submitit_slurm",
+        f"hydra/launcher={launcher}",
         "hydra.launcher.wait=false",
     )
     assert done.returncode == 0, done.stderr  # returned at once, the job still to run
     (record,) = submitted(tmp_path)
     run_dir = tmp_path / record["run_dir"]
     wait_for((run_dir / "checkpoint.pt").exists, "the first checkpoint", 120)
-    slurm_cluster.run("scancel", "--signal=USR2", record["job_id"])  # Slurm's preemption warning
+    return record, run_dir
+
+
+def assert_resumed_and_complete(run_dir: Path) -> None:
     wait_for((run_dir / "metrics.json").exists, "the requeued job to finish", 300)
-    assert slurm_job(slurm_cluster, record["job_id"])["Restarts"] == "1"
     assert re.search(
         r"Resuming from \S+checkpoint\.pt at epoch [1-9]", (run_dir / "train.log").read_text()
     )
     rows = (run_dir / "training_log.csv").read_text().splitlines()[1:]
     assert [int(row.split(",")[0]) for row in rows] == list(range(1, 11))
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 10
+
+
+def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+    record, run_dir = start_preemptible_job(tmp_path, "submitit_slurm")
+    slurm_cluster.run("scancel", "--signal=USR2", record["job_id"])  # Slurm's preemption warning
+    assert_resumed_and_complete(run_dir)
+    assert slurm_job(slurm_cluster, record["job_id"])["Restarts"] == "1"
+
+
+def test_a_warned_lsf_job_is_requeued_and_resumes_from_its_checkpoint(lsf_standin, tmp_path):
+    record, run_dir = start_preemptible_job(tmp_path, "submitit_lsf")
+    element = lsf_element(record["job_id"])
+    subprocess.run(["bkill", "-s", "USR2", element], check=True)  # LSF's -wa USR2 warning
+    assert_resumed_and_complete(run_dir)
+    assert len(lsf_standin.submissions()) == 1  # requeued with brequeue, not resubmitted
