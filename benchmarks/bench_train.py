@@ -26,7 +26,7 @@ import torch
 from latent_evolution.config import Config, DataConfig, HardwareConfig, ModelConfig, TrainingConfig
 from latent_evolution.data import Dataset, Split
 from latent_evolution.metrics import eval_flops, peak_flops, torch_memory_stats, train_step_flops
-from latent_evolution.trainer import Trainer, resolve_device
+from latent_evolution.trainer import Trainer, autocast_context, resolve_device
 
 TRAIN_FRAMES = 4096  # synthetic frames per split: 225 MB of fly-sized fp32 data
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -96,7 +96,9 @@ def bare_loop(trainer: Trainer, steps: int) -> float:
                 train.stim[starts].unsqueeze(1),
                 train.x[starts + 1],
             )
-            sum(model.loss_parts(x_t, stim, targets.unsqueeze(1), False)).backward()
+            with trainer.autocast:  # the same precision as the trainer's step
+                losses = model.loss_parts(x_t, stim, targets.unsqueeze(1), False)
+            sum(losses).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
@@ -121,7 +123,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         loop_s = sum(fit_epochs) / len(fit_epochs)
         bare_s = bare_loop(trainer, steps) * steps if mode == "none" else None
         flops = train_step_flops(trainer.model, batch_size, t.time_units, t.evolve_multiple_steps)
-        val_flops = eval_flops(trainer.model, len(data.val) - 1, t.time_units)
+        val_flops = eval_flops(trainer.model, len(data.val) - t.time_units, t.time_units)
         return {
             "batch_size": batch_size,
             "compile": mode,
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     device = resolve_device(args.device)
     torch.manual_seed(0)
+    autocast_context(args.precision, device)  # tf32 on for the ceiling too, as for the trainer
     gemm = gemm_flops(device, args.precision)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_flops(name, args.precision)

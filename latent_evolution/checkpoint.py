@@ -22,7 +22,13 @@ METRICS = "metrics.json"
 # config keys a resumed run may change: where it runs and how long, not what it learns
 RESUMABLE_CHANGES = (
     "name",
-    "hardware",
+    "hardware.name",
+    "hardware.device",
+    "hardware.compile",
+    "hardware.mem_gb",
+    "hardware.timeout_min",
+    "hardware.lsf",
+    "hardware.slurm",
     "data.cache_dir",
     "data.device",
     "training.epochs",

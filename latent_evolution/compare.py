@@ -172,8 +172,16 @@ def classify(metrics: dict[str, Any]) -> tuple[str, str]:
         epoch = metrics.get("diverged_at_epoch")
         return "diverged", "loss not finite" + (f" at epoch {epoch}" if epoch else "")
     train, train_constant = losses["train"], _number(metrics.get("train_loss_constant_model"))
-    if train is None or train_constant is None or train > train_constant:
+    if train is None or train_constant is None:
         return "ok", ""
+    if train > train_constant:  # not learning at all is no divergence, but it is worth a note
+        worse = all(
+            (loss := losses[s]) is not None
+            and (constant := _number(metrics.get(f"{s}_loss_constant_model"))) is not None
+            and loss > constant
+            for s in ("val", "test")
+        )
+        return "ok", "no better than the constant model on any split" if worse else ""
     for split in ("val", "test"):
         loss, constant = losses[split], _number(metrics.get(f"{split}_loss_constant_model"))
         if loss is not None and constant is not None and loss > constant:

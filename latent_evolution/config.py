@@ -9,6 +9,8 @@ submission).
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,8 +216,8 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _non_negative(key: str, value: float) -> None:
-    if not value >= 0:  # also catches NaN
-        raise ConfigError(key, value, "must be >= 0")
+    if not 0 <= value < math.inf:  # also catches NaN
+        raise ConfigError(key, value, "must be a finite number >= 0")
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -244,8 +246,8 @@ def _validate_training(t: TrainingConfig) -> None:
     _positive("training.eval_batch_size", t.eval_batch_size)
     _positive("training.log_every", t.log_every)
     _non_negative("training.checkpoint_every", t.checkpoint_every)
-    if not t.learning_rate > 0:
-        raise ConfigError("training.learning_rate", t.learning_rate, "must be > 0")
+    if not 0 < t.learning_rate < math.inf:
+        raise ConfigError("training.learning_rate", t.learning_rate, "must be a finite number > 0")
     _choice("training.optimizer", t.optimizer, OPTIMIZERS)
     _choice("training.loss", t.loss, LOSSES)
     _non_negative("training.weight_decay", t.weight_decay)
@@ -304,7 +306,7 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
 
 
 def _validate_hardware(h: HardwareConfig) -> None:
-    if h.device not in ("auto", "cpu", "cuda") and not h.device.startswith("cuda:"):
+    if h.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", h.device):
         raise ConfigError("hardware.device", h.device, "must be one of auto, cpu, cuda, cuda:N")
     _choice("hardware.precision", h.precision, PRECISIONS)
     _choice("hardware.compile", h.compile, COMPILE_MODES)
@@ -320,3 +322,9 @@ def validate(config: Config) -> None:
     _validate_training(config.training)
     _validate_data(config.data, config.training.time_units, config.training.batch_size)
     _validate_hardware(config.hardware)
+    if config.model.use_batch_norm and config.training.batch_size < 2:
+        raise ConfigError(
+            "training.batch_size",
+            config.training.batch_size,
+            "must be >= 2 with model.use_batch_norm=true (batch statistics need two samples)",
+        )

@@ -12,6 +12,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,10 +46,7 @@ class GPUMonitor:
             import pynvml
 
             pynvml.nvmlInit()
-            index = (
-                self.device.index if self.device.index is not None else torch.cuda.current_device()
-            )
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._handle = _nvml_handle(pynvml, self.device)
             name = pynvml.nvmlDeviceGetName(self._handle)
             self.stats.gpu_type = name.decode() if isinstance(name, bytes) else name
             self.stats.total_gpu_memory_mb = (
@@ -91,6 +89,14 @@ class GPUMonitor:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _nvml_handle(pynvml: Any, device: torch.device) -> Any:
+    """NVML's handle for torch's device: by UUID, since NVML numbers GPUs physically while
+    torch numbers them after CUDA_VISIBLE_DEVICES (LSF and Slurm jobs see a subset)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = str(torch.cuda.get_device_properties(index).uuid)
+    return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
 
 
 def torch_memory_stats(device: torch.device) -> dict[str, float | None]:

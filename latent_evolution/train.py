@@ -36,11 +36,13 @@ def main(cfg: DictConfig) -> float:
             run_dir,
         )
         return math.inf  # the sweep goes on; an optimizing sweeper ranks this run last
+    test, constant = metrics["final_test_loss"], metrics["test_loss_constant_model"]
+    improvement = f"{100 * (1 - test / constant):.1f}%" if constant else "n/a"
     log.info(
-        "test loss %.6f vs constant model %.6f (improvement %.1f%%), noise floor %s; results in %s",
-        metrics["final_test_loss"],
-        metrics["test_loss_constant_model"],
-        100 * (1 - metrics["final_test_loss"] / metrics["test_loss_constant_model"]),
+        "test loss %.6f vs constant model %.6f (improvement %s), noise floor %s; results in %s",
+        test,
+        constant,
+        improvement,
         metrics["noise_floor_loss"],
         run_dir,
     )

@@ -69,6 +69,10 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optim
     return cls(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=True)
 
 
+def losses_read(metrics: dict[str, float]) -> list[float]:
+    return [v for k, v in metrics.items() if k.startswith("final_")]
+
+
 def last_finite(history: list[dict[str, Any]], column: str) -> float | None:
     """The last finite value of a column of the epoch log (None if there is none)."""
     values = [row[column] for row in history if row[column] is not None]
@@ -83,10 +87,16 @@ def finite_or_none(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class CompiledStep:
-    """torch.compile'd function that falls back to eager, once and loudly, if compiling fails."""
+    """Forward and backward of a loss function, compiled, falling back to eager if that fails.
 
-    def __init__(self, fn: Any, mode: str):
-        self.eager, self.mode = fn, mode
+    fn returns stacked losses whose first entry is descended. The backward runs inside the
+    guard too: AOTAutograd compiles the backward graph lazily, at the first backward, so
+    its failures surface there. The fallback happens once, with a warning, never costing
+    the job; gradients a failed attempt may have left are dropped first.
+    """
+
+    def __init__(self, fn: Any, mode: str, parameters: list[torch.nn.Parameter]):
+        self.eager, self.mode, self.parameters = fn, mode, parameters
         self.fn = (
             fn if mode == "none" else torch.compile(fn, mode=None if mode == "default" else mode)
         )
@@ -96,14 +106,22 @@ class CompiledStep:
         return self.fn is not self.eager
 
     def __call__(self, *args: Tensor) -> Tensor:
+        """Run forward and backward; returns the losses, detached."""
         try:
-            return self.fn(*args)
+            return self._forward_backward(*args)
         except Exception as exc:
             if not self.compiled:
                 raise
             log.warning("torch.compile(mode=%s) failed, continuing eagerly: %s", self.mode, exc)
             self.fn = self.eager
-            return self.fn(*args)
+            for p in self.parameters:
+                p.grad = None
+            return self._forward_backward(*args)
+
+    def _forward_backward(self, *args: Tensor) -> Tensor:
+        losses = self.fn(*args)
+        losses[0].backward()
+        return losses.detach()
 
 
 class Trainer:
@@ -118,12 +136,15 @@ class Trainer:
         )
         self.optimizer = build_optimizer(self.model, config)
         self.autocast = autocast_context(config.hardware.precision, self.device)
-        self.step = CompiledStep(self._losses, config.hardware.compile)
+        self.step = CompiledStep(
+            self._losses, config.hardware.compile, list(self.model.parameters())
+        )
         # drawn on the host: a seed gives the same batches wherever the data lives
         self.batch_rng = torch.Generator().manual_seed(config.training.seed)
         tu = config.training.time_units
         self.batches = BatchSource(self.data, self.device, tu, self.batch_rng)
         self.epoch = 0
+        self.training_seconds = 0.0  # in the epoch loop, over every segment of a resumed run
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ the step
@@ -150,15 +171,14 @@ class Trainer:
         self.model.train()
         batches = self.batches.random(self.data.train, t.batch_size, steps, t.evolve_multiple_steps)
         for x_t, stim, targets in batches:
-            parts = self.step(x_t, stim, targets)
-            parts[0].backward()
+            parts = self.step(x_t, stim, targets)  # forward and backward
             if t.grad_clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), t.grad_clip_norm, foreach=True
                 )
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            sums += parts.detach()
+            sums += parts
         return sums / steps
 
     @torch.no_grad()
@@ -179,7 +199,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train from self.epoch to training.epochs, then evaluate and write the run's files."""
         t = self.config.training
-        started = time.perf_counter()
+        started = time.perf_counter() - self.training_seconds  # a resumed run counts on
         status, diverged_at = "ok", None
         epochs = range(self.epoch, t.epochs)
         with GPUMonitor(self.device) as monitor, DeferredSignals() as signals:
@@ -202,15 +222,17 @@ class Trainer:
                 }
                 self.history.append(row)
                 self.epoch = epoch + 1
+                self.training_seconds = time.perf_counter() - started
                 self._report(bar, row)
                 if not all(math.isfinite(v) for v in values):
                     status, diverged_at = "diverged", epoch + 1
                     log.error("Loss is not finite at epoch %d; stopping this run", epoch + 1)
                     break
                 self._checkpoint_if_due(signals)
-            training_seconds = time.perf_counter() - started
             gpu = monitor.stop()
-        metrics = finite_or_none(self._final_metrics(status, diverged_at, training_seconds, gpu))
+        metrics = finite_or_none(
+            self._final_metrics(status, diverged_at, self.training_seconds, gpu)
+        )
         self._write_outputs(metrics)
         return metrics
 
@@ -258,6 +280,8 @@ class Trainer:
             f"{k}_loss_constant_model": constant_baseline(s.x, tu) for k, s in splits.items()
         }
         read = {k: float(v) for k, v in {**losses, **baselines}.items()}
+        if status == "ok" and not all(math.isfinite(v) for v in losses_read(read)):
+            status = "diverged"  # finite while training, not on a whole split: not a result
         last = self.history[-1] if self.history else {}
         durations = [r["epoch_duration_seconds"] for r in self.history]
         epoch_seconds = sum(durations) / len(durations) if durations else None
@@ -322,6 +346,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
+            "training_seconds": self.training_seconds,
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
             "batch_rng": self.batch_rng.get_state(),
@@ -335,6 +360,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.history = state["epoch"], state["history"]
+        self.training_seconds = state["training_seconds"]
         torch.set_rng_state(state["torch_rng"])
         self.batch_rng.set_state(state["batch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":

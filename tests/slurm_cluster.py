@@ -39,10 +39,16 @@ def _sbin(name: str) -> str | None:
     return str(path) if path.exists() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: all bound at once, so the kernel cannot hand one out twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def slurm_conf(root: Path, ctld_port: int, slurmd_port: int) -> str:
@@ -107,7 +113,7 @@ class SlurmTestCluster:
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
-        self.conf.write_text(slurm_conf(self.root, _free_port(), _free_port()))
+        self.conf.write_text(slurm_conf(self.root, *_free_ports(2)))
         self._write_gres_conf()
         munge = self.root / "munge"
         self._spawn(

@@ -160,6 +160,18 @@ def test_gpu_type_sweep_through_lsf_sends_each_job_to_its_queue(lsf_standin, tmp
         assert (tmp_path / record["run_dir"] / "metrics.json").exists()
 
 
+def test_a_refused_queue_fails_its_jobs_only_and_the_rest_run(lsf_standin, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSF_STANDIN_MISSING_QUEUES", "gpu_h200")  # this user may not use it
+    done = sweep(tmp_path, *ONE_EPOCH_ON_CPU, "hardware=a100,h200", "hydra/launcher=submitit_lsf")
+    assert done.returncode != 0  # the sweep reports its failure
+    report = (the_sweep_dir(tmp_path) / "failed_jobs.txt").read_text()
+    assert "1 of 2 jobs failed" in report and "No such queue" in report
+    assert "hardware=h200" in report.splitlines()[-1]  # the rerun line names the refused job
+    (record,) = submitted(tmp_path)  # the job that went out is on record and finished
+    assert run_config(tmp_path, record).hardware.lsf.queue == "gpu_a100"
+    assert (tmp_path / record["run_dir"] / "metrics.json").exists()
+
+
 # ------------------------------------------------------------------------------ Slurm
 
 

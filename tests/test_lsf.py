@@ -353,7 +353,8 @@ def test_usr2_checkpoints_requeues_and_resumes_under_the_same_id(
 def test_warning_before_run_limit_requeues_a_timed_out_job(
     lsf_standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LSF_STANDIN_MINUTE_S", "2")  # -W 3 -wt 1: USR2 after 4 s, kill at 6 s
+    # -W 3 -wt 1: USR2 after 10 s, kill at 15 s (room for a slow start on a loaded machine)
+    monkeypatch.setenv("LSF_STANDIN_MINUTE_S", "5")
     executor = LSFExecutor(folder=tmp_path / "jobs")
     executor.update_parameters(timeout_min=3, signal_delay_min=1)
     job = executor.submit(CountingTask(), tmp_path)

@@ -94,16 +94,38 @@ def test_compiled_step_compiles_and_matches_eager(compose, tmp_path):
     assert compiled["final_val_loss"] == pytest.approx(eager["final_val_loss"], rel=1e-3)
 
 
-def test_a_compile_failure_falls_back_to_eager_once_with_a_warning(monkeypatch, caplog):
-    def failing(*args):
-        raise RuntimeError("inductor: backend compiler failed")
+class FailingBackward(torch.autograd.Function):
+    """Identity whose backward fails, as a lazily compiled backward graph can."""
 
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("inductor: backward compilation failed")
+
+
+def failing_forward(w):
+    raise RuntimeError("inductor: backend compiler failed")
+
+
+def failing_backward(w):
+    (w * 2).sum().backward()  # a partial gradient the fallback must drop
+    return torch.stack([FailingBackward.apply((w * 2).sum())])
+
+
+@pytest.mark.parametrize("failing", [failing_forward, failing_backward])
+def test_a_compile_failure_falls_back_to_eager_once_with_a_warning(monkeypatch, caplog, failing):
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: failing)
-    step = CompiledStep(lambda x: x * 2, "max-autotune")
+    w = torch.nn.Parameter(torch.ones(3))
+    step = CompiledStep(lambda w: torch.stack([(w * 2).sum()]), "max-autotune", [w])
     assert step.compiled
-    assert torch.equal(step(torch.ones(3)), torch.full((3,), 2.0))
+    losses = step(w)
+    assert losses.tolist() == [6.0] and not losses.requires_grad
+    assert torch.equal(w.grad, torch.full((3,), 2.0))  # one eager backward, nothing left over
     assert not step.compiled and "continuing eagerly" in caplog.text
-    assert "backend compiler failed" in caplog.text
+    assert "compil" in caplog.text
 
 
 def test_cli_multirun_writes_two_complete_run_folders(tmp_path):

@@ -40,6 +40,7 @@ class PlannedJob:
     overrides: list[str]
     request: dict[str, Any]  # executor parameters taken from the job's own `hardware`
     job: Any = None  # the submitit Job, once submitted
+    refused: Exception | None = None  # why the scheduler did not take it
 
 
 class DispatchLauncher(BaseSubmititLauncher):
@@ -88,14 +89,20 @@ class DispatchLauncher(BaseSubmititLauncher):
             for group in groups.values():
                 self._print_script(group)
             return [_job_return(p, JobStatus.COMPLETED, None) for p in plans]
-        for group in groups.values():
-            self._submit(group)
-        record = self._record(plans)
+        executors = [(self.executor(g[0].request), g) for g in groups.values()]  # all valid first
+        for executor, group in executors:
+            self._submit(executor, group)  # a refused group does not stop the others
+        record = self._record([p for p in plans if p.job is not None])
         if not self.params["wait"]:
             log.info(
                 "submitted %d jobs, not waiting for them; ids and logs in %s", len(plans), record
             )
-            return [_job_return(p, JobStatus.COMPLETED, p.job.job_id) for p in plans]
+            return [
+                _job_return(p, JobStatus.COMPLETED, p.job.job_id)
+                if p.job is not None
+                else _job_return(p, JobStatus.FAILED, p.refused)
+                for p in plans
+            ]
         results = [_outcome(p) for p in plans]
         failed = [
             (p, r) for p, r in zip(plans, results, strict=True) if r.status != JobStatus.COMPLETED
@@ -117,13 +124,18 @@ class DispatchLauncher(BaseSubmititLauncher):
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         return PlannedJob(num, overrides, self.request(to_config(cfg).hardware))
 
-    def _submit(self, group: list[PlannedJob]) -> None:
-        executor = self.executor(group[0].request)
+    def _submit(self, executor: Any, group: list[PlannedJob]) -> None:
         state = Singleton.get_state()
         args = [
             (p.overrides, "hydra.sweep.dir", p.num, f"job_id_for_{p.num}", state) for p in group
         ]
-        jobs = executor.map_array(self, *zip(*args, strict=True))
+        try:
+            jobs = executor.map_array(self, *zip(*args, strict=True))
+        except Exception as exc:  # e.g. bsub/sbatch refusing a queue this user may not use
+            log.error("submission refused for %s: %s", describe(group[0].request), exc)
+            for plan in group:
+                plan.refused = exc
+            return
         for plan, job in zip(group, jobs, strict=True):
             plan.job = job
         log.info(
@@ -181,6 +193,8 @@ class DispatchLauncher(BaseSubmititLauncher):
 
 
 def _outcome(plan: PlannedJob) -> JobReturn:
+    if plan.job is None:
+        return _job_return(plan, JobStatus.FAILED, plan.refused)
     try:
         return plan.job.results()[0]
     except Exception as exc:  # died outside the task: killed, out of memory, node lost
@@ -201,7 +215,7 @@ def failure_report(
         lines += [
             f"  job {plan.num} ({' '.join(plan.overrides)}):",
             f"      {_first_line(result._return_value)}",
-            f"      log: {plan.job.paths.stderr}",
+            f"      log: {plan.job.paths.stderr if plan.job else '(never submitted)'}",
             f"      run folder: {sweep_dir / str(plan.num)}",
         ]
     lines.append("rerun only them with:")
@@ -227,7 +241,6 @@ def _present(params: dict[str, Any]) -> dict[str, Any]:
 
 
 class SlurmDispatchLauncher(DispatchLauncher):
-    _EXECUTOR = "slurm"
     job_name_parameter = "job_name"
 
     def request(self, hardware: Any) -> dict[str, Any]:
@@ -255,8 +268,6 @@ class SlurmDispatchLauncher(DispatchLauncher):
 
 
 class LSFDispatchLauncher(DispatchLauncher):
-    _EXECUTOR = "lsf"
-
     def request(self, hardware: Any) -> dict[str, Any]:
         q = hardware.lsf
         return _present(

@@ -137,6 +137,10 @@ def bsub(argv: list[str]) -> int:
     script = None if command else sys.stdin.read()
     if script is not None:  # #BSUB lines are read from stdin; command-line options win
         options = {**_script_options(script), **options}
+    queue = options.get("q")
+    if queue and queue in os.environ.get("LSF_STANDIN_MISSING_QUEUES", "").split(","):
+        print(f"{queue}: No such queue. Job not submitted.", file=sys.stderr)  # LSF's refusal
+        return 255
     with _locked():
         counter = state_dir() / "next_id"
         # Ids grow across state dirs too (clock-based start), as a cluster's never repeat:
