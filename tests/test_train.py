@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from latent_evolution.config import to_config
+from latent_evolution.data import Split, gather_batch
 from latent_evolution.trainer import CompiledStep, Trainer
 from tests.conftest import ROOT
 
@@ -155,3 +156,35 @@ def test_cli_multirun_writes_two_complete_run_folders(tmp_path):
         batch_sizes.add(next(int(w.split("=")[1]) for w in overrides.split() if "batch_size" in w))
         assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
     assert batch_sizes == {32, 64}
+
+
+@pytest.mark.parametrize("every_step", [False, True])
+def test_batches_pair_frame_t_with_the_stimulus_that_drives_t_plus_1(every_step):
+    frames = torch.arange(50.0)
+    split = Split(x=frames[:, None].repeat(1, 4), stim=(1000 + frames)[:, None].repeat(1, 2))
+    starts = torch.tensor([0, 7, 46])
+    x_t, stim, targets = gather_batch(split, starts, 3, every_step)
+    assert torch.equal(x_t[:, 0], starts.float())
+    # frame t holds the stimulus driving t+1: steps t..t+2 use stimuli t..t+2 to reach t+3
+    assert torch.equal(stim[:, :, 0], 1000.0 + starts[:, None] + torch.arange(3))
+    ahead = torch.arange(1, 4) if every_step else torch.tensor([3])
+    assert torch.equal(targets[:, :, 0], starts[:, None] + ahead.float())
+
+
+def test_evaluation_covers_every_start_frame_and_baselines_match_their_splits(compose, tmp_path):
+    config = to_config(compose(*TINY, "training.time_units=2", "training.epochs=1"))
+    trainer = Trainer(config, tmp_path)
+    trainer.model.eval()
+    val = trainer.data.val
+    with torch.no_grad():  # brute force: one start frame at a time
+        errors = [
+            (trainer.model(val.x[t : t + 1], val.stim[None, t : t + 2]) - val.x[t + 2]).pow(2)
+            for t in range(len(val) - 2)
+        ]
+    brute_force = torch.cat(errors).mean().item()
+    assert trainer.evaluate(val).item() == pytest.approx(brute_force, rel=1e-5)
+    metrics = trainer.fit()
+    for name in ("train", "val", "test"):
+        x = getattr(trainer.data, name).x
+        expected = (x[2:] - x[:-2]).pow(2).mean().item()  # "no change" two frames ahead
+        assert metrics[f"{name}_loss_constant_model"] == pytest.approx(expected, rel=1e-6)
