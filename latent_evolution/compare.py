@@ -41,7 +41,8 @@ RUNNING_WINDOW_S = 15 * 60
 # not imported from there, as that module imports torch and this command must start fast).
 CHECKPOINT = "checkpoint.pt"
 LOG_TAIL_BYTES = 64 * 1024  # how much of a log's end to search for the error line
-ERROR_LINE = re.compile(r"error|traceback|exception|killed|cancelled", re.IGNORECASE)
+# (TERM_...: LSF's reason for ending a job in its report, e.g. TERM_MEMLIMIT, TERM_RUNLIMIT)
+ERROR_LINE = re.compile(r"error|traceback|exception|killed|cancelled|TERM_", re.IGNORECASE)
 # Metric columns, in the notes' names; `improvement_vs_constant_pct` is derived (test loss).
 METRICS = (
     "final_train_loss",
@@ -207,13 +208,19 @@ def unfinished_status(path: Path) -> tuple[str, str]:
 
 def log_files(run: Path) -> list[Path]:
     """Hydra's <job>.log in the run folder, and submitit's stderr where launchers put it:
-    <run>/.submitit/*/ or, for hydra-submitit-launcher, <sweep>/.submitit/<hydra.job.id>/."""
+    <run>/.submitit/*/ or, for the submitit launchers, <sweep>/.submitit/<hydra.job.id>/;
+    plus LSF's job report (why LSF ended a job), <sweep>/.submitit/<id>[_<LSF index>]_lsf.out."""
     logs = sorted(run.glob("*.log")) + sorted(run.glob(".submitit/*/*_log.err"))
     try:
-        job_id = read_yaml(run / ".hydra" / "hydra.yaml")["hydra"]["job"]["id"]
+        job_id = str(read_yaml(run / ".hydra" / "hydra.yaml")["hydra"]["job"]["id"])
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return logs
-    return logs + sorted(run.parent.glob(f".submitit/{job_id}/*_log.err"))
+    main, _, index = job_id.partition("_")  # submitit's 123_0 is LSF's element 123[1]
+    lsf_report = (
+        run.parent / ".submitit" / (f"{main}_{int(index) + 1}" if index.isdigit() else main)
+    )
+    reports = [p for p in [lsf_report.with_name(lsf_report.name + "_lsf.out")] if p.is_file()]
+    return logs + sorted(run.parent.glob(f".submitit/{job_id}/*_log.err")) + reports
 
 
 def _tail_lines(path: Path) -> list[str]:

@@ -294,6 +294,11 @@ def test_val_loss_above_constant_while_train_normal_is_diverged(two_runs, capsys
     assert compare.classify(
         metrics | {"final_val_loss": 0.026214, "final_test_loss": 0.030967}
     ) == ("ok", "")
+    latent1d = {"final_train_loss": 0.1026, "final_val_loss": 0.0570, "final_test_loss": 0.0585}
+    assert compare.classify(metrics | latent1d) == (  # the notes' latent1d: no learning at all
+        "ok",
+        "no better than the constant model on any split",
+    )
 
 
 def test_submitit_error_log_and_checkpoint_decide_unfinished_runs(two_runs, capsys):
@@ -316,6 +321,27 @@ def test_submitit_error_log_and_checkpoint_decide_unfinished_runs(two_runs, caps
     rows = {r["run_dir"]: r for r in compare_json(capsys, str(a.parent))["runs"]}
     assert rows[str(b)]["status"] == "failed"
     assert rows[str(b)]["note"] == "no metrics.json and no error line in its logs"
+
+
+def test_a_run_lsf_killed_is_failed_with_lsfs_reason(two_runs, capsys):
+    a, _ = two_runs
+    (a / "metrics.json").unlink()
+    (a / "train.log").unlink()
+    (a / "checkpoint.pt").write_bytes(b"resumable")  # killed, not waiting for a requeue
+    hydra_yaml = OmegaConf.load(a / ".hydra/hydra.yaml")
+    hydra_yaml.hydra.job.id = "4242_0"  # submitit's id of LSF's array element 4242[1]
+    OmegaConf.save(hydra_yaml, a / ".hydra/hydra.yaml")
+    report = a.parent / ".submitit" / "4242_1_lsf.out"
+    report.parent.mkdir(exist_ok=True)
+    report.write_text(
+        "Sender: LSF System\nTERM_MEMLIMIT: job killed after reaching LSF memory usage limit.\n"
+        "Exited with exit code 137.\n"
+    )
+    age(a)
+    age(report.parent)  # killed an hour ago
+    row = {r["run_dir"]: r for r in compare_json(capsys, str(a.parent))["runs"]}[str(a)]
+    assert row["status"] == "failed"
+    assert row["note"].startswith("TERM_MEMLIMIT: job killed")
 
 
 def test_fresh_run_without_metrics_is_running_unless_its_log_ends_in_an_error(two_runs, capsys):
