@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ class GPUStats:
     total_gpu_memory_mb: float | None = None
     max_gpu_memory_mb: float | None = None
     avg_gpu_utilization_percent: float | None = None
-    utilization_samples: list[float] = field(default_factory=list, repr=False)
 
 
 class GPUMonitor:
@@ -63,7 +62,7 @@ class GPUMonitor:
     def _run(self) -> None:
         import pynvml
 
-        peak = 0.0
+        peak, util_sum, samples = 0.0, 0.0, 0  # running figures: a day of samples stays O(1)
         while not self._stop.wait(self.interval_s):
             try:
                 util = pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
@@ -71,17 +70,14 @@ class GPUMonitor:
             except pynvml.NVMLError as exc:
                 log.warning("NVML sampling stopped: %s", exc)
                 return
-            self.stats.utilization_samples.append(float(util))
-            peak = max(peak, used)
+            peak, util_sum, samples = max(peak, used), util_sum + util, samples + 1
             self.stats.max_gpu_memory_mb = peak
+            self.stats.avg_gpu_utilization_percent = round(util_sum / samples, 2)
 
     def stop(self) -> GPUStats:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        samples = self.stats.utilization_samples
-        if samples:
-            self.stats.avg_gpu_utilization_percent = round(sum(samples) / len(samples), 2)
         return self.stats
 
     def __enter__(self) -> GPUMonitor:

@@ -59,7 +59,6 @@ def l1_penalty(module: nn.Module) -> Tensor:
 class LatentModel(nn.Module):
     def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int):
         super().__init__()
-        self.cfg = cfg
 
         def block(part: MLPConfig, d_in: int, d_out: int) -> MLP:
             return MLP(

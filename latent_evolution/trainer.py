@@ -69,10 +69,6 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optim
     return cls(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=True)
 
 
-def losses_read(metrics: dict[str, float]) -> list[float]:
-    return [v for k, v in metrics.items() if k.startswith("final_")]
-
-
 def last_finite(history: list[dict[str, Any]], column: str) -> float | None:
     """The last finite value of a column of the epoch log (None if there is none)."""
     values = [row[column] for row in history if row[column] is not None]
@@ -280,7 +276,7 @@ class Trainer:
             f"{k}_loss_constant_model": constant_baseline(s.x, tu) for k, s in splits.items()
         }
         read = {k: float(v) for k, v in {**losses, **baselines}.items()}
-        if status == "ok" and not all(math.isfinite(v) for v in losses_read(read)):
+        if status == "ok" and not all(math.isfinite(read[k]) for k in losses):
             status = "diverged"  # finite while training, not on a whole split: not a result
         last = self.history[-1] if self.history else {}
         durations = [r["epoch_duration_seconds"] for r in self.history]
