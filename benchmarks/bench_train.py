@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from latent_evolution import linear
+from latent_evolution.checkpoint import save_checkpoint
 from latent_evolution.config import Config, DataConfig, HardwareConfig, ModelConfig, TrainingConfig
 from latent_evolution.data import Dataset, Split
 from latent_evolution.metrics import eval_flops, peak_flops, torch_memory_stats, train_step_flops
@@ -48,13 +51,22 @@ def timed(fn, device: torch.device, repeats: int = 1) -> float:
 
 
 def gemm_flops(device: torch.device, precision: str) -> float:
-    """Measured FLOP/s of a large square matmul: the practical ceiling for this workload."""
+    """Measured FLOP/s of a large square matmul through the fastest library on the device.
+
+    That is the practical ceiling of this workload: cuBLAS on CUDA; on the CPU the better of
+    MKL (PyTorch's matmul) and oneDNN (what latent_evolution.linear uses for the forward).
+    """
     size = 8192 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device, dtype=DTYPES[precision])
     b = torch.randn(size, size, device=device, dtype=DTYPES[precision])
-    timed(lambda: a @ b, device, repeats=2)  # warm up kernels and thread pools
-    seconds = timed(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 4)
-    return 2 * size**3 / seconds
+    products = [lambda: a @ b]
+    if device.type == "cpu" and linear.ONEDNN and precision != "bf16":
+        products.append(lambda: linear.onednn_linear(a, b, None))
+    best = math.inf
+    for product in products:
+        timed(product, device, repeats=2)  # warm up kernels and thread pools
+        best = min(best, timed(product, device, repeats=10 if device.type == "cuda" else 4))
+    return 2 * size**3 / best
 
 
 def synthetic_dataset(n_neurons: int, n_input: int, device: torch.device) -> Dataset:
@@ -106,22 +118,64 @@ def bare_loop(trainer: Trainer, steps: int) -> float:
     return timed(run, trainer.device) / steps
 
 
+def mkl_only_ratio(trainer: Trainer, epochs: int) -> float | None:
+    """Epoch time with every CPU matmul on MKL (plain PyTorch) over that with the per-shape
+    choice of latent_evolution.linear, interleaved epoch by epoch; None off the CPU."""
+    if trainer.device.type != "cpu" or not linear.ONEDNN:
+        return None
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for _ in range(epochs):
+            for onednn in seconds:
+                linear.ONEDNN = onednn
+                seconds[onednn].append(timed(trainer.train_epoch, trainer.device))
+    finally:
+        linear.ONEDNN = True
+    return statistics.median(seconds[False]) / statistics.median(seconds[True])
+
+
+def fit_split(trainer: Trainer, epochs: int) -> tuple[float, float]:
+    """(seconds per epoch of the full loop, of which in train steps), from the same epochs.
+
+    Runs fit() as `python -m latent_evolution.train` does (validation every val_every
+    epochs, the per-epoch read, logging, the monitor), timing each train_epoch inside it.
+    """
+    inner, spent = trainer.train_epoch, []
+
+    def train_epoch() -> torch.Tensor:
+        start = time.perf_counter()
+        parts = inner()
+        synchronize(trainer.device)
+        spent.append(time.perf_counter() - start)
+        return parts
+
+    trainer.train_epoch = train_epoch
+    t = trainer.config.training
+    trainer.config = replace(trainer.config, training=replace(t, epochs=trainer.epoch + epochs))
+    trainer.fit()
+    loop = [row["epoch_duration_seconds"] for row in trainer.history[-epochs:]]
+    return sum(loop) / epochs, sum(spent) / epochs
+
+
 def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: str) -> dict:
     config = make_config(args, batch_size, mode)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, Path(run_dir), data=data)
-        device = trainer.device
-        t = config.training
-        steps = trainer.steps_per_epoch
+        device, t, steps = trainer.device, config.training, trainer.steps_per_epoch
+        eager = mode == "none"
         compile_s = timed(trainer.train_epoch, device)  # first epoch: compilation + warm-up
-        train_s = timed(trainer.train_epoch, device, repeats=args.epochs)
+        # train steps alone, interleaved with the plainest loop over the same model
+        train, bare = [], []
+        for _ in range(args.epochs):
+            train.append(timed(trainer.train_epoch, device))
+            if eager:
+                bare.append(bare_loop(trainer, steps) * steps)
+        train_s = statistics.median(train)
         val_s = timed(lambda: trainer.evaluate(data.val), device)
-        # the full loop as `python -m latent_evolution.train` runs it, validation cadence included
-        trainer.config = replace(config, training=replace(t, epochs=args.epochs + 1))
-        trainer.fit()
-        fit_epochs = [row["epoch_duration_seconds"] for row in trainer.history[1:]]
-        loop_s = sum(fit_epochs) / len(fit_epochs)
-        bare_s = bare_loop(trainer, steps) * steps if mode == "none" else None
+        mkl_ratio = mkl_only_ratio(trainer, args.epochs) if eager else None
+        # the full loop over val_every epochs: the default cadence's one validation included
+        loop_s, in_steps_s = fit_split(trainer, t.val_every)
+        checkpoint_s = timed(lambda: save_checkpoint(Path(run_dir), trainer.state_dict()), device)
         flops = train_step_flops(trainer.model, batch_size, t.time_units, t.evolve_multiple_steps)
         val_flops = eval_flops(trainer.model, len(data.val) - t.time_units, t.time_units)
         return {
@@ -135,8 +189,11 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
             "epoch_s": loop_s,
             "train_steps_s": train_s,
             "val_s_per_epoch": val_s / t.val_every,
-            "overhead_pct": 100 * (loop_s - train_s) / loop_s,
-            "loop_vs_bare": loop_s / bare_s if bare_s else None,
+            "overhead_pct": 100 * (1 - in_steps_s / loop_s),
+            "loop_vs_steps": loop_s / in_steps_s,
+            "steps_vs_bare": train_s / statistics.median(bare) if bare else None,
+            "mkl_only_vs_ours": mkl_ratio,
+            "checkpoint_s": checkpoint_s,
             "first_epoch_s": compile_s,
             **torch_memory_stats(device),
         }
@@ -161,38 +218,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     autocast_context(args.precision, device)  # tf32 on for the ceiling too, as for the trainer
-    gemm = gemm_flops(device, args.precision)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_flops(name, args.precision)
-    sheet = f", data-sheet peak {peak / 1e12:.0f}" if peak else ""
-    print(
-        f"device {name}, {torch.get_num_threads()} threads; GEMM {gemm / 1e12:.3f} TFLOP/s "
-        f"measured ({args.precision}){sheet}"
-    )
+    sheet = f", data-sheet peak {peak / 1e12:.0f} TFLOP/s" if peak else ""
+    print(f"device {name}, {torch.get_num_threads()} threads, {args.precision}{sheet}")
     data = synthetic_dataset(args.n_neurons, args.n_input, device)
     rows = []
     for mode in args.compile.split(","):
         for batch_size in map(int, args.batch_sizes.split(",")):
+            # the ceiling just before and after the row: shared machines drift by 20-30%
+            before = gemm_flops(device, args.precision)
             row = bench_one(args, data, batch_size, mode)
+            gemm = (before + gemm_flops(device, args.precision)) / 2
+            row["gemm_tflops"] = gemm / 1e12
             row["roofline_fraction"] = row["train_step_tflops"] * 1e12 / gemm
             row["mfu"] = row["train_step_tflops"] * 1e12 / peak if peak else None
             rows.append(row)
             print_row(row)
     if args.json:
-        args.json.write_text(
-            json.dumps({"device": name, "gemm_flops": gemm, "rows": rows}, indent=2)
-        )
+        args.json.write_text(json.dumps({"device": name, "rows": rows}, indent=2))
     return rows
 
 
 def print_row(r: dict) -> None:
-    bare = f"{r['loop_vs_bare']:.3f}x bare" if r["loop_vs_bare"] else "-"
+    bare = f", steps {r['steps_vs_bare']:.3f}x bare" if r["steps_vs_bare"] else ""
+    mkl = f", MKL-only {r['mkl_only_vs_ours']:.2f}x slower" if r["mkl_only_vs_ours"] else ""
     print(
         f"batch {r['batch_size']:>5} compile {r['compile']:<15} {r['steps_per_s']:8.2f} steps/s "
-        f"{r['samples_per_s']:9.0f} samples/s {r['train_step_tflops']:.3f} TFLOP/s "
-        f"roofline {r['roofline_fraction']:.2f} | epoch {r['epoch_s']:.3f} s, train steps "
-        f"{r['train_steps_s']:.3f} s, val/epoch {r['val_s_per_epoch']:.3f} s, overhead "
-        f"{r['overhead_pct']:.1f}% | loop {bare} | first epoch {r['first_epoch_s']:.1f} s"
+        f"{r['samples_per_s']:9.0f} samples/s {r['train_step_tflops']:.3f} TFLOP/s of GEMM "
+        f"{r['gemm_tflops']:.3f}: roofline {r['roofline_fraction']:.2f}{mkl} | epoch "
+        f"{r['epoch_s']:.3f} s, train steps {r['train_steps_s']:.3f} s, val/epoch "
+        f"{r['val_s_per_epoch']:.3f} s, overhead {r['overhead_pct']:.1f}% | loop "
+        f"{r['loop_vs_steps']:.3f}x steps{bare} | checkpoint {r['checkpoint_s']:.2f} s "
+        f"| first epoch {r['first_epoch_s']:.1f} s"
     )
 
 

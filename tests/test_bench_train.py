@@ -1,0 +1,31 @@
+"""The training benchmark runs end to end on a tiny model and reports consistent figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--batch-sizes", "16"]
+
+
+def test_bench_train_reports_roofline_split_and_library_ratio(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [*TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
+    subprocess.run(
+        [sys.executable, "benchmarks/bench_train.py", *args], cwd=ROOT, check=True, timeout=300
+    )
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["batch_size"] == 16 and row["compile"] == "none" and not row["compiled"]
+    assert row["gemm_tflops"] > 0 and row["steps_per_s"] > 0
+    fraction = row["train_step_tflops"] / row["gemm_tflops"]
+    assert row["roofline_fraction"] == pytest.approx(fraction)
+    assert row["samples_per_s"] == pytest.approx(16 * row["steps_per_s"])
+    # the loop's epoch is its train steps plus the rest, measured over the same epochs
+    assert row["loop_vs_steps"] == pytest.approx(1 / (1 - row["overhead_pct"] / 100))
+    assert row["loop_vs_steps"] > 1 and row["steps_vs_bare"] > 0
+    assert row["mkl_only_vs_ours"] > 0 and row["checkpoint_s"] > 0
