@@ -14,10 +14,12 @@ So on the CPU in float32:
 
 Everywhere else (CUDA, autocast, other dtypes, a PyTorch built without oneDNN) this is
 plain nn.Linear. Parameters and state_dict are nn.Linear's; results agree to float32
-rounding (tests/test_model.py).
+rounding (tests/test_linear.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,13 +50,13 @@ def _flops(x_shape: torch.Size, w_shape: torch.Size, *args: object, **kwargs: ob
     return 2 * x_shape[0] * x_shape[1] * w_shape[0]
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], output: Tensor) -> None:
     x, weight, bias = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad
     grad_x = grad @ weight if need_x else None
