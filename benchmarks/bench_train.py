@@ -3,8 +3,11 @@
 For the fly_N9_62_1-sized model (N 13741, hidden 256, latent 256, stimulus 1736 -> 64)
 and each batch size and compile mode it reports steps/s, samples/s, the train step's
 achieved FLOP/s (matmul FLOPs counted exactly, see metrics.train_step_flops) beside
-the GEMM FLOP/s measured in the same run (the roofline fraction), an epoch split into
-train steps / validation / the rest, the trainer against a bare loop, and peak memory.
+the GEMM FLOP/s of the fastest library measured around each row (the roofline
+fraction), the full loop's epoch against the train steps inside it (validation at the
+default cadence, the per-epoch read, logging, monitor), the train steps against a bare
+loop, on the CPU the step with every matmul on MKL (plain PyTorch), a checkpoint save, and
+peak memory.
 Runs unchanged on CPU and CUDA:
 
     python benchmarks/bench_train.py                         # fly size, batch 32/256/2048
@@ -164,10 +167,14 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         device, t, steps = trainer.device, config.training, trainer.steps_per_epoch
         eager = mode == "none"
         compile_s = timed(trainer.train_epoch, device)  # first epoch: compilation + warm-up
-        # train steps alone, interleaved with the plainest loop over the same model
-        train, bare = [], []
+        # train steps alone, each epoch beside a fresh GEMM ceiling (shared machines drift by
+        # 20-30% within minutes) and the plainest loop over the same model
+        flops = train_step_flops(trainer.model, batch_size, t.time_units, t.evolve_multiple_steps)
+        train, fractions, ceilings, bare = [], [], [], []
         for _ in range(args.epochs):
+            ceilings.append(gemm_flops(device, args.precision))
             train.append(timed(trainer.train_epoch, device))
+            fractions.append(flops * steps / train[-1] / ceilings[-1])
             if eager:
                 bare.append(bare_loop(trainer, steps) * steps)
         train_s = statistics.median(train)
@@ -176,7 +183,6 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         # the full loop over val_every epochs: the default cadence's one validation included
         loop_s, in_steps_s = fit_split(trainer, t.val_every)
         checkpoint_s = timed(lambda: save_checkpoint(Path(run_dir), trainer.state_dict()), device)
-        flops = train_step_flops(trainer.model, batch_size, t.time_units, t.evolve_multiple_steps)
         val_flops = eval_flops(trainer.model, len(data.val) - t.time_units, t.time_units)
         return {
             "batch_size": batch_size,
@@ -185,6 +191,8 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
             "steps_per_s": steps / train_s,
             "samples_per_s": steps * batch_size / train_s,
             "train_step_tflops": flops * steps / train_s / 1e12,
+            "gemm_tflops": statistics.median(ceilings) / 1e12,
+            "roofline_fraction": statistics.median(fractions),
             "val_tflops": val_flops / val_s / 1e12,
             "epoch_s": loop_s,
             "train_steps_s": train_s,
@@ -226,12 +234,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for mode in args.compile.split(","):
         for batch_size in map(int, args.batch_sizes.split(",")):
-            # the ceiling just before and after the row: shared machines drift by 20-30%
-            before = gemm_flops(device, args.precision)
             row = bench_one(args, data, batch_size, mode)
-            gemm = (before + gemm_flops(device, args.precision)) / 2
-            row["gemm_tflops"] = gemm / 1e12
-            row["roofline_fraction"] = row["train_step_tflops"] * 1e12 / gemm
             row["mfu"] = row["train_step_tflops"] * 1e12 / peak if peak else None
             rows.append(row)
             print_row(row)
