@@ -3,7 +3,7 @@
 For the fly_N9_62_1-sized model (N 13741, hidden 256, latent 256, stimulus 1736 -> 64)
 and each batch size and compile mode it reports steps/s, samples/s, the train step's
 achieved FLOP/s (matmul FLOPs counted exactly, see metrics.train_step_flops) beside
-the GEMM FLOP/s of the fastest library measured around each row (the roofline
+the GEMM FLOP/s of the fastest library measured beside each timed epoch (the roofline
 fraction), the full loop's epoch against the train steps inside it (validation at the
 default cadence, the per-epoch read, logging, monitor), the train steps against a bare
 loop, on the CPU the step with every matmul on MKL (plain PyTorch), a checkpoint save, and
