@@ -1,20 +1,22 @@
-"""nn.Linear whose float32 CPU products go to the faster of oneDNN and MKL for each shape.
+"""nn.Linear whose wide float32 CPU layers run every product through oneDNN.
 
 PyTorch sends every float32 CPU matmul to MKL. For this model's wide layers (13741 neurons
-in or out, 256 on the other side) MKL is slow whenever the product's output has the wide
-side as its columns: the decoder's forward and the encoder's weight gradient ran at
-83-97 GFLOP/s where oneDNN, which ships inside PyTorch too, runs them at 180-200
-(benchmarks/bench_train.py's machine, batch 256, a square 2048 GEMM at 168 / 215).
-So on the CPU in float32:
+in or out, 256 on the other side) MKL runs some of the three products of a layer at half
+the speed of oneDNN, which ships inside PyTorch too (batch 256, fly size, GFLOP/s, MKL vs
+oneDNN: decoder forward 79 vs 186, encoder weight gradient 80 vs 168, decoder weight
+gradient 131 vs 188; a square 2048 GEMM at 168 / 207). oneDNN takes strided operands as
+they are, so a wide layer (one side at least WIDE_RATIO times the other) computes
 
-- forward `x W^T + b`: oneDNN (its linear primitive takes x and W as they are);
-- input gradient `g W`: MKL, fast in this orientation and needs no copy;
-- weight gradient `g^T x`: oneDNN when the layer widens its input (in > out: the output
-  is short and wide), after two transposing copies that oneDNN needs; MKL otherwise.
+- forward `x W^T + b` and input gradient `g W` with W as stored;
+- weight gradient in the memory layout of the parameter, which keeps the wide side contiguous:
+  a layer that widens its output stores W transposed (memory `in x out`, shape and
+  state_dict still nn.Linear's), gets `W^T`'s gradient as `x^T g`, and gets the bias
+  gradient from the same product by appending a column of ones to x (a separate sum over
+  the batch would read the wide gradient once more).
 
-Everywhere else (CUDA, autocast, other dtypes, a PyTorch built without oneDNN) this is
-plain nn.Linear. Parameters and state_dict are nn.Linear's; results agree to float32
-rounding (tests/test_linear.py).
+Narrow layers (the 256-wide hidden ones), CUDA, autocast, other dtypes and a PyTorch
+built without oneDNN use plain nn.Linear; MKL is at least as fast there. Results agree
+with nn.Linear to float32 rounding (tests/test_linear.py).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from torch.utils.flop_counter import register_flop_formula
 
 # False sends every CPU product to MKL, as plain PyTorch does (benchmarks compare the two)
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+WIDE_RATIO = 4  # 13741 -> 256 and 1736 -> 64 are wide; 320 -> 256 is not
 
 
 @torch.library.custom_op("latent_evolution::onednn_linear", mutates_args=())
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x @ weight.T + bias through oneDNN (which makes both operands contiguous).
+    """x @ weight.T + bias through oneDNN, which reads x and weight with their strides.
 
     A custom op, so that torch.compile keeps it as one opaque kernel: inductor's own
     lowering of this oneDNN op only accepts frozen (constant) weights.
@@ -50,6 +53,36 @@ def _flops(x_shape: torch.Size, w_shape: torch.Size, *args: object, **kwargs: ob
     return 2 * x_shape[0] * x_shape[1] * w_shape[0]
 
 
+@torch.library.custom_op("latent_evolution::onednn_weight_grads", mutates_args=())
+def onednn_weight_grads(x: Tensor, grad: Tensor, row_scale: Tensor) -> Tensor:
+    """`[x*s | s]^T grad`, (in + 1) x out: the gradients of W^T and b in one oneDNN product.
+
+    For a layer that stores W transposed and for grad scaled per row by s (R x 1); both
+    come out contiguous in the parameters' layouts, and the bias needs no separate sum
+    over the wide grad.
+    """
+    scaled = torch.cat([x * row_scale, row_scale], dim=1)
+    return torch.ops.mkldnn._linear_pointwise(scaled.t(), grad.t(), None, "none", [], "")
+
+
+@onednn_weight_grads.register_fake
+def _(x: Tensor, grad: Tensor, row_scale: Tensor) -> Tensor:
+    return x.new_empty(x.shape[1] + 1, grad.shape[1])
+
+
+@register_flop_formula(torch.ops.latent_evolution.onednn_weight_grads)
+def _weight_grad_flops(
+    x_shape: torch.Size, grad_shape: torch.Size, *_: object, **__: object
+) -> int:
+    """nn.Linear's weight gradient; its bias gradient is a sum, which FlopCounterMode skips."""
+    return 2 * x_shape[0] * x_shape[1] * grad_shape[1]
+
+
+def stored_transposed(weight: Tensor) -> bool:
+    """Whether weight (out x in) lies in memory as in x out."""
+    return weight.stride(0) == 1 and weight.shape[1] > 1
+
+
 def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], output: Tensor) -> None:
     x, weight, bias = inputs
     ctx.save_for_backward(x, weight)
@@ -59,28 +92,106 @@ def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], outpu
 def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad
-    grad_x = grad @ weight if need_x else None
-    grad_w = None
-    if need_w:
-        wide_input = weight.shape[1] > weight.shape[0]
-        grad_w = onednn_linear(grad.t(), x.t(), None) if wide_input else grad.t() @ x
-    grad_b = grad.sum(0) if ctx.has_bias and need_b else None
+    grad_x = onednn_linear(grad, weight.t(), None) if need_x else None
+    grad_w = grad_b = None
+    if stored_transposed(weight) and (need_w or need_b):
+        stacked = onednn_weight_grads(x, grad, x.new_ones(len(x), 1))
+        grad_w, grad_b = stacked[:-1].t(), stacked[-1] if ctx.has_bias else None
+    else:
+        grad_w = onednn_linear(grad.t(), x.t(), None) if need_w else None
+        grad_b = grad.sum(0) if ctx.has_bias and need_b else None
     return grad_x, grad_w, grad_b
 
 
 onednn_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
-class Linear(nn.Linear):
-    """nn.Linear; 2-D float32 inputs on the CPU take the per-shape faster library."""
+class _LinearMSE(torch.autograd.Function):
+    """Mean squared errors of `x W^T + b` (W stored transposed) against blocks of its rows.
 
-    def forward(self, x: Tensor) -> Tensor:
-        if (
+    The output becomes the residual in place and is the only rows x out tensor kept for the
+    backward. The loss gradient (residual times 2 g / numel, per block) is never formed:
+    its scales go on the small operands of the two backward products. Eight passes over
+    the wide output less than linear + split + mse_loss (fly size, batch 256: the decoder
+    head 1.13x faster).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, *targets: Tensor) -> Tensor:
+        residual = onednn_linear(x, weight, bias)
+        ctx.rows = [len(target) for target in targets]
+        losses = []
+        for part, target in zip(residual.split(ctx.rows), targets, strict=True):
+            part.sub_(target)
+            # row norms first: float32 sums of 13741 terms, not of millions as one dot
+            losses.append(torch.linalg.vector_norm(part, dim=1).square().sum() / part.numel())
+        ctx.save_for_backward(x, weight, residual)
+        return torch.stack(losses)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, residual = ctx.saved_tensors
+        # d mean(r^2) / d r = 2 r / numel, per block; each row carries its block's factor
+        width = residual.shape[1]
+        per_block = [(2 * g / (n * width)).expand(n) for g, n in zip(grad, ctx.rows, strict=True)]
+        row_scale = torch.cat(per_block).unsqueeze(1)
+        grad_x = onednn_linear(residual, weight.t(), None) * row_scale
+        stacked = onednn_weight_grads(x, residual, row_scale)
+        return grad_x, stacked[:-1].t(), stacked[-1], *[None] * len(ctx.rows)
+
+
+def _save_weight_as_nn_linear(module: nn.Module, state: dict, prefix: str, *_: Any) -> None:
+    state[prefix + "weight"] = state.pop(prefix + "weight_t").t()
+
+
+def _load_weight_from_nn_linear(module: nn.Module, state: dict, prefix: str, *_: Any) -> None:
+    if prefix + "weight" in state:
+        state[prefix + "weight_t"] = state.pop(prefix + "weight").t()
+
+
+class Linear(nn.Linear):
+    """nn.Linear; a wide layer's 2-D float32 CPU inputs take oneDNN for all three products.
+
+    A layer that widens its output (the decoder's last) holds its weight as the parameter
+    `weight_t` (in x out, contiguous; fused Adam copies a non-contiguous parameter, 7 ms a
+    step for 13741 x 256); `weight` is its transposed view and state_dict calls it `weight`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        self.wide = max(in_features, out_features) >= WIDE_RATIO * min(in_features, out_features)
+        if self.wide and out_features > in_features:
+            self.weight_t = nn.Parameter(self._parameters.pop("weight").detach().t().contiguous())
+            self.register_state_dict_post_hook(_save_weight_as_nn_linear)
+            self.register_load_state_dict_pre_hook(_load_weight_from_nn_linear)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "weight" and "weight_t" in self._parameters:
+            return self._parameters["weight_t"].t()  # out x in, as nn.Linear's
+        return super().__getattr__(name)
+
+    def on_onednn(self, x: Tensor) -> bool:
+        return (
             ONEDNN
+            and self.wide
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and x.dim() == 2
             and not torch.is_autocast_enabled("cpu")
-        ):
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.on_onednn(x):
             return onednn_linear(x, self.weight, self.bias)
         return super().forward(x)
+
+    def fuses_mse(self, x: Tensor) -> bool:
+        """Whether fused_mse_losses may take x: the oneDNN path, weight stored transposed."""
+        return self.on_onednn(x) and "weight_t" in self._parameters and self.bias is not None
+
+    def fused_mse_losses(self, x: Tensor, targets: list[Tensor]) -> list[Tensor]:
+        """[mse_loss(block, target)] over the blocks of rows of self(x) that match targets.
+
+        targets are data: they get no gradient.
+        """
+        return list(_LinearMSE.apply(x, self.weight, self.bias, *targets).unbind())

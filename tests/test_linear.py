@@ -1,4 +1,4 @@
-"""The CPU Linear: oneDNN / MKL per shape, same results as nn.Linear, plain Linear elsewhere."""
+"""The CPU Linear: oneDNN for wide layers, the fused linear + MSE head, nn.Linear elsewhere."""
 
 from __future__ import annotations
 
@@ -10,41 +10,117 @@ from torch.utils.flop_counter import FlopCounterMode
 from latent_evolution import linear
 from latent_evolution.linear import Linear
 
-SHAPES = [(700, 32), (32, 700), (48, 48)]  # widens its input, widens its output, square
+WIDE_IN, WIDE_OUT, SQUARE = (700, 32), (32, 700), (48, 48)
 
 
 def backend(output: torch.Tensor) -> str:
     return type(output.grad_fn).__name__
 
 
-def float64_reference(layer: nn.Linear, x: torch.Tensor, grad: torch.Tensor) -> list:
+def weight_grad(layer: Linear) -> torch.Tensor:
+    """The gradient of layer.weight (out x in) wherever the layer keeps it."""
+    return layer.weight_t.grad.t() if hasattr(layer, "weight_t") else layer.weight.grad
+
+
+def float64_reference(layer: nn.Linear, x: torch.Tensor, targets: list[torch.Tensor]) -> list:
+    """Output, losses 1*mse(block 0) + 2*mse(block 1) + ..., and the gradients of x, W, b."""
     w = layer.weight.detach().double().requires_grad_()
     b = layer.bias.detach().double().requires_grad_()
     x64 = x.detach().double().requires_grad_()
-    nn.functional.linear(x64, w, b).backward(grad.double())
-    return [nn.functional.linear(x64, w, b), x64.grad, w.grad, b.grad]
+    out = nn.functional.linear(x64, w, b)
+    blocks = out.split([len(t) for t in targets])
+    losses = [(block - t.double()).pow(2).mean() for block, t in zip(blocks, targets, strict=True)]
+    sum((i + 1) * loss for i, loss in enumerate(losses)).backward()
+    return [out, torch.stack(losses), x64.grad, w.grad, b.grad]
 
 
-@pytest.mark.parametrize(("d_in", "d_out"), SHAPES)
+def close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    assert got.shape == want.shape and got.dtype == torch.float32
+    return ((got.double() - want).norm() / want.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize(("d_in", "d_out"), [WIDE_IN, WIDE_OUT, SQUARE])
 def test_forward_and_all_gradients_match_float64(d_in, d_out):
     torch.manual_seed(0)
     layer, x = Linear(d_in, d_out), torch.randn(16, d_in, requires_grad=True)
-    grad = torch.randn(16, d_out)
+    targets = [torch.randn(16, d_out)]
     out = layer(x)
-    assert "onednn_linear" in backend(out)
-    out.backward(grad)
-    ours = [out, x.grad, layer.weight.grad, layer.bias.grad]
-    for got, want in zip(ours, float64_reference(layer, x, grad), strict=True):
-        assert got.shape == want.shape and got.dtype == torch.float32
-        assert ((got.double() - want).norm() / want.norm()).item() < 1e-5
+    assert ("onednn_linear" in backend(out)) == (d_in != d_out)  # square: MKL, as nn.Linear
+    (out - targets[0]).pow(2).mean().backward()
+    want_out, _, *want_grads = float64_reference(layer, x, targets)
+    assert close(out, want_out)
+    for got, want in zip([x.grad, weight_grad(layer), layer.bias.grad], want_grads, strict=True):
+        assert close(got, want)
 
 
-def test_data_input_gets_no_gradient_and_flops_are_counted():
-    layer, x = Linear(700, 32), torch.randn(16, 700)  # the encoder's first layer reads data
-    with FlopCounterMode(display=False) as counter:
+def test_layer_widening_its_output_stores_its_weight_transposed():
+    torch.manual_seed(0)
+    layer = Linear(*WIDE_OUT)
+    assert [name for name, _ in layer.named_parameters()] == ["bias", "weight_t"]
+    assert layer.weight_t.shape == WIDE_OUT and layer.weight_t.is_contiguous()
+    assert layer.weight.shape == WIDE_OUT[::-1]  # nn.Linear's view
+    assert "weight_t" not in dict(Linear(*WIDE_IN).named_parameters())
+    layer(torch.randn(8, 32)).sum().backward()
+    assert layer.weight_t.grad.is_contiguous()  # no transposing copy of the gradient
+    optimizer = torch.optim.Adam(layer.parameters(), fused=True)
+    optimizer.step()
+    assert optimizer.state[layer.weight_t]["exp_avg"].is_contiguous()  # fused Adam copies none
+
+
+@pytest.mark.parametrize(("d_in", "d_out"), [WIDE_IN, WIDE_OUT, SQUARE])
+def test_state_dict_is_nn_linear_s(d_in, d_out):
+    ours, plain = Linear(d_in, d_out), nn.Linear(d_in, d_out)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(5, d_in)
+    torch.testing.assert_close(ours(x), plain(x))
+    nn.init.uniform_(plain.weight)
+    ours.load_state_dict(plain.state_dict())
+    assert torch.equal(ours.weight, plain.weight)
+
+
+def test_fused_mse_head_matches_float64():
+    """Losses of two row blocks (an evolve and a reconstruction target) and every gradient."""
+    torch.manual_seed(0)
+    layer, x = Linear(*WIDE_OUT), torch.randn(16, 32, requires_grad=True)
+    targets = [torch.randn(10, 700), torch.randn(6, 700)]
+    assert layer.fuses_mse(x)
+    losses = layer.fused_mse_losses(x, targets)
+    assert "LinearMSE" in str(losses[0].grad_fn.next_functions)
+    sum((i + 1) * loss for i, loss in enumerate(losses)).backward()
+    _, want_losses, *want_grads = float64_reference(layer, x, targets)
+    assert close(torch.stack(losses), want_losses)
+    for got, want in zip([x.grad, weight_grad(layer), layer.bias.grad], want_grads, strict=True):
+        assert close(got, want)
+
+
+def test_fused_mse_head_only_on_the_float32_onednn_path(monkeypatch):
+    x = torch.randn(4, 32)
+    assert not Linear(*WIDE_IN).fuses_mse(torch.randn(4, 700))  # weight stored as out x in
+    assert not Linear(*WIDE_OUT).double().fuses_mse(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not Linear(*WIDE_OUT).fuses_mse(x)
+    monkeypatch.setattr(linear, "ONEDNN", False)
+    assert not Linear(*WIDE_OUT).fuses_mse(x)
+
+
+@pytest.mark.parametrize(("d_in", "d_out"), [WIDE_IN, WIDE_OUT])
+def test_flops_are_counted_as_nn_linear_s(d_in, d_out):
+    layer, x = Linear(d_in, d_out), torch.randn(16, d_in)
+    with FlopCounterMode(display=False) as data_input:  # as the encoder's first layer
         layer(x).sum().backward()
-    assert x.grad is None and layer.weight.grad.shape == (32, 700)
-    assert counter.get_total_flops() == 2 * (2 * 16 * 700 * 32)  # forward + weight gradient
+    with FlopCounterMode(display=False) as input_grad:
+        layer(x.requires_grad_()).sum().backward()
+    head, hidden, target = (
+        Linear(*WIDE_OUT),
+        torch.randn(16, 32, requires_grad=True),
+        torch.randn(16, 700),
+    )
+    with FlopCounterMode(display=False) as fused:
+        head.fused_mse_losses(hidden, [target])[0].backward()
+    product = 2 * 16 * d_in * d_out  # FLOPs of one of the three products
+    assert data_input.get_total_flops() == 2 * product  # forward + weight gradient
+    assert input_grad.get_total_flops() == 3 * product
+    assert fused.get_total_flops() == 3 * 2 * 16 * 32 * 700
 
 
 def test_plain_linear_off_the_float32_cpu_path(monkeypatch):
@@ -57,22 +133,25 @@ def test_plain_linear_off_the_float32_cpu_path(monkeypatch):
     assert "Addmm" in backend(layer(x.requires_grad_()))
 
 
-def test_state_dict_is_nn_linear_s():
-    ours, plain = Linear(10, 3), nn.Linear(10, 3)
-    plain.load_state_dict(ours.state_dict())
-    x = torch.randn(5, 10)
-    torch.testing.assert_close(ours(x), plain(x))
-
-
-def test_compiled_forward_and_backward_match_eager():
+def test_compiled_forward_backward_and_fused_head_match_eager():
     torch.manual_seed(0)
-    layer = Linear(300, 24)
-    x = torch.randn(8, 300)
-    eager = layer(x).square().sum()
+    encoder, head = Linear(300, 24), Linear(24, 300)
+    x, targets = torch.randn(8, 300), [torch.randn(5, 300), torch.randn(3, 300)]
+
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        evolve, recon = head.fused_mse_losses(encoder(v).relu(), targets)
+        return evolve + 2 * recon
+
+    def grads() -> list[torch.Tensor]:
+        out = [p.grad.clone() for p in (*encoder.parameters(), *head.parameters())]
+        encoder.zero_grad(set_to_none=True), head.zero_grad(set_to_none=True)
+        return out
+
+    eager = loss(x)
     eager.backward()
-    want = layer.weight.grad.clone()
-    layer.weight.grad = None
-    compiled = torch.compile(lambda v: layer(v).square().sum(), fullgraph=True)(x)
+    want = grads()
+    compiled = torch.compile(loss, fullgraph=True)(x)
     compiled.backward()
     torch.testing.assert_close(compiled, eager)
-    torch.testing.assert_close(layer.weight.grad, want)
+    for got, expected in zip(grads(), want, strict=True):
+        torch.testing.assert_close(got, expected)

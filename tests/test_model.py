@@ -97,25 +97,37 @@ def test_l1_terms_are_weighted_sums_of_mean_abs_per_parameter():
     assert l1_penalty(model.decoder).item() > 0
 
 
+@pytest.mark.parametrize("n_neurons", [30, 200])  # 200: the decoder's head is wide, fused
 @pytest.mark.parametrize("use_batch_norm", [False, True])
 @pytest.mark.parametrize(("time_units", "every_step"), [(1, False), (3, False), (3, True)])
 def test_loss_parts_equal_decoding_prediction_and_reconstruction_apart(
-    use_batch_norm, time_units, every_step
+    n_neurons, use_batch_norm, time_units, every_step
 ):
-    """One decoder call on both (no batch norm) or two calls (batch norm: each batch keeps
-    its own statistics): either way the losses of the design notes, decoded separately."""
+    """One decoder pass on both (no batch norm; the last layer fused with the mse where it
+    is wide) or two (batch norm: each batch keeps its own statistics): either way the
+    losses and gradients of the design notes, decoded separately."""
     torch.manual_seed(0)
-    model = LatentModel(small_model_config(6, use_batch_norm=use_batch_norm), 30, 4).train()
-    x_t, stim = torch.randn(8, 30), torch.randn(8, time_units, 4)
-    targets = torch.randn(8, time_units if every_step else 1, 30)
+    config = small_model_config(6, use_batch_norm=use_batch_norm)
+    model = LatentModel(config, n_neurons, 4).train()
+    x_t, stim = torch.randn(8, n_neurons), torch.randn(8, time_units, 4)
+    targets = torch.randn(8, time_units if every_step else 1, n_neurons)
     calls = []
-    hook = model.decoder.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    hook = model.decoder[0].register_forward_hook(lambda module, args, out: calls.append(1))
     evolve, recon, _ = model.loss_parts(x_t, stim, targets, every_step)
     hook.remove()
     assert len(calls) == (2 if use_batch_norm else 1)
+    fused = "LinearMSE" in str(evolve.grad_fn.next_functions)
+    assert fused == (n_neurons == 200 and not use_batch_norm)
+    (evolve + 2 * recon).backward()
+    grads = [p.grad for p in model.parameters()]
+    model.zero_grad()
     z = model.encoder(x_t)
     latents = model.rollout(z, stim)
     decoded = latents.flatten(0, 1) if every_step else latents[:, -1]
     want_evolve = (model.decoder(decoded) - targets.flatten(0, 1)).pow(2).mean()
+    want_recon = (model.decoder(z) - x_t).pow(2).mean()
+    (want_evolve + 2 * want_recon).backward()
     torch.testing.assert_close(evolve, want_evolve)
-    torch.testing.assert_close(recon, (model.decoder(z) - x_t).pow(2).mean())
+    torch.testing.assert_close(recon, want_recon)
+    for got, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(got, p.grad)
