@@ -57,7 +57,7 @@ def gemm_flops(device: torch.device, precision: str) -> float:
     """Measured FLOP/s of a large square matmul through the fastest library on the device.
 
     That is the practical ceiling of this workload: cuBLAS on CUDA; on the CPU the better of
-    MKL (PyTorch's matmul) and oneDNN (what latent_evolution.linear uses for the forward).
+    MKL (PyTorch's matmul) and oneDNN (what latent_evolution.linear uses for wide layers).
     """
     size = 8192 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device, dtype=DTYPES[precision])
@@ -122,8 +122,9 @@ def bare_loop(trainer: Trainer, steps: int) -> float:
 
 
 def mkl_only_ratio(trainer: Trainer, epochs: int) -> float | None:
-    """Epoch time with every CPU matmul on MKL (plain PyTorch) over that with the per-shape
-    choice of latent_evolution.linear, interleaved epoch by epoch; None off the CPU."""
+    """Epoch time with every CPU matmul on MKL (as plain PyTorch; no fused decoder head, the
+    same weight layouts) over that with latent_evolution.linear's oneDNN path, interleaved
+    epoch by epoch; None off the CPU."""
     if trainer.device.type != "cpu" or not linear.ONEDNN:
         return None
     seconds: dict[bool, list[float]] = {False: [], True: []}

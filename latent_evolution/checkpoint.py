@@ -68,6 +68,27 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], prefix: str =
         )
 
 
+def check_same_layout(saved_optimizer: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
+    """Raise ConfigError if the saved optimizer state does not fit the model's parameters.
+
+    Parameter layouts can change between versions (linear.Linear keeps a wide layer's
+    weight transposed); Adam would pair states with the wrong parameters or fail inside
+    its kernel.
+    """
+    params = list(model.named_parameters())  # the optimizer's order (trainer.build_optimizer)
+    for index, state in saved_optimizer["state"].items():
+        name, param = params[index]
+        for value in state.values():
+            if value.dim() > 0 and value.shape != param.shape:
+                raise ConfigError(
+                    CHECKPOINT,
+                    str(path),
+                    f"its optimizer state for {name} has shape {tuple(value.shape)}, the "
+                    f"parameter {tuple(param.shape)}: it was written by another version of "
+                    "latent_evolution; resume with that version or use a new run folder",
+                )
+
+
 def completed_metrics(run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a finished run, or None if the run folder holds no finished run."""
     path = Path(run_dir) / METRICS

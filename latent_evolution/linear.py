@@ -1,22 +1,24 @@
 """nn.Linear whose wide float32 CPU layers run every product through oneDNN.
 
 PyTorch sends every float32 CPU matmul to MKL. For this model's wide layers (13741 neurons
-in or out, 256 on the other side) MKL runs some of the three products of a layer at half
-the speed of oneDNN, which ships inside PyTorch too (batch 256, fly size, GFLOP/s, MKL vs
-oneDNN: decoder forward 79 vs 186, encoder weight gradient 80 vs 168, decoder weight
-gradient 131 vs 188; a square 2048 GEMM at 168 / 207). oneDNN takes strided operands as
-they are, so a wide layer (one side at least WIDE_RATIO times the other) computes
+in or out, 256 on the other side) MKL runs some of a layer's three products at half the
+speed of oneDNN, which ships inside PyTorch too (each product alone, fly size, batch 256,
+GFLOP/s, MKL vs oneDNN: decoder forward 79 vs 186, encoder weight gradient 80 vs 168,
+decoder weight gradient 131 vs 188; a square 2048 GEMM 168 vs 207). oneDNN reads strided
+operands as they are, so a wide layer (one side at least WIDE_RATIO times the other) runs
 
-- forward `x W^T + b` and input gradient `g W` with W as stored;
-- weight gradient in the memory layout of the parameter, which keeps the wide side contiguous:
-  a layer that widens its output stores W transposed (memory `in x out`, shape and
-  state_dict still nn.Linear's), gets `W^T`'s gradient as `x^T g`, and gets the bias
-  gradient from the same product by appending a column of ones to x (a separate sum over
-  the batch would read the wide gradient once more).
+- forward `x W^T + b` and input gradient `g W` on W as stored;
+- the weight gradient straight into the parameter's layout, which keeps the wide side
+  contiguous: a layer that widens its output stores W transposed (parameter `weight_t`,
+  in x out; `weight` and state_dict stay nn.Linear's), gets W^T's gradient as `x^T g`,
+  and its bias gradient from the same product (a column of ones appended to x) instead
+  of a separate sum that reads the wide gradient again;
+- with `fused_mse_losses`, the decoder's last layer and its mse as one op (_LinearMSE).
 
+In the train step these products run at 187-207 GFLOP/s against the square GEMM's 207.
 Narrow layers (the 256-wide hidden ones), CUDA, autocast, other dtypes and a PyTorch
-built without oneDNN use plain nn.Linear; MKL is at least as fast there. Results agree
-with nn.Linear to float32 rounding (tests/test_linear.py).
+built without oneDNN use MKL (or cuBLAS) as nn.Linear does: for narrow layers MKL is as
+fast. Results agree with nn.Linear to float32 rounding (tests/test_linear.py).
 """
 
 from __future__ import annotations
@@ -111,9 +113,9 @@ class _LinearMSE(torch.autograd.Function):
 
     The output becomes the residual in place and is the only rows x out tensor kept for the
     backward. The loss gradient (residual times 2 g / numel, per block) is never formed:
-    its scales go on the small operands of the two backward products. Eight passes over
-    the wide output less than linear + split + mse_loss (fly size, batch 256: the decoder
-    head 1.13x faster).
+    its scales go on the small operands of the two backward products. That is about six
+    passes over the rows x out output fewer than linear + split + mse_loss + the split's
+    backward (fly size, batch 256: the decoder head 1.13x faster).
     """
 
     @staticmethod
@@ -183,7 +185,16 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if self.on_onednn(x):
             return onednn_linear(x, self.weight, self.bias)
-        return super().forward(x)
+        if "weight_t" not in self._parameters:
+            return super().forward(x)
+        # x @ weight_t with the parameter itself as the operand: its gradient comes out in
+        # its layout (F.linear on the transposed view would cost a transposing copy a step)
+        flat = x.reshape(-1, self.in_features)
+        if self.bias is None:
+            out = flat @ self.weight_t
+        else:
+            out = torch.addmm(self.bias, flat, self.weight_t)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def fuses_mse(self, x: Tensor) -> bool:
         """Whether fused_mse_losses may take x: the oneDNN path, weight stored transposed."""

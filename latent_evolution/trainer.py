@@ -27,7 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latent_evolution.checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from latent_evolution.checkpoint import (
+    CHECKPOINT,
+    check_same_layout,
+    check_same_run,
+    load_checkpoint,
+    save_checkpoint,
+)
 from latent_evolution.config import Config
 from latent_evolution.data import BatchSource, Dataset, Split, load_dataset
 from latent_evolution.files import atomic_write, atomic_write_json, atomic_write_text
@@ -391,6 +397,7 @@ class Trainer:
         if state is None:
             return False
         check_same_run(state["config"], dataclasses.asdict(self.config))
+        check_same_layout(state["optimizer"], self.model, self.run_dir / CHECKPOINT)
         self.load_state_dict(state)
         log.info("Resuming from %s at epoch %d", self.run_dir / "checkpoint.pt", self.epoch)
         return True

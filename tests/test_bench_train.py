@@ -1,4 +1,4 @@
-"""The training benchmark runs end to end on a tiny model and reports consistent figures."""
+"""The benchmarks run end to end on tiny models and report consistent figures."""
 
 from __future__ import annotations
 
@@ -29,3 +29,25 @@ def test_bench_train_reports_roofline_split_and_library_ratio(tmp_path):
     assert row["loop_vs_steps"] == pytest.approx(1 / (1 - row["overhead_pct"] / 100))
     assert row["loop_vs_steps"] > 1 and row["steps_vs_bare"] > 0
     assert row["mkl_only_vs_ours"] > 0 and row["checkpoint_s"] > 0
+
+
+def test_bench_gemm_shapes_times_every_product_of_both_wide_layers(tmp_path):
+    out = tmp_path / "gemm.json"
+    args = ["--n-neurons", "300", "--hidden", "16", "--batch-sizes", "4,8", "--rounds", "1"]
+    subprocess.run(
+        [sys.executable, "benchmarks/bench_gemm_shapes.py", *args, "--json", str(out)],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+    )
+    report = json.loads(out.read_text())
+    assert report["ceiling_gflops"] > 0
+    rows = {(r["batch_size"], r["layer"], r["product"], r["rows"]) for r in report["rows"]}
+    products = ("forward", "input grad", "weight grad")
+    assert rows == {
+        (batch, layer, product, batch * (2 if layer == "decoder" else 1))
+        for batch in (4, 8)
+        for layer in ("encoder", "decoder")
+        for product in products
+    }
+    assert all(r["mkl_gflops"] > 0 and r["onednn_gflops"] > 0 for r in report["rows"])

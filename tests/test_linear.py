@@ -17,6 +17,17 @@ def backend(output: torch.Tensor) -> str:
     return type(output.grad_fn).__name__
 
 
+def graph_ops(output: torch.Tensor) -> set[str]:
+    """Names of the autograd nodes behind output."""
+    names, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None:
+            names.add(type(node).__name__)
+            stack += [parent for parent, _ in node.next_functions]
+    return names
+
+
 def weight_grad(layer: Linear) -> torch.Tensor:
     """The gradient of layer.weight (out x in) wherever the layer keeps it."""
     return layer.weight_t.grad.t() if hasattr(layer, "weight_t") else layer.weight.grad
@@ -131,6 +142,25 @@ def test_plain_linear_off_the_float32_cpu_path(monkeypatch):
     assert layer.float()(torch.randn(2, 3, 40)).shape == (2, 3, 8)  # any leading dims
     monkeypatch.setattr(linear, "ONEDNN", False)
     assert "Addmm" in backend(layer(x.requires_grad_()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_path_of_a_layer_storing_its_weight_transposed(monkeypatch, dtype):
+    """MKL (or CUDA) products on weight_t itself: gradients in its layout, nn.Linear's values."""
+    monkeypatch.setattr(linear, "ONEDNN", False)
+    ours, plain = Linear(*WIDE_OUT).to(dtype), nn.Linear(*WIDE_OUT).to(dtype)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 32, dtype=dtype)
+    out = ours(x)
+    assert "AddmmBackward0" in graph_ops(out) and "TBackward0" not in graph_ops(out)
+    assert out.shape == (2, 5, 700)
+    out.square().sum().backward()
+    plain(x).square().sum().backward()
+    assert ours.weight_t.grad.is_contiguous()
+    torch.testing.assert_close(ours.weight_t.grad.t(), plain.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, plain.bias.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours.float()(x.float()).dtype == torch.bfloat16
 
 
 def test_compiled_forward_backward_and_fused_head_match_eager():

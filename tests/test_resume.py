@@ -183,6 +183,19 @@ def test_checkpoint_of_another_config_is_refused(compose, tmp_path):
         other.resume()
 
 
+def test_checkpoint_with_another_parameter_layout_is_refused(compose, tmp_path):
+    """As one written before the decoder's last weight was stored transposed."""
+    config = to_config(compose(*TINY, "training.epochs=2"))
+    Trainer(config, tmp_path).fit()
+    (tmp_path / "metrics.json").unlink()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    exp_avg = state["optimizer"]["state"][0]["exp_avg"]
+    state["optimizer"]["state"][0]["exp_avg"] = exp_avg.reshape(-1, 1)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"^checkpoint\.pt='.*': its optimizer state for encoder"):
+        Trainer(config, tmp_path).resume()
+
+
 def test_nan_loss_stops_the_run_records_divergence_and_returns(compose, tmp_path, monkeypatch):
     train_epoch = Trainer.train_epoch
 
