@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,8 +25,10 @@ from bench_train import gemm_flops, timed
 
 from latent_evolution import linear
 
+Product = Callable[[], torch.Tensor]
 
-def products(d_in: int, d_out: int, rows: int) -> dict[str, tuple]:
+
+def products(d_in: int, d_out: int, rows: int) -> dict[str, tuple[Product, Product]]:
     """{product: (MKL call, oneDNN call)} for one layer, as nn.Linear and linear.Linear run it."""
     plain, ours = torch.nn.Linear(d_in, d_out), linear.Linear(d_in, d_out)
     w, b = plain.weight.detach(), plain.bias.detach()
@@ -45,7 +48,7 @@ def products(d_in: int, d_out: int, rows: int) -> dict[str, tuple]:
     }
 
 
-def gflops(call, flops: int, repeats: int) -> float:
+def gflops(call: Product, flops: int, repeats: int) -> float:
     call()  # warm-up: oneDNN builds its primitive on the first call
     return flops / timed(call, torch.device("cpu"), repeats) / 1e9
 

@@ -75,16 +75,17 @@ def check_same_layout(saved_optimizer: dict[str, Any], model: torch.nn.Module, p
     weight transposed); Adam would pair states with the wrong parameters or fail inside
     its kernel.
     """
-    params = list(model.named_parameters())  # the optimizer's order (trainer.build_optimizer)
+    # the optimizer's order (trainer.build_optimizer)
+    shapes = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
     for index, state in saved_optimizer["state"].items():
-        name, param = params[index]
+        name, shape = shapes[index] if index < len(shapes) else (f"parameter {index}", None)
         for value in state.values():
-            if value.dim() > 0 and value.shape != param.shape:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != shape:
                 raise ConfigError(
                     CHECKPOINT,
                     str(path),
                     f"its optimizer state for {name} has shape {tuple(value.shape)}, the "
-                    f"parameter {tuple(param.shape)}: it was written by another version of "
+                    f"model's {shape}: it was written by another version of "
                     "latent_evolution; resume with that version or use a new run folder",
                 )
 

@@ -2,10 +2,12 @@
 
 PyTorch sends every float32 CPU matmul to MKL. For this model's wide layers (13741 neurons
 in or out, 256 on the other side) MKL runs some of a layer's three products at half the
-speed of oneDNN, which ships inside PyTorch too (each product alone, fly size, batch 256,
-GFLOP/s, MKL vs oneDNN: decoder forward 79 vs 186, encoder weight gradient 80 vs 168,
-decoder weight gradient 131 vs 188; a square 2048 GEMM 168 vs 207). oneDNN reads strided
-operands as they are, so a wide layer (one side at least WIDE_RATIO times the other) runs
+speed of oneDNN, which ships inside PyTorch too (benchmarks/bench_gemm_shapes.py, fly
+size, batch 256, GFLOP/s, MKL vs oneDNN: decoder forward 102 vs 197, encoder weight
+gradient 92 vs 171, decoder weight gradient 163 vs 193; the square-GEMM ceiling 211).
+oneDNN's linear reads its weight operand with any strides (its input it makes contiguous:
+here always the small operand), so a wide layer (one side at least WIDE_RATIO times the
+other) runs
 
 - forward `x W^T + b` and input gradient `g W` on W as stored;
 - the weight gradient straight into the parameter's layout, which keeps the wide side
@@ -36,7 +38,7 @@ WIDE_RATIO = 4  # 13741 -> 256 and 1736 -> 64 are wide; 320 -> 256 is not
 
 @torch.library.custom_op("latent_evolution::onednn_linear", mutates_args=())
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x @ weight.T + bias through oneDNN, which reads x and weight with their strides.
+    """x @ weight.T + bias through oneDNN, which reads weight with its strides as they are.
 
     A custom op, so that torch.compile keeps it as one opaque kernel: inductor's own
     lowering of this oneDNN op only accepts frozen (constant) weights.
@@ -63,8 +65,8 @@ def onednn_weight_grads(x: Tensor, grad: Tensor, row_scale: Tensor) -> Tensor:
     come out contiguous in the parameters' layouts, and the bias needs no separate sum
     over the wide grad.
     """
-    scaled = torch.cat([x * row_scale, row_scale], dim=1)
-    return torch.ops.mkldnn._linear_pointwise(scaled.t(), grad.t(), None, "none", [], "")
+    scaled_t = torch.cat([(x * row_scale).t(), row_scale.t()])  # contiguous, (in + 1) x R
+    return torch.ops.mkldnn._linear_pointwise(scaled_t, grad.t(), None, "none", [], "")
 
 
 @onednn_weight_grads.register_fake
@@ -95,10 +97,10 @@ def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad
     grad_x = onednn_linear(grad, weight.t(), None) if need_x else None
-    grad_w = grad_b = None
     if stored_transposed(weight) and (need_w or need_b):
         stacked = onednn_weight_grads(x, grad, x.new_ones(len(x), 1))
-        grad_w, grad_b = stacked[:-1].t(), stacked[-1] if ctx.has_bias else None
+        grad_w = stacked[:-1].t()
+        grad_b = stacked[-1] if ctx.has_bias else None
     else:
         grad_w = onednn_linear(grad.t(), x.t(), None) if need_w else None
         grad_b = grad.sum(0) if ctx.has_bias and need_b else None
@@ -131,15 +133,20 @@ class _LinearMSE(torch.autograd.Function):
         return torch.stack(losses)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the saved residual has no graph
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, residual = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         # d mean(r^2) / d r = 2 r / numel, per block; each row carries its block's factor
         width = residual.shape[1]
         per_block = [(2 * g / (n * width)).expand(n) for g, n in zip(grad, ctx.rows, strict=True)]
         row_scale = torch.cat(per_block).unsqueeze(1)
-        grad_x = onednn_linear(residual, weight.t(), None) * row_scale
-        stacked = onednn_weight_grads(x, residual, row_scale)
-        return grad_x, stacked[:-1].t(), stacked[-1], *[None] * len(ctx.rows)
+        grad_x = onednn_linear(residual, weight.t(), None) * row_scale if need_x else None
+        grad_w = grad_b = None
+        if need_w or need_b:
+            stacked = onednn_weight_grads(x, residual, row_scale)
+            grad_w, grad_b = stacked[:-1].t(), stacked[-1]
+        return grad_x, grad_w, grad_b, *[None] * len(ctx.rows)
 
 
 def _save_weight_as_nn_linear(module: nn.Module, state: dict, prefix: str, *_: Any) -> None:
@@ -148,7 +155,8 @@ def _save_weight_as_nn_linear(module: nn.Module, state: dict, prefix: str, *_: A
 
 def _load_weight_from_nn_linear(module: nn.Module, state: dict, prefix: str, *_: Any) -> None:
     if prefix + "weight" in state:
-        state[prefix + "weight_t"] = state.pop(prefix + "weight").t()
+        # contiguous, also for load_state_dict(assign=True): fused Adam copies anything else
+        state[prefix + "weight_t"] = state.pop(prefix + "weight").t().contiguous()
 
 
 class Linear(nn.Linear):
@@ -156,11 +164,20 @@ class Linear(nn.Linear):
 
     A layer that widens its output (the decoder's last) holds its weight as the parameter
     `weight_t` (in x out, contiguous; fused Adam copies a non-contiguous parameter, 7 ms a
-    step for 13741 x 256); `weight` is its transposed view and state_dict calls it `weight`.
+    step for 13741 x 256); state_dict calls it `weight`, out x in. `layer.weight` is a
+    transposed view there, not a Parameter: read its gradient as `weight_t.grad.t()`, and
+    weight-reparametrizing utilities (parametrize, weight_norm, prune) do not apply.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__(in_features, out_features, bias)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
         self.wide = max(in_features, out_features) >= WIDE_RATIO * min(in_features, out_features)
         if self.wide and out_features > in_features:
             self.weight_t = nn.Parameter(self._parameters.pop("weight").detach().t().contiguous())
@@ -196,13 +213,18 @@ class Linear(nn.Linear):
             out = torch.addmm(self.bias, flat, self.weight_t)
         return out.view(*x.shape[:-1], self.out_features)
 
-    def fuses_mse(self, x: Tensor) -> bool:
-        """Whether fused_mse_losses may take x: the oneDNN path, weight stored transposed."""
-        return self.on_onednn(x) and "weight_t" in self._parameters and self.bias is not None
+    def fuses_mse(self, x: Tensor, targets: list[Tensor]) -> bool:
+        """Whether fused_mse_losses takes these: the oneDNN path, weight stored transposed,
+        a bias, and targets that are data (the fused op gives them no gradient)."""
+        return (
+            self.on_onednn(x)
+            and "weight_t" in self._parameters
+            and self.bias is not None
+            and not any(target.requires_grad for target in targets)
+        )
 
     def fused_mse_losses(self, x: Tensor, targets: list[Tensor]) -> list[Tensor]:
-        """[mse_loss(block, target)] over the blocks of rows of self(x) that match targets.
-
-        targets are data: they get no gradient.
-        """
+        """[mse_loss(block, target)] over the blocks of rows of self(x) that match targets."""
+        if not self.fuses_mse(x, targets):
+            raise ValueError("fused_mse_losses: check fuses_mse(x, targets) first")
         return list(_LinearMSE.apply(x, self.weight, self.bias, *targets).unbind())

@@ -128,7 +128,7 @@ class LatentModel(nn.Module):
         hidden = torch.cat(latents)
         for layer in hidden_layers:
             hidden = layer(hidden)
-        if loss == "mse" and head.fuses_mse(hidden):
+        if loss == "mse" and head.fuses_mse(hidden, targets):
             return head.fused_mse_losses(hidden, targets)
         blocks = head(hidden).float().split([len(z) for z in latents])
         return [error(block, t) for block, t in zip(blocks, targets, strict=True)]

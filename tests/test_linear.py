@@ -64,18 +64,47 @@ def test_forward_and_all_gradients_match_float64(d_in, d_out):
         assert close(got, want)
 
 
-def test_layer_widening_its_output_stores_its_weight_transposed():
+def arriving_grads_contiguous(param: torch.Tensor) -> list[bool]:
+    """Whether each gradient reaching param is contiguous before AccumulateGrad, which
+    would otherwise make a transposing copy of it."""
+    seen: list[bool] = []
+    param.register_hook(lambda grad: seen.append(grad.is_contiguous()))
+    return seen
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_layer_widening_its_output_stores_its_weight_transposed(monkeypatch, onednn):
+    monkeypatch.setattr(linear, "ONEDNN", onednn)
     torch.manual_seed(0)
     layer = Linear(*WIDE_OUT)
     assert [name for name, _ in layer.named_parameters()] == ["bias", "weight_t"]
-    assert layer.weight_t.shape == WIDE_OUT and layer.weight_t.is_contiguous()
+    assert layer.weight_t.shape == WIDE_OUT and layer.weight_t.is_contiguous()  # for fused Adam
     assert layer.weight.shape == WIDE_OUT[::-1]  # nn.Linear's view
     assert "weight_t" not in dict(Linear(*WIDE_IN).named_parameters())
-    layer(torch.randn(8, 32)).sum().backward()
-    assert layer.weight_t.grad.is_contiguous()  # no transposing copy of the gradient
-    optimizer = torch.optim.Adam(layer.parameters(), fused=True)
-    optimizer.step()
-    assert optimizer.state[layer.weight_t]["exp_avg"].is_contiguous()  # fused Adam copies none
+    seen = arriving_grads_contiguous(layer.weight_t)
+    x = torch.randn(8, 32, requires_grad=True)
+    layer(x).sum().backward()
+    if layer.fuses_mse(x, [torch.randn(8, 700)]):
+        layer.fused_mse_losses(x, [torch.randn(8, 700)])[0].backward()
+    assert seen == [True] * (2 if onednn else 1)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize(("d_in", "d_out"), [WIDE_IN, WIDE_OUT])
+def test_layers_without_bias_match_nn_linear(monkeypatch, onednn, d_in, d_out):
+    monkeypatch.setattr(linear, "ONEDNN", onednn)
+    torch.manual_seed(0)
+    ours, plain = Linear(d_in, d_out, bias=False), nn.Linear(d_in, d_out, bias=False)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(6, d_in, requires_grad=True)
+    out = ours(x)
+    assert ("onednn_linear" in backend(out)) == onednn
+    out.square().sum().backward()
+    want_x = x.grad.clone()
+    x.grad = None
+    plain(x).square().sum().backward()
+    torch.testing.assert_close(want_x, x.grad)
+    torch.testing.assert_close(weight_grad(ours), plain.weight.grad)
 
 
 @pytest.mark.parametrize(("d_in", "d_out"), [WIDE_IN, WIDE_OUT, SQUARE])
@@ -94,7 +123,7 @@ def test_fused_mse_head_matches_float64():
     torch.manual_seed(0)
     layer, x = Linear(*WIDE_OUT), torch.randn(16, 32, requires_grad=True)
     targets = [torch.randn(10, 700), torch.randn(6, 700)]
-    assert layer.fuses_mse(x)
+    assert layer.fuses_mse(x, targets)
     losses = layer.fused_mse_losses(x, targets)
     assert "LinearMSE" in str(losses[0].grad_fn.next_functions)
     sum((i + 1) * loss for i, loss in enumerate(losses)).backward()
@@ -105,13 +134,17 @@ def test_fused_mse_head_matches_float64():
 
 
 def test_fused_mse_head_only_on_the_float32_onednn_path(monkeypatch):
-    x = torch.randn(4, 32)
-    assert not Linear(*WIDE_IN).fuses_mse(torch.randn(4, 700))  # weight stored as out x in
-    assert not Linear(*WIDE_OUT).double().fuses_mse(x.double())
+    x, data = torch.randn(4, 32), [torch.randn(4, 700)]
+    assert not Linear(*WIDE_IN).fuses_mse(torch.randn(4, 700), [x])  # weight stored out x in
+    assert not Linear(*WIDE_OUT).double().fuses_mse(x.double(), [data[0].double()])
+    assert not Linear(*WIDE_OUT, bias=False).fuses_mse(x, data)
+    assert not Linear(*WIDE_OUT).fuses_mse(x, [data[0].requires_grad_()])  # it would get none
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not Linear(*WIDE_OUT).fuses_mse(x)
+        assert not Linear(*WIDE_OUT).fuses_mse(x, data)
     monkeypatch.setattr(linear, "ONEDNN", False)
-    assert not Linear(*WIDE_OUT).fuses_mse(x)
+    assert not Linear(*WIDE_OUT).fuses_mse(x, data)
+    with pytest.raises(ValueError, match=r"^fused_mse_losses: check fuses_mse\(x, targets\)"):
+        Linear(*WIDE_OUT).fused_mse_losses(x, data)
 
 
 @pytest.mark.parametrize(("d_in", "d_out"), [WIDE_IN, WIDE_OUT])
@@ -156,7 +189,6 @@ def test_plain_path_of_a_layer_storing_its_weight_transposed(monkeypatch, dtype)
     assert out.shape == (2, 5, 700)
     out.square().sum().backward()
     plain(x).square().sum().backward()
-    assert ours.weight_t.grad.is_contiguous()
     torch.testing.assert_close(ours.weight_t.grad.t(), plain.weight.grad)
     torch.testing.assert_close(ours.bias.grad, plain.bias.grad)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -174,7 +206,8 @@ def test_compiled_forward_backward_and_fused_head_match_eager():
 
     def grads() -> list[torch.Tensor]:
         out = [p.grad.clone() for p in (*encoder.parameters(), *head.parameters())]
-        encoder.zero_grad(set_to_none=True), head.zero_grad(set_to_none=True)
+        encoder.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
         return out
 
     eager = loss(x)
