@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from latent_evolution import linear
 from latent_evolution.config import LOSSES, MLPConfig, ModelConfig, StimulusEncoderConfig
 from latent_evolution.linear import Linear
 from latent_evolution.model import LOSS_FUNCTIONS, MLP, LatentModel, constant_baseline, l1_penalty
@@ -131,3 +132,28 @@ def test_loss_parts_equal_decoding_prediction_and_reconstruction_apart(
     torch.testing.assert_close(recon, want_recon)
     for got, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(got, p.grad)
+
+
+@pytest.mark.parametrize("onednn", [True, False])  # False: nn.Linear's products, as on CUDA
+def test_compiled_loss_parts_match_eager_in_one_graph(monkeypatch, onednn):
+    """The wide decoder head (fused with the mse on the oneDNN path) compiles without breaks."""
+    monkeypatch.setattr(linear, "ONEDNN", onednn)
+    torch.manual_seed(0)
+    model = LatentModel(small_model_config(6), 200, 4)
+    x_t, stim, targets = torch.randn(8, 200), torch.randn(8, 1, 4), torch.randn(8, 1, 200)
+
+    def loss(*batch: torch.Tensor) -> torch.Tensor:
+        return sum(model.loss_parts(*batch, every_step=False))
+
+    def backward_grads(value: torch.Tensor) -> list[torch.Tensor]:
+        value.backward()
+        grads = [p.grad for p in model.parameters()]
+        model.zero_grad()
+        return grads
+
+    eager = loss(x_t, stim, targets)
+    want = backward_grads(eager)
+    compiled = torch.compile(loss, fullgraph=True)(x_t, stim, targets)
+    torch.testing.assert_close(compiled, eager)
+    for got, expected in zip(backward_grads(compiled), want, strict=True):
+        torch.testing.assert_close(got, expected)
