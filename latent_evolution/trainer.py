@@ -5,8 +5,8 @@ batches are gathered there (or, with data.device=cpu, copied one step ahead from
 host memory: data.BatchSource); losses are summed on the device and read once per epoch, so
 nothing inside an epoch waits for the GPU; the step is compiled, and if compilation
 fails the run goes on eagerly with a warning instead of losing the job. On the CPU, freed
-host memory is kept for the next step (keep_freed_host_memory) and each float32 product
-goes to the faster of oneDNN and MKL for its shape (latent_evolution.linear).
+host memory is kept for the next step (keep_freed_host_memory) and the wide layers'
+float32 products go to oneDNN (latent_evolution.linear).
 """
 
 from __future__ import annotations

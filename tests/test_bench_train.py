@@ -13,12 +13,16 @@ from tests.conftest import ROOT
 TINY = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--batch-sizes", "16"]
 
 
+def run_benchmark(script: str, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, check=True, timeout=300
+    )
+
+
 def test_bench_train_reports_roofline_split_and_library_ratio(tmp_path):
     out = tmp_path / "bench.json"
     args = [*TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
-    subprocess.run(
-        [sys.executable, "benchmarks/bench_train.py", *args], cwd=ROOT, check=True, timeout=300
-    )
+    run_benchmark("bench_train.py", *args)
     (row,) = json.loads(out.read_text())["rows"]
     assert row["batch_size"] == 16 and row["compile"] == "none" and not row["compiled"]
     assert row["gemm_tflops"] > 0 and row["steps_per_s"] > 0
@@ -34,12 +38,7 @@ def test_bench_train_reports_roofline_split_and_library_ratio(tmp_path):
 def test_bench_gemm_shapes_times_every_product_of_both_wide_layers(tmp_path):
     out = tmp_path / "gemm.json"
     args = ["--n-neurons", "300", "--hidden", "16", "--batch-sizes", "4,8", "--rounds", "1"]
-    subprocess.run(
-        [sys.executable, "benchmarks/bench_gemm_shapes.py", *args, "--json", str(out)],
-        cwd=ROOT,
-        check=True,
-        timeout=300,
-    )
+    run_benchmark("bench_gemm_shapes.py", *args, "--json", str(out))
     report = json.loads(out.read_text())
     assert report["ceiling_gflops"] > 0
     rows = {(r["batch_size"], r["layer"], r["product"], r["rows"]) for r in report["rows"]}

@@ -191,8 +191,11 @@ def test_evaluation_covers_every_start_frame_and_baselines_match_their_splits(co
 
 
 KEPT_MEMORY_PROBE = """
-import ctypes, torch
-from latent_evolution.trainer import keep_freed_host_memory
+import ctypes, tempfile, torch
+from pathlib import Path
+from latent_evolution.config import Config, DataConfig, HardwareConfig
+from latent_evolution.data import Dataset, Split
+from latent_evolution.trainer import Trainer
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
@@ -203,8 +206,12 @@ def mapped_for_a_tensor():
     already = libc.mallinfo2().hblkhd
     t = torch.ones(16 * 2**20)  # 64 MiB, twice glibc's largest mmap threshold
     return libc.mallinfo2().hblkhd - already
+def split(frames):
+    return Split(torch.randn(frames, 16), torch.randn(frames, 4))
 before = mapped_for_a_tensor()
-keep_freed_host_memory()
+data = Dataset(split(64), split(16), split(16), Path("synthetic"), 0.05, {})
+config = Config(data=DataConfig(n_input=4), hardware=HardwareConfig(device="cpu"))
+Trainer(config, Path(tempfile.mkdtemp()), data)  # a CPU trainer sets glibc up
 after = mapped_for_a_tensor()
 print(before, after, libc.mallinfo2().fordblks)
 """
