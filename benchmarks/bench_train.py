@@ -6,8 +6,9 @@ achieved FLOP/s (matmul FLOPs counted exactly, see metrics.train_step_flops) bes
 the GEMM FLOP/s of the fastest library measured beside each timed epoch (the roofline
 fraction), the full loop's epoch against the train steps inside it (validation at the
 default cadence, the per-epoch read, logging, monitor), the train steps against a bare
-loop, on the CPU the step with every matmul on MKL (plain PyTorch), a checkpoint save, and
-peak memory.
+loop and against their matmul floor (the step's own matmuls and optimizer update alone,
+back to back), on the CPU the step with every matmul on MKL (plain PyTorch), a checkpoint
+save, and peak memory.
 Runs unchanged on CPU and CUDA:
 
     python benchmarks/bench_train.py                         # fly size, batch 32/256/2048
@@ -26,6 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from latent_evolution import linear
 from latent_evolution.checkpoint import save_checkpoint
@@ -121,6 +125,52 @@ def bare_loop(trainer: Trainer, steps: int) -> float:
     return timed(run, trainer.device) / steps
 
 
+class MatmulRecorder(TorchDispatchMode):
+    """Records each call of an op that FlopCounterMode counts (every matmul, ours included)
+    with its operands, forward and backward alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func._overloadpacket in flop_registry:
+            self.calls.append(
+                (func, *tree_map_only(torch.Tensor, torch.Tensor.detach, (args, kwargs)))
+            )
+        return func(*args, **kwargs)
+
+
+def matmul_floor(trainer: Trainer, repeats: int = 3) -> tuple[float, int]:
+    """(seconds, FLOPs) of one train step's own matmuls and optimizer update, back to back.
+
+    The matmuls of a real step are replayed on its operands (same shapes, strides, dtypes
+    and libraries) with nothing between them: no batch gather, activation, residual or
+    autograd bookkeeping. Its roofline fraction is the step's if all of that cost nothing:
+    the most these libraries give this step on this device. The FLOPs are FlopCounterMode's
+    over the replay, so they check that it holds every matmul of the step.
+    """
+    t, model = trainer.config.training, trainer.model
+    batch = trainer.batches.random(trainer.data.train, t.batch_size, 1, t.evolve_multiple_steps)
+    x_t, stim, targets = next(iter(batch))
+    with MatmulRecorder() as recorder:
+        with trainer.autocast:  # the step's precision, as in bare_loop
+            losses = model.loss_parts(x_t, stim, targets, t.evolve_multiple_steps, t.loss)
+        sum(losses).backward()
+
+    def replay() -> None:
+        for func, args, kwargs in recorder.calls:
+            func(*args, **kwargs)
+
+    with FlopCounterMode(display=False) as counter:
+        replay()
+    seconds = timed(replay, trainer.device, repeats)
+    seconds += timed(trainer.optimizer.step, trainer.device, repeats)  # on that step's grads
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return seconds, counter.get_total_flops()
+
+
 def mkl_only_ratio(trainer: Trainer, epochs: int) -> float | None:
     """Epoch time with every CPU matmul on MKL (as plain PyTorch; no fused decoder head, the
     same weight layouts) over that with latent_evolution.linear's oneDNN path, interleaved
@@ -168,16 +218,20 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         device, t, steps = trainer.device, config.training, trainer.steps_per_epoch
         eager = mode == "none"
         compile_s = timed(trainer.train_epoch, device)  # first epoch: compilation + warm-up
-        # train steps alone, each epoch beside a fresh GEMM ceiling (shared machines drift by
-        # 20-30% within minutes) and the plainest loop over the same model
         flops = train_step_flops(trainer.model, batch_size, t.time_units, t.evolve_multiple_steps)
-        train, fractions, ceilings, bare = [], [], [], []
+        # train steps alone, each epoch beside a fresh GEMM ceiling (shared machines drift by
+        # 20-30% within minutes), the plainest loop over the same model and the step's matmul
+        # floor: ratios of each epoch to what was measured beside it
+        train, fractions, ceilings, vs_bare, vs_floor, floor_fractions = [], [], [], [], [], []
         for _ in range(args.epochs):
             ceilings.append(gemm_flops(device, args.precision))
             train.append(timed(trainer.train_epoch, device))
             fractions.append(flops * steps / train[-1] / ceilings[-1])
             if eager:
-                bare.append(bare_loop(trainer, steps) * steps)
+                vs_bare.append(train[-1] / steps / bare_loop(trainer, steps))
+                floor_s, floor_flops = matmul_floor(trainer)
+                vs_floor.append(train[-1] / steps / floor_s)
+                floor_fractions.append(floor_flops / floor_s / ceilings[-1])
         train_s = statistics.median(train)
         val_s = timed(lambda: trainer.evaluate(data.val), device)
         mkl_ratio = mkl_only_ratio(trainer, args.epochs) if eager else None
@@ -194,13 +248,17 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
             "train_step_tflops": flops * steps / train_s / 1e12,
             "gemm_tflops": statistics.median(ceilings) / 1e12,
             "roofline_fraction": statistics.median(fractions),
+            "flops_per_step": flops,
+            "floor_flops_per_step": floor_flops if eager else None,
+            "floor_fraction": statistics.median(floor_fractions) if eager else None,
+            "steps_vs_floor": statistics.median(vs_floor) if eager else None,
             "val_tflops": val_flops / val_s / 1e12,
             "epoch_s": loop_s,
             "train_steps_s": train_s,
             "val_s_per_epoch": val_s / t.val_every,
             "overhead_pct": 100 * (1 - in_steps_s / loop_s),
             "loop_vs_steps": loop_s / in_steps_s,
-            "steps_vs_bare": train_s / statistics.median(bare) if bare else None,
+            "steps_vs_bare": statistics.median(vs_bare) if eager else None,
             "mkl_only_vs_ours": mkl_ratio,
             "checkpoint_s": checkpoint_s,
             "first_epoch_s": compile_s,
@@ -246,11 +304,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def print_row(r: dict) -> None:
     bare = f", steps {r['steps_vs_bare']:.3f}x bare" if r["steps_vs_bare"] else ""
+    floor = (
+        f", floor {r['floor_fraction']:.2f} (steps {r['steps_vs_floor']:.2f}x floor)"
+        if r["floor_fraction"]
+        else ""
+    )
     mkl = f", MKL-only {r['mkl_only_vs_ours']:.2f}x slower" if r["mkl_only_vs_ours"] else ""
     print(
         f"batch {r['batch_size']:>5} compile {r['compile']:<15} {r['steps_per_s']:8.2f} steps/s "
         f"{r['samples_per_s']:9.0f} samples/s {r['train_step_tflops']:.3f} TFLOP/s of GEMM "
-        f"{r['gemm_tflops']:.3f}: roofline {r['roofline_fraction']:.2f}{mkl} | epoch "
+        f"{r['gemm_tflops']:.3f}: roofline {r['roofline_fraction']:.2f}{floor}{mkl} | epoch "
         f"{r['epoch_s']:.3f} s, train steps {r['train_steps_s']:.3f} s, val/epoch "
         f"{r['val_s_per_epoch']:.3f} s, overhead {r['overhead_pct']:.1f}% | loop "
         f"{r['loop_vs_steps']:.3f}x steps{bare} | checkpoint {r['checkpoint_s']:.2f} s "

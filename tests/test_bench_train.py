@@ -19,7 +19,7 @@ def run_benchmark(script: str, *args: str) -> None:
     )
 
 
-def test_bench_train_reports_roofline_split_and_library_ratio(tmp_path):
+def test_bench_train_reports_roofline_floor_split_and_library_ratio(tmp_path):
     out = tmp_path / "bench.json"
     args = [*TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
     run_benchmark("bench_train.py", *args)
@@ -32,6 +32,10 @@ def test_bench_train_reports_roofline_split_and_library_ratio(tmp_path):
     # the loop's epoch is its train steps plus the rest, measured over the same epochs
     assert row["loop_vs_steps"] == pytest.approx(1 / (1 - row["overhead_pct"] / 100))
     assert row["loop_vs_steps"] > 1 and row["steps_vs_bare"] > 0
+    # the floor replays every matmul of a step, forward and backward, and nothing else
+    assert row["floor_flops_per_step"] == row["flops_per_step"]
+    assert row["steps_vs_floor"] > 1
+    assert row["floor_fraction"] == pytest.approx(row["roofline_fraction"] * row["steps_vs_floor"])
     assert row["mkl_only_vs_ours"] > 0 and row["checkpoint_s"] > 0
 
 
