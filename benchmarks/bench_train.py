@@ -149,15 +149,13 @@ def matmul_floor(trainer: Trainer, repeats: int = 3) -> tuple[float, int]:
     and libraries) with nothing between them: no batch gather, activation, residual or
     autograd bookkeeping. Its roofline fraction is the step's if all of that cost nothing:
     the most these libraries give this step on this device. The FLOPs are FlopCounterMode's
-    over the replay, so they check that it holds every matmul of the step.
+    over the replay, so they check that it holds every matmul of the step. For an eager
+    trainer (compile "none"): the recorder sees ops as they run, not inside compiled graphs.
     """
-    t, model = trainer.config.training, trainer.model
+    t = trainer.config.training
     batch = trainer.batches.random(trainer.data.train, t.batch_size, 1, t.evolve_multiple_steps)
-    x_t, stim, targets = next(iter(batch))
     with MatmulRecorder() as recorder:
-        with trainer.autocast:  # the step's precision, as in bare_loop
-            losses = model.loss_parts(x_t, stim, targets, t.evolve_multiple_steps, t.loss)
-        sum(losses).backward()
+        trainer.step(*next(iter(batch)))  # the train step's forward and backward, eager
 
     def replay() -> None:
         for func, args, kwargs in recorder.calls:
