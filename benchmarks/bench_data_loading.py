@@ -7,7 +7,7 @@ a fresh child process, from a cold page cache (posix_fadvise DONTNEED):
 
   windows   latent_evolution.simulation_folder.read_window (what training uses)
   mmap      np.load(mmap_mode="r") and slicing the windows out of the map
-  np.load   np.load of the whole file, then slicing (what the original code did)
+  np.load   np.load of the whole file, then slicing (the plain way)
 
 Peak RSS is the child's VmHWM, reset (/proc/self/clear_refs) after its imports, so "added"
 is what loading costs on top of the interpreter; the target is added <= 1.3x the bytes kept.

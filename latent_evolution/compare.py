@@ -257,7 +257,7 @@ def run_row(run: Run, swept: Sequence[str]) -> dict[str, Any]:
 
 
 def _improvement(test: float | None, constant: float | None) -> float | None:
-    """Percent by which the test loss beats predicting "no change" (the notes' figure)."""
+    """Percent by which the test loss beats predicting "no change" (the lab's headline figure)."""
     return 100 * (1 - test / constant) if test is not None and constant else None
 
 

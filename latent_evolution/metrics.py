@@ -1,7 +1,7 @@
 """Metrics and monitoring: GPU sampling through NVML, memory stats, peak FLOP/s, provenance.
 
-The original script ran `nvidia-smi` twice per epoch; here one daemon thread samples
-NVML every `interval_s` seconds and never touches the training stream. On a machine
+One daemon thread samples NVML every `interval_s` seconds and never touches the
+training stream (no `nvidia-smi` subprocess, no sync). On a machine
 without NVIDIA hardware every GPU field is None and nothing fails.
 """
 

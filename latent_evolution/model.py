@@ -121,7 +121,7 @@ class LatentModel(nn.Module):
         layer and the error are one fused op (linear.Linear.fused_mse_losses).
         """
         error = LOSS_FUNCTIONS[loss]
-        if self.batch_norm:  # each batch keeps its own statistics, as in the original
+        if self.batch_norm:  # each batch keeps its own statistics, as in two decoder calls
             pairs = zip(latents, targets, strict=True)
             return [error(self.decoder(z).float(), target) for z, target in pairs]
         *hidden_layers, head = self.decoder

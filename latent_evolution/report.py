@@ -1,6 +1,6 @@
 """A sweep comparison (made by latent_evolution/compare.py) rendered as text, CSV, JSON or a plot.
 
-terminal and markdown print three tables like the lab notes' Results sections: every run
+terminal and markdown print the lab's three result tables: every run
 sorted by validation loss, train/val/test loss, and repeats; values every run shares
 (commit, GPU, constant baselines) move to one header line. CSV holds the runs table with
 every column; JSON holds the runs and repeats with missing values as null.

@@ -154,13 +154,16 @@ def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
 # ------------------------------------------------------------------ reading, writing
 
 
-def write_metrics(run_dir: Path, metrics: Metrics) -> Path:
-    """metrics.json, strict JSON: NaN/inf (a diverged model's losses) become null."""
-    values = {
+def as_json(metrics: Metrics) -> dict[str, Any]:
+    """metrics.json's content, strict JSON: NaN/inf (a diverged model's losses) become null."""
+    return {
         k: None if isinstance(v, float) and not math.isfinite(v) else v
         for k, v in dataclasses.asdict(metrics).items()
     }
-    return atomic_write_json(Path(run_dir) / METRICS, values)
+
+
+def write_metrics(run_dir: Path, metrics: Metrics) -> Path:
+    return atomic_write_json(Path(run_dir) / METRICS, as_json(metrics))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:

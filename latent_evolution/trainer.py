@@ -43,6 +43,7 @@ from latent_evolution.run_folder import (
     CHECKPOINT,
     LOSS_PARTS,
     Metrics,
+    as_json,
     write_epoch_log,
     write_metrics,
 )
@@ -222,7 +223,7 @@ class Trainer:
             gpu = monitor.stop()
         metrics = final_metrics(self, diverged_at, gpu)
         self._write_outputs(metrics)
-        return dataclasses.asdict(metrics)
+        return as_json(metrics)
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch, validate when due, read the losses once: the epoch log's row."""

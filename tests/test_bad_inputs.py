@@ -66,7 +66,7 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ),
     ("model.activation=swish", r"^model\.activation='swish': must be one of relu, gelu, silu,"),
     ("model=huge", r"^model=huge: must be one of latent, small$"),
-    ("hardware=foo", r"^hardware=foo: must be one of a100, auto, cpu, h100, h200, l4$"),
+    ("hardware=foo", r"^hardware=foo: must be one of a100, auto, cpu, gpu, h100, h200, l4$"),
     ("hardware.compile=max_autotune", r"^hardware\.compile='max_autotune': must be one of none,"),
     ("hardware.precision=fp16", r"^hardware\.precision='fp16': must be one of fp32, tf32, bf16$"),
     ("hardware.device=gpu", r"^hardware\.device='gpu': must be one of auto, cpu, cuda, cuda:N$"),

@@ -110,7 +110,7 @@ def test_every_row_carries_its_own_runs_config_and_metrics(sweeps, capsys):
             assert row[key] == OmegaConf.select(cfg, key), (key, row)
         metrics_file = Path(row["run_dir"]) / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        for key in compare.METRICS:
+        for key in compare.METRIC_COLUMNS:
             if key != "improvement_vs_constant_pct":
                 assert same(row[key], metrics.get(key)), (key, row)
     ok_losses = [r["final_val_loss"] for r in out["runs"] if r["status"] == "ok"]
