@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -30,9 +31,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding only the built wheel; the dependencies (torch, Hydra, ...) are this
     environment's, appended to its path so that nothing is downloaded."""
     root = tmp_path_factory.mktemp("install")
-    wheels = root / "wheels"
+    source, wheels = root / "source", root / "wheels"
+    # a clean copy: setuptools would reuse a checkout's stale build/ folder
+    untracked = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "outputs", "multirun")
+    shutil.copytree(ROOT, source, ignore=untracked)
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-        "-w", wheels, ROOT)  # fmt: skip
+        "-w", wheels, source)  # fmt: skip
     venv = root / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv)
     python = venv / "bin" / "python"
