@@ -6,18 +6,15 @@ cases go through the real CLI: exit status 2, one stderr line, nothing written.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 
 from latent_evolution.config import to_config
 from latent_evolution.input_errors import INPUT_ERRORS, describe
-from tests.conftest import ROOT
+from tests.helpers import TINY, run_module
 
-TINY = ("data=tiny", "model=small", "hardware=cpu")
 POSITIVE = "must be a positive integer"
 BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ("training.batch_size=0", rf"^training\.batch_size=0: {POSITIVE}$"),
@@ -98,15 +95,7 @@ def test_bad_input_is_one_line_naming_key_value_and_allowed(compose, override, m
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": ""}  # the user did not ask for Hydra's report
-    return subprocess.run(
-        [sys.executable, "-m", "latent_evolution.train", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("train", *args, timeout=120)
 
 
 @pytest.mark.parametrize(

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import run_script
 
 TINY = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--batch-sizes", "16"]
 
 
 def run_benchmark(script: str, *args: str) -> None:
-    subprocess.run(
-        [sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, check=True, timeout=300
-    )
+    run_script(f"benchmarks/{script}", *args)
 
 
 def test_bench_train_reports_roofline_floor_split_and_library_ratio(tmp_path):

@@ -17,7 +17,7 @@ from latent_evolution.metrics import (
     train_step_flops,
 )
 from latent_evolution.model import LatentModel
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize(
