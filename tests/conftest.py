@@ -1,5 +1,6 @@
 """Shared fixtures (one embedded-data cache per session, compose, a Slurm cluster) and the
-`cuda` marker's rule: skipped, with the reason and a summary line, where CUDA is absent.
+markers' rules: `slow` also on every test using a fixture of SLOW_FIXTURES; `cuda` tests
+skipped, with the reason and a summary line, where CUDA is absent.
 Shared helpers that are not fixtures live in tests/helpers.py."""
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from tests.helpers import CONF, ROOT  # noqa: F401  (ROOT: re-exported for older
 NO_CUDA = "needs a CUDA GPU: torch.cuda.is_available() is False on this machine"
 
 
+# fixtures that start a scheduler or run the real command line: their tests are `slow`
+SLOW_FIXTURES = {"slurm_cluster", "sweeps", "reference"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
-    if torch.cuda.is_available():
-        return
+    cuda = torch.cuda.is_available()
     for item in items:
-        if "cuda" in item.keywords:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if "cuda" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason=NO_CUDA))
 
 

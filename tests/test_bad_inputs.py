@@ -181,6 +181,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return run_module("train", *args, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [

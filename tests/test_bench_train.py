@@ -25,6 +25,7 @@ def benchmarks(monkeypatch: pytest.MonkeyPatch):
     return bench_train, bench_gemm_shapes
 
 
+@pytest.mark.slow
 def test_bench_train_reports_roofline_floor_split_and_kernel_ratio(benchmarks, tmp_path):
     out = tmp_path / "bench.json"
     args = [*TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
@@ -44,6 +45,7 @@ def test_bench_train_reports_roofline_floor_split_and_kernel_ratio(benchmarks, t
     assert all(row[key] is not None for key in measured), row
 
 
+@pytest.mark.slow
 def test_bench_gemm_shapes_times_every_product_of_both_wide_layers(benchmarks, tmp_path):
     out = tmp_path / "gemm.json"
     args = ["--n-neurons", "300", "--hidden", "16", "--batch-sizes", "4,8", "--rounds", "1"]

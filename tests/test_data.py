@@ -320,6 +320,7 @@ def train_cli(run_dir: Path, folder: Path, *overrides: str) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_cli_trains_on_a_simulation_folder_and_rejects_bad_data(compose, tmp_path):
     source = embedded_folder(to_config(compose("data=tiny")).data) / DATA_FILE
     good = tmp_path / "good"

@@ -127,6 +127,7 @@ def test_a_compile_failure_falls_back_to_eager_once_with_a_warning(monkeypatch, 
     assert "compil" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_multirun_writes_two_complete_run_folders(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("-m", *TINY, "training.epochs=2", "training.batch_size=32,64")
@@ -204,6 +205,7 @@ print(before, after, libc.mallinfo2().fordblks)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc is Linux's")
 def test_cpu_training_keeps_freed_host_memory_for_the_next_step():
     out = subprocess.run(
