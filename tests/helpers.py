@@ -58,13 +58,6 @@ def start_module(
     )
 
 
-def run_script(path: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a script of the repository (benchmarks/...) with this interpreter; must succeed."""
-    return subprocess.run(
-        [sys.executable, path, *args], cwd=ROOT, check=True, timeout=timeout, env=child_env()
-    )
-
-
 def wait_for(
     ready: Callable[[], bool],
     what: str,
