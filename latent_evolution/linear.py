@@ -181,7 +181,7 @@ class OneDNNLinear(nn.Linear):
     def from_linear(cls, layer: nn.Linear) -> OneDNNLinear:
         """The same parameters (the same tensors, unless the weight is transposed)."""
         ours = cls(layer.in_features, layer.out_features, layer.bias is not None, device="meta")
-        ours._parameters = dict(layer._parameters)
+        ours._parameters, ours.training = dict(layer._parameters), layer.training
         if layer.out_features > layer.in_features:
             weight_t = nn.Parameter(layer.weight.detach().t().contiguous())
             # weight_t in weight's place: the optimizer's state indices stay nn.Linear's
