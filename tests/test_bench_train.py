@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-TINY = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--batch-sizes", "16"]
+BENCH_TINY = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--batch-sizes", "16"]
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def benchmarks(monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.slow
 def test_bench_train_reports_roofline_floor_split_and_kernel_ratio(benchmarks, tmp_path):
     out = tmp_path / "bench.json"
-    args = [*TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
+    args = [*BENCH_TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
     benchmarks[0].main(args)
     (row,) = json.loads(out.read_text())["rows"]
     assert row["batch_size"] == 16 and row["compile"] == "none" and not row["compiled"]
