@@ -4,7 +4,7 @@ This is the measurement behind latent_evolution/linear.py: for the encoder's fir
 (N -> hidden, on the batch's rows) and the decoder's last (hidden -> N, on twice the rows:
 prediction and reconstruction are decoded together), it times the forward, the input
 gradient and the weight gradient through MKL with nn.Linear's weight layout (what plain
-PyTorch runs) and through oneDNN with linear.Linear's layout and calls, the two
+PyTorch runs) and through oneDNN with linear.OneDNNLinear's layout and calls, the two
 interleaved, beside bench_train's square-GEMM ceiling (the encoder's input gradient is
 never needed, its input being data; it is shown for completeness). linear.py's routing
 was chosen on an AMD EPYC; run this on a new CPU before trusting it there:
@@ -29,8 +29,9 @@ Product = Callable[[], torch.Tensor]
 
 
 def products(d_in: int, d_out: int, rows: int) -> dict[str, tuple[Product, Product]]:
-    """{product: (MKL call, oneDNN call)} for one layer, as nn.Linear and linear.Linear run it."""
-    plain, ours = torch.nn.Linear(d_in, d_out), linear.Linear(d_in, d_out)
+    """{product: (MKL call, oneDNN call)} for one layer, as nn.Linear and OneDNNLinear run it."""
+    plain = torch.nn.Linear(d_in, d_out)
+    ours = linear.OneDNNLinear.from_linear(torch.nn.Linear(d_in, d_out))
     w, b = plain.weight.detach(), plain.bias.detach()
     w_ours = ours.weight.detach()
     x, g = torch.randn(rows, d_in), torch.randn(rows, d_out)
@@ -42,7 +43,7 @@ def products(d_in: int, d_out: int, rows: int) -> dict[str, tuple[Product, Produ
             lambda: g.t() @ x,
             # stored transposed: the bias gradient comes with it, as in the train step
             (lambda: linear.onednn_weight_grads(x, g, ones))
-            if linear.stored_transposed(w_ours)
+            if ours.transposed
             else (lambda: linear.onednn_linear(g.t(), x.t(), None)),
         ),
     }
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
-    if not linear.ONEDNN:
+    if not linear.ONEDNN_AVAILABLE:
         raise SystemExit("this PyTorch has no oneDNN: every product runs on MKL")
 
     ceiling = gemm_flops(torch.device("cpu"), "fp32") / 1e9

@@ -7,8 +7,8 @@ the GEMM FLOP/s of the fastest library measured beside each timed epoch (the roo
 fraction), the full loop's epoch against the train steps inside it (validation at the
 default cadence, the per-epoch read, logging, monitor), the train steps against a bare
 loop and against their matmul floor (the step's own matmuls and optimizer update alone,
-back to back), on the CPU the step with every matmul on MKL (plain PyTorch), a checkpoint
-save, and peak memory.
+back to back), on the CPU the step with hardware.cpu_kernels=torch (plain PyTorch: every
+matmul on MKL), a checkpoint save, and peak memory.
 Runs unchanged on CPU and CUDA:
 
     python benchmarks/bench_train.py                         # fly size, batch 32/256/2048
@@ -33,7 +33,14 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from latent_evolution import linear
 from latent_evolution.checkpoint import save_checkpoint
-from latent_evolution.config import Config, DataConfig, HardwareConfig, ModelConfig, TrainingConfig
+from latent_evolution.config import (
+    CPU_KERNELS,
+    Config,
+    DataConfig,
+    HardwareConfig,
+    ModelConfig,
+    TrainingConfig,
+)
 from latent_evolution.data import Dataset, Split
 from latent_evolution.metrics import peak_flops, torch_memory_stats
 from latent_evolution.trainer import Trainer, autocast_context, resolve_device
@@ -67,7 +74,7 @@ def gemm_flops(device: torch.device, precision: str) -> float:
     a = torch.randn(size, size, device=device, dtype=DTYPES[precision])
     b = torch.randn(size, size, device=device, dtype=DTYPES[precision])
     products = [lambda: a @ b]
-    if device.type == "cpu" and linear.ONEDNN and precision != "bf16":
+    if device.type == "cpu" and linear.ONEDNN_AVAILABLE and precision != "bf16":
         products.append(lambda: linear.onednn_linear(a, b, None))
     best = math.inf
     for product in products:
@@ -87,14 +94,19 @@ def synthetic_dataset(n_neurons: int, n_input: int, device: torch.device) -> Dat
     return Dataset(split(TRAIN_FRAMES + 1), split(1024), split(1024), Path("synthetic"), 0.05, {})
 
 
-def make_config(args: argparse.Namespace, batch_size: int, compile_mode: str) -> Config:
+def make_config(
+    args: argparse.Namespace, batch_size: int, compile_mode: str, cpu_kernels: str
+) -> Config:
     steps_per_pass = TRAIN_FRAMES // batch_size
     passes = max(1, math.ceil(args.steps / steps_per_pass))
+    hardware = HardwareConfig(
+        device=args.device, precision=args.precision, compile=compile_mode, cpu_kernels=cpu_kernels
+    )
     return Config(
         model=replace(ModelConfig(), latent_dims=args.latent),
         training=TrainingConfig(batch_size=batch_size, data_passes_per_epoch=passes, val_every=5),
         data=DataConfig(n_input=args.n_input),
-        hardware=HardwareConfig(device=args.device, precision=args.precision, compile=compile_mode),
+        hardware=hardware,
     )
 
 
@@ -169,21 +181,21 @@ def matmul_floor(trainer: Trainer, repeats: int = 3) -> tuple[float, int]:
     return seconds, counter.get_total_flops()
 
 
-def mkl_only_ratio(trainer: Trainer, epochs: int) -> float | None:
-    """Epoch time with every CPU matmul on MKL (as plain PyTorch; no fused decoder head, the
-    same weight layouts) over that with latent_evolution.linear's oneDNN path, interleaved
-    epoch by epoch; None off the CPU."""
-    if trainer.device.type != "cpu" or not linear.ONEDNN:
+def torch_kernels_ratio(trainer: Trainer, run_dir: Path, epochs: int) -> float | None:
+    """Epoch time of the same model with hardware.cpu_kernels=torch (plain nn.Linear: every
+    CPU matmul on MKL, no fused decoder head) over that of trainer, interleaved epoch by
+    epoch; None off the CPU or where trainer already runs plain torch. glibc's kept freed
+    memory is process-wide, so the plain trainer has it too."""
+    if trainer.device.type != "cpu" or trainer.config.hardware.cpu_kernels == "torch":
         return None
-    seconds: dict[bool, list[float]] = {False: [], True: []}
-    try:
-        for _ in range(epochs):
-            for onednn in seconds:
-                linear.ONEDNN = onednn
-                seconds[onednn].append(timed(trainer.train_epoch, trainer.device))
-    finally:
-        linear.ONEDNN = True
-    return statistics.median(seconds[False]) / statistics.median(seconds[True])
+    config = replace(trainer.config, hardware=replace(trainer.config.hardware, cpu_kernels="torch"))
+    plain = Trainer(config, run_dir / "torch", data=trainer.data)
+    timed(plain.train_epoch, trainer.device)  # warm-up
+    seconds: dict[str, list[float]] = {"torch": [], "ours": []}
+    for _ in range(epochs):
+        seconds["torch"].append(timed(plain.train_epoch, trainer.device))
+        seconds["ours"].append(timed(trainer.train_epoch, trainer.device))
+    return statistics.median(seconds["torch"]) / statistics.median(seconds["ours"])
 
 
 def fit_split(trainer: Trainer, epochs: int) -> tuple[float, float]:
@@ -210,7 +222,7 @@ def fit_split(trainer: Trainer, epochs: int) -> tuple[float, float]:
 
 
 def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: str) -> dict:
-    config = make_config(args, batch_size, mode)
+    config = make_config(args, batch_size, mode, args.cpu_kernels)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, Path(run_dir), data=data)
         device, t, steps = trainer.device, config.training, trainer.steps_per_epoch
@@ -232,7 +244,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
                 floor_fractions.append(floor_flops / floor_s / ceilings[-1])
         train_s = statistics.median(train)
         val_s = timed(lambda: trainer.evaluate(data.val), device)
-        mkl_ratio = mkl_only_ratio(trainer, args.epochs) if eager else None
+        torch_ratio = torch_kernels_ratio(trainer, Path(run_dir), args.epochs) if eager else None
         # the full loop over val_every epochs: the default cadence's one validation included
         loop_s, in_steps_s = fit_split(trainer, t.val_every)
         checkpoint_s = timed(lambda: save_checkpoint(Path(run_dir), trainer.state_dict()), device)
@@ -257,7 +269,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
             "overhead_pct": 100 * (1 - in_steps_s / loop_s),
             "loop_vs_steps": loop_s / in_steps_s,
             "steps_vs_bare": statistics.median(vs_bare) if eager else None,
-            "mkl_only_vs_ours": mkl_ratio,
+            "torch_kernels_vs_ours": torch_ratio,
             "checkpoint_s": checkpoint_s,
             "first_epoch_s": compile_s,
             **torch_memory_stats(device),
@@ -272,6 +284,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--batch-sizes", default="32,256,2048")
     p.add_argument("--compile", default="none,default", help="comma-separated compile modes")
+    p.add_argument("--cpu-kernels", default="onednn", choices=CPU_KERNELS)
     p.add_argument("--n-neurons", type=int, default=13741)
     p.add_argument("--n-input", type=int, default=1736)
     p.add_argument("--latent", type=int, default=256)
@@ -307,7 +320,8 @@ def print_row(r: dict) -> None:
         if r["floor_fraction"]
         else ""
     )
-    mkl = f", MKL-only {r['mkl_only_vs_ours']:.2f}x slower" if r["mkl_only_vs_ours"] else ""
+    ratio = r["torch_kernels_vs_ours"]
+    mkl = f", cpu_kernels=torch {ratio:.2f}x slower" if ratio else ""
     print(
         f"batch {r['batch_size']:>5} compile {r['compile']:<15} {r['steps_per_s']:8.2f} steps/s "
         f"{r['samples_per_s']:9.0f} samples/s {r['train_step_tflops']:.3f} TFLOP/s of GEMM "

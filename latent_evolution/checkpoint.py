@@ -22,6 +22,7 @@ RESUMABLE_CHANGES = (
     "hardware.name",
     "hardware.device",
     "hardware.compile",
+    "hardware.cpu_kernels",
     "hardware.mem_gb",
     "hardware.timeout_min",
     "hardware.lsf",
@@ -69,23 +70,3 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], prefix: str =
         )
 
 
-def check_same_layout(saved_optimizer: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
-    """Raise ConfigError if the saved optimizer state does not fit the model's parameters.
-
-    Parameter layouts can change between versions (linear.Linear keeps a wide layer's
-    weight transposed); Adam would pair states with the wrong parameters or fail inside
-    its kernel.
-    """
-    # the optimizer's order (trainer.build_optimizer)
-    shapes = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
-    for index, state in saved_optimizer["state"].items():
-        name, shape = shapes[index] if index < len(shapes) else (f"parameter {index}", None)
-        for value in state.values():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != shape:
-                raise ConfigError(
-                    CHECKPOINT,
-                    str(path),
-                    f"its optimizer state for {name} has shape {tuple(value.shape)}, the "
-                    f"model's {shape}: it was written by another version of "
-                    "latent_evolution; resume with that version or use a new run folder",
-                )

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("mse", "huber", "l1")  # training objective; val/test are always MSE
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 PRECISIONS = ("fp32", "tf32", "bf16")
+CPU_KERNELS = ("onednn", "torch")  # latent_evolution.linear.place_model; CUDA is always torch
 DATA_SOURCES = ("embedded", "simulation")
 DATA_COLUMNS = ("VOLTAGE", "CALCIUM", "FLUORESCENCE")
 
@@ -150,6 +151,7 @@ class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"
     compile: str = "none"
+    cpu_kernels: str = "onednn"  # on the CPU: oneDNN wide layers and fused head, or plain torch
     mem_gb: int = 16
     timeout_min: int = 240
     lsf: LSFRequest = field(default_factory=LSFRequest)
@@ -296,6 +298,7 @@ def _validate_hardware(h: HardwareConfig) -> None:
         raise ConfigError("hardware.device", h.device, "must be one of auto, cpu, cuda, cuda:N")
     _choice("hardware.precision", h.precision, PRECISIONS)
     _choice("hardware.compile", h.compile, COMPILE_MODES)
+    _choice("hardware.cpu_kernels", h.cpu_kernels, CPU_KERNELS)
     _positive("hardware.mem_gb", h.mem_gb)
     _positive("hardware.timeout_min", h.timeout_min)
     _positive("hardware.lsf.slots", h.lsf.slots)

@@ -1,4 +1,4 @@
-"""nn.Linear whose wide float32 CPU layers run every product through oneDNN.
+"""The CPU kernels: chosen here, by hardware.cpu_kernels, and nowhere else.
 
 PyTorch sends every float32 CPU matmul to MKL. For this model's wide layers (13741 neurons
 in or out, 256 on the other side) MKL runs some of a layer's three products at half the
@@ -6,33 +6,40 @@ speed of oneDNN, which ships inside PyTorch too (benchmarks/bench_gemm_shapes.py
 size, batch 256, GFLOP/s, MKL vs oneDNN: decoder forward 102 vs 197, encoder weight
 gradient 92 vs 171, decoder weight gradient 163 vs 193; the square-GEMM ceiling 211).
 oneDNN's linear reads its weight operand with any strides (its input it makes contiguous:
-here always the small operand), so a wide layer (one side at least WIDE_RATIO times the
-other) runs
+here always the small operand), so with `cpu_kernels: onednn` a wide layer (one side at
+least WIDE_RATIO times the other) becomes an OneDNNLinear, which runs
 
 - forward `x W^T + b` and input gradient `g W` on W as stored;
 - the weight gradient straight into the parameter's layout, which keeps the wide side
   contiguous: a layer that widens its output stores W transposed (parameter `weight_t`,
-  in x out; `weight` and state_dict stay nn.Linear's), gets W^T's gradient as `x^T g`,
-  and its bias gradient from the same product (a column of ones appended to x) instead
-  of a separate sum that reads the wide gradient again;
-- with `fused_mse_losses`, the decoder's last layer and its mse as one op (_LinearMSE).
+  in x out), gets W^T's gradient as `x^T g`, and its bias gradient from the same product
+  (a column of ones appended to x) instead of a separate sum that reads the wide gradient
+  again;
+- the decoder's last layer and its mse as one op (_LinearMSE, through model.head_errors).
 
 In the train step these products run at 187-207 GFLOP/s, the ceiling beside them 207-217.
-Narrow layers (the 256-wide hidden ones), CUDA, autocast, other dtypes and a PyTorch
-built without oneDNN use MKL (or cuBLAS) as nn.Linear does: for narrow layers MKL is as
-fast. Results agree with nn.Linear to float32 rounding (tests/test_linear.py).
+Narrow layers (the 256-wide hidden ones) stay nn.Linear: for them MKL is as fast. On CUDA
+the model is plain nn.Linear whatever the option. Whatever the kernels, model.pt and
+checkpoint.pt hold nn.Linear's layout (state_dict hooks here), so a run moves between
+devices and kernel choices. Results agree with nn.Linear to float32 rounding
+(tests/test_linear.py).
 """
 
 from __future__ import annotations
 
+import ctypes
+import platform
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
-# False sends every CPU product to MKL, as plain PyTorch does (benchmarks compare the two)
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+from latent_evolution.model import LatentModel, head_errors
+
+ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_linear_pointwise"
+)
 WIDE_RATIO = 4  # 13741 -> 256 and 1736 -> 64 are wide; 320 -> 256 is not
 
 
@@ -150,7 +157,8 @@ class _LinearMSE(torch.autograd.Function):
 
 
 def _save_weight_as_nn_linear(module: nn.Module, state: dict, prefix: str, *_: Any) -> None:
-    state[prefix + "weight"] = state.pop(prefix + "weight_t").t()
+    # contiguous: a plain nn.Linear may load it with load_state_dict(assign=True)
+    state[prefix + "weight"] = state.pop(prefix + "weight_t").t().contiguous()
 
 
 def _load_weight_from_nn_linear(module: nn.Module, state: dict, prefix: str, *_: Any) -> None:
@@ -159,30 +167,31 @@ def _load_weight_from_nn_linear(module: nn.Module, state: dict, prefix: str, *_:
         state[prefix + "weight_t"] = state.pop(prefix + "weight").t().contiguous()
 
 
-class Linear(nn.Linear):
-    """nn.Linear; a wide layer's 2-D float32 CPU inputs take oneDNN for all three products.
+class OneDNNLinear(nn.Linear):
+    """An nn.Linear whose 2-D float32 CPU inputs take oneDNN for all three products.
 
-    A layer that widens its output (the decoder's last) holds its weight as the parameter
-    `weight_t` (in x out, contiguous; fused Adam copies a non-contiguous parameter, 7 ms a
-    step for 13741 x 256); state_dict calls it `weight`, out x in. `layer.weight` is a
-    transposed view there, not a Parameter: read its gradient as `weight_t.grad.t()`, and
-    weight-reparametrizing utilities (parametrize, weight_norm, prune) do not apply.
+    Only place_model makes these, from a wide nn.Linear. One that widens its output (the
+    decoder's last) holds its weight as the parameter `weight_t` (in x out, contiguous:
+    fused Adam copies a non-contiguous parameter, 7 ms a step for 13741 x 256), in the
+    place of `weight` among the parameters; state_dict calls it `weight`, out x in, as
+    nn.Linear's, and `layer.weight` is a transposed view of it.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, device, dtype)
-        self.wide = max(in_features, out_features) >= WIDE_RATIO * min(in_features, out_features)
-        if self.wide and out_features > in_features:
-            self.weight_t = nn.Parameter(self._parameters.pop("weight").detach().t().contiguous())
-            self.register_state_dict_post_hook(_save_weight_as_nn_linear)
-            self.register_load_state_dict_pre_hook(_load_weight_from_nn_linear)
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> OneDNNLinear:
+        """The same parameters (the same tensors, unless the weight is transposed)."""
+        ours = cls(layer.in_features, layer.out_features, layer.bias is not None, device="meta")
+        ours._parameters, ours.training = dict(layer._parameters), layer.training
+        if layer.out_features > layer.in_features:
+            weight_t = nn.Parameter(layer.weight.detach().t().contiguous())
+            # weight_t in weight's place: the optimizer's state indices stay nn.Linear's
+            ours._parameters = {
+                ("weight_t" if k == "weight" else k): (weight_t if k == "weight" else v)
+                for k, v in ours._parameters.items()
+            }
+            ours.register_state_dict_post_hook(_save_weight_as_nn_linear)
+            ours.register_load_state_dict_pre_hook(_load_weight_from_nn_linear)
+        return ours
 
     @property
     def transposed(self) -> bool:
@@ -196,9 +205,7 @@ class Linear(nn.Linear):
 
     def on_onednn(self, x: Tensor) -> bool:
         return (
-            ONEDNN
-            and self.wide
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and x.dtype == torch.float32
             and x.dim() == 2
             and not torch.is_autocast_enabled("cpu")
@@ -233,3 +240,84 @@ class Linear(nn.Linear):
         if not self.fuses_mse(x, targets):
             raise ValueError("fused_mse_losses: check fuses_mse(x, targets) first")
         return list(_LinearMSE.apply(x, self.weight, self.bias, *targets).unbind())
+
+
+def fused_head_errors(
+    head: nn.Module, hidden: Tensor, targets: list[Tensor], loss: str
+) -> list[Tensor]:
+    """model.head_errors with the decoder's last layer and the mse as one op where it can."""
+    if loss == "mse" and isinstance(head, OneDNNLinear) and head.fuses_mse(hidden, targets):
+        return head.fused_mse_losses(hidden, targets)
+    return head_errors(head, hidden, targets, loss)
+
+
+def is_wide(layer: nn.Linear) -> bool:
+    return max(layer.in_features, layer.out_features) >= WIDE_RATIO * min(
+        layer.in_features, layer.out_features
+    )
+
+
+def keep_freed_host_memory() -> None:
+    """glibc malloc: serve large CPU tensors from the heap and keep freed memory for reuse.
+
+    By default glibc maps large blocks fresh from the kernel and hands them back when freed
+    (mmap threshold, heap trimming), so each CPU train step faulted its activations in page
+    by page again: about 11,000 page faults and 15-25 ms of kernel CPU time a step at batch
+    256, fly size (measured with getrusage). A train step allocates the same sizes every
+    time, so what is kept is the step's own peak. Process-wide; a no-op without glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)  # an int: never trim in practice
+
+
+def place_model(model: LatentModel, device: torch.device, cpu_kernels: str) -> LatentModel:
+    """The model on its device, with the CPU kernels chosen by hardware.cpu_kernels.
+
+    On CUDA, or with "torch", or in a PyTorch built without oneDNN, the model stays plain
+    nn.Linear. With "onednn" on the CPU its wide layers become OneDNNLinear, the decoder's
+    last layer is fused with its mse, and glibc keeps freed host memory (process-wide, so
+    call it after loading data: its one-off read buffers went back). Call before building
+    the optimizer, then keep_optimizer_state_as_nn_linear.
+    """
+    model = model.to(device)
+    if device.type != "cpu" or cpu_kernels != "onednn" or not ONEDNN_AVAILABLE:
+        return model
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear and is_wide(child):
+                setattr(parent, name, OneDNNLinear.from_linear(child))
+    model.head_errors = fused_head_errors
+    keep_freed_host_memory()
+    return model
+
+
+def keep_optimizer_state_as_nn_linear(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """The optimizer's state_dict in nn.Linear's layout: out x in for each weight_t's states.
+
+    So checkpoint.pt is one layout, whichever kernels wrote or read it. The states of
+    weight_t are in x out in memory (fused Adam takes them in the parameter's layout);
+    they are transposed when saved and back when loaded. A no-op for a plain model.
+    """
+    held = {id(m.weight_t) for m in model.modules() if getattr(m, "transposed", False)}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    flipped = {i for i, p in enumerate(params) if id(p) in held}
+    if not flipped:
+        return
+
+    def transpose_states(_: torch.optim.Optimizer, state_dict: dict) -> dict:
+        state = dict(state_dict["state"])
+        for i in flipped & state.keys():
+            state[i] = {k: _transposed(v) for k, v in state[i].items()}
+        return {**state_dict, "state": state}
+
+    optimizer.register_state_dict_post_hook(transpose_states)
+    optimizer.register_load_state_dict_pre_hook(transpose_states)
+
+
+def _transposed(value: Any) -> Any:
+    """A 2-D tensor transposed (contiguous), anything else (Adam's step count) as it is."""
+    return value.t().contiguous() if isinstance(value, Tensor) and value.dim() == 2 else value

@@ -4,19 +4,17 @@ Hot-loop rules (measured in benchmarks/): the data lives on the training device 
 batches are gathered there (or, with data.device=cpu, copied one step ahead from pinned
 host memory: data.BatchSource); losses are summed on the device and read once per epoch, so
 nothing inside an epoch waits for the GPU; the step is compiled, and if compilation
-fails the run goes on eagerly with a warning instead of losing the job. On the CPU, freed
-host memory is kept for the next step (keep_freed_host_memory) and the wide layers'
-float32 products go to oneDNN (latent_evolution.linear).
+fails the run goes on eagerly with a warning instead of losing the job. The CPU kernels
+(oneDNN wide layers, the fused decoder head, glibc keeping freed host memory) are chosen
+by latent_evolution.linear.place_model from hardware.cpu_kernels.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import math
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +25,6 @@ import torch
 from torch import Tensor
 
 from latent_evolution.checkpoint import (
-    check_same_layout,
     check_same_run,
     load_checkpoint,
     save_checkpoint,
@@ -36,6 +33,7 @@ from latent_evolution.checkpoint import (
 from latent_evolution.config import Config
 from latent_evolution.data import BatchSource, Dataset, Split, load_dataset
 from latent_evolution.evaluation import evaluate, final_metrics
+from latent_evolution.linear import keep_optimizer_state_as_nn_linear, place_model
 from latent_evolution.metrics import GPUMonitor
 from latent_evolution.model import LatentModel
 from latent_evolution.preemption import DeferredSignals
@@ -65,23 +63,6 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def keep_freed_host_memory() -> None:
-    """glibc malloc: serve large CPU tensors from the heap and keep freed memory for reuse.
-
-    By default glibc maps large blocks fresh from the kernel and hands them back when freed
-    (mmap threshold, heap trimming), so each CPU train step faulted its activations in page
-    by page again: about 11,000 page faults and 15-25 ms of kernel CPU time a step at batch
-    256, fly size (measured with getrusage). A train step allocates the same sizes every
-    time, so what is kept is the step's own peak. Process-wide; a no-op without glibc.
-    """
-    if platform.libc_ver()[0] != "glibc":
-        return
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)  # an int: never trim in practice
 
 
 def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
@@ -141,12 +122,11 @@ class Trainer:
         self.device = resolve_device(config.hardware.device)
         torch.manual_seed(config.training.seed)
         self.data = data if data is not None else load_dataset(config.data, self.device)
-        if self.device.type == "cpu":
-            keep_freed_host_memory()  # after loading: its one-off read buffers went back
-        self.model = LatentModel(config.model, self.data.n_neurons, self.data.n_input).to(
-            self.device
-        )
+        # initialised on the CPU (the same weights for a seed on every device), then placed
+        model = LatentModel(config.model, self.data.n_neurons, self.data.n_input)
+        self.model = place_model(model, self.device, config.hardware.cpu_kernels)
         self.optimizer = build_optimizer(self.model, config)
+        keep_optimizer_state_as_nn_linear(self.optimizer, self.model)
         self.autocast = autocast_context(config.hardware.precision, self.device)
         self.step = CompiledStep(
             self._losses, config.hardware.compile, list(self.model.parameters())
@@ -320,7 +300,6 @@ class Trainer:
         if state is None:
             return False
         check_same_run(state["config"], dataclasses.asdict(self.config))
-        check_same_layout(state["optimizer"], self.model, self.run_dir / CHECKPOINT)
         self.load_state_dict(state)
         log.info("Resuming from %s at epoch %d", self.run_dir / CHECKPOINT, self.epoch)
         return True

@@ -1,4 +1,7 @@
-"""Shared fixtures: one embedded-data cache per test session, the repo's root."""
+"""Shared fixtures (one embedded-data cache per session, compose, a Slurm cluster) and the
+markers' rules: `slow` also on every test using a fixture of SLOW_FIXTURES; `cuda` tests
+skipped, with the reason and a summary line, where CUDA is absent.
+Shared helpers that are not fixtures live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -7,8 +10,36 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+from tests.helpers import CONF, ROOT  # noqa: F401  (ROOT: re-exported for older imports)
+
+NO_CUDA = "needs a CUDA GPU: torch.cuda.is_available() is False on this machine"
+
+
+# fixtures that start a scheduler or run the real command line: their tests are `slow`
+SLOW_FIXTURES = {"slurm_cluster", "sweeps", "reference"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if "cuda" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason=NO_CUDA))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    not_run = [r for r in skipped if NO_CUDA in str(r.longrepr)]
+    if not_run:
+        terminalreporter.write_line(
+            f"{len(not_run)} CUDA tests NOT RUN: no CUDA GPU here; run the suite on a GPU "
+            "machine to check the CUDA paths",
+            yellow=True,
+            bold=True,
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

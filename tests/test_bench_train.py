@@ -1,50 +1,56 @@
-"""The benchmarks run end to end on tiny models and report consistent figures."""
+"""The benchmarks run end to end on tiny models and report consistent figures.
+
+In process (their main(argv)); only identities between the figures are checked, never
+how fast anything ran: speed is what the benchmarks measure, not what tests assert.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
-TINY = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--batch-sizes", "16"]
-
-
-def run_benchmark(script: str, *args: str) -> None:
-    subprocess.run(
-        [sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, check=True, timeout=300
-    )
+BENCH_TINY = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--batch-sizes", "16"]
 
 
-def test_bench_train_reports_roofline_floor_split_and_library_ratio(tmp_path):
+@pytest.fixture
+def benchmarks(monkeypatch: pytest.MonkeyPatch):
+    """The benchmarks folder importable, as when a script there runs."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_gemm_shapes
+    import bench_train
+
+    return bench_train, bench_gemm_shapes
+
+
+@pytest.mark.slow
+def test_bench_train_reports_roofline_floor_split_and_kernel_ratio(benchmarks, tmp_path):
     out = tmp_path / "bench.json"
-    args = [*TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
-    run_benchmark("bench_train.py", *args)
+    args = [*BENCH_TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
+    benchmarks[0].main(args)
     (row,) = json.loads(out.read_text())["rows"]
     assert row["batch_size"] == 16 and row["compile"] == "none" and not row["compiled"]
-    assert row["gemm_tflops"] > 0 and row["steps_per_s"] > 0
     # one timed epoch: its FLOP/s over the ceiling measured beside it
     assert row["roofline_fraction"] == pytest.approx(row["train_step_tflops"] / row["gemm_tflops"])
     assert row["samples_per_s"] == pytest.approx(16 * row["steps_per_s"])
     # the loop's epoch is its train steps plus the rest, measured over the same epochs
     assert row["loop_vs_steps"] == pytest.approx(1 / (1 - row["overhead_pct"] / 100))
-    assert row["loop_vs_steps"] > 1 and row["steps_vs_bare"] > 0
     # the floor replays every matmul of a step, forward and backward, and nothing else
     assert row["floor_flops_per_step"] == row["flops_per_step"]
-    assert row["steps_vs_floor"] > 1
     assert row["floor_fraction"] == pytest.approx(row["roofline_fraction"] * row["steps_vs_floor"])
-    assert row["mkl_only_vs_ours"] > 0 and row["checkpoint_s"] > 0
+    # every comparison was measured (on the CPU: the plain-torch kernels too)
+    measured = ("steps_vs_bare", "torch_kernels_vs_ours", "checkpoint_s", "gemm_tflops")
+    assert all(row[key] is not None for key in measured), row
 
 
-def test_bench_gemm_shapes_times_every_product_of_both_wide_layers(tmp_path):
+@pytest.mark.slow
+def test_bench_gemm_shapes_times_every_product_of_both_wide_layers(benchmarks, tmp_path):
     out = tmp_path / "gemm.json"
     args = ["--n-neurons", "300", "--hidden", "16", "--batch-sizes", "4,8", "--rounds", "1"]
-    run_benchmark("bench_gemm_shapes.py", *args, "--json", str(out))
+    benchmarks[1].main([*args, "--json", str(out)])
     report = json.loads(out.read_text())
-    assert report["ceiling_gflops"] > 0
     rows = {(r["batch_size"], r["layer"], r["product"], r["rows"]) for r in report["rows"]}
     products = ("forward", "input grad", "weight grad")
     assert rows == {
@@ -53,4 +59,5 @@ def test_bench_gemm_shapes_times_every_product_of_both_wide_layers(tmp_path):
         for layer in ("encoder", "decoder")
         for product in products
     }
-    assert all(r["mkl_gflops"] > 0 and r["onednn_gflops"] > 0 for r in report["rows"])
+    keys = ("mkl_gflops", "onednn_gflops")
+    assert all(r[k] is not None for r in report["rows"] for k in keys)

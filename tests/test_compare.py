@@ -17,7 +17,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,27 +25,17 @@ import pytest
 from omegaconf import OmegaConf
 
 from latent_evolution import compare
+from tests.helpers import child_env, run_module, start_module
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ["data=tiny", "model=small", "training.epochs=3", "training.val_every=1"]
 CRASH = "RuntimeError: CUDA error: an illegal memory access was encountered"
 HOUR_AGO = time.time() - 3600
 
 
 def train_sweep(sweep_dir: Path, *overrides: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "latent_evolution.train",
-        "-m",
-        *TRAIN,
-        *overrides,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}  # two sweeps side by side on few cores
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    args = ("-m", *TRAIN, *overrides, f"hydra.sweep.dir={sweep_dir}")
+    env = child_env(OMP_NUM_THREADS="1")  # two sweeps side by side on few cores
+    return start_module("train", *args, env=env, output=subprocess.PIPE)
 
 
 def run_with(root: Path, **params: Any) -> Path:
@@ -213,19 +202,7 @@ def test_plot_writes_a_png_of_the_curves(sweeps, capsys, tmp_path):
 
 
 def test_command_line_entry_point(sweeps):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "latent_evolution.compare",
-            str(sweeps / "sweepB"),
-            "--format",
-            "markdown",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    done = run_module("compare", str(sweeps / "sweepB"), "--format", "markdown")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("1 runs: 1 diverged\n")
 

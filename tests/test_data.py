@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from latent_evolution.config import (
 from latent_evolution.data import BatchSource, embedded_folder, gather_batch, load_dataset
 from latent_evolution.simulation_folder import COLUMNS, DATA_FILE, check_simulation
 from latent_evolution.trainer import Trainer
-from tests.conftest import ROOT
+from tests.helpers import run_module
 
 T, N, N_INPUT = 40, 6, 2
 SPLITS = {"train": [2, 20], "val": [22, 30], "test": [32, 40]}
@@ -305,10 +304,8 @@ def test_data_on_host_trains_bitwise_like_device_resident_data(compose, tmp_path
 
 
 def train_cli(run_dir: Path, folder: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "latent_evolution.train",
+    return run_module(
+        "train",
         "data=simulation",
         f"data.path={folder}",
         "data.n_input=32",
@@ -320,12 +317,10 @@ def train_cli(run_dir: Path, folder: Path, *overrides: str) -> subprocess.Comple
         "training.epochs=2",
         f"hydra.run.dir={run_dir}",
         *overrides,
-    ]
-    return subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, env=os.environ, timeout=300
     )
 
 
+@pytest.mark.slow
 def test_cli_trains_on_a_simulation_folder_and_rejects_bad_data(compose, tmp_path):
     source = embedded_folder(to_config(compose("data=tiny")).data) / DATA_FILE
     good = tmp_path / "good"

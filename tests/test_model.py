@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from latent_evolution import linear
 from latent_evolution.config import LOSSES, MLPConfig, ModelConfig, StimulusEncoderConfig
-from latent_evolution.linear import Linear
+from latent_evolution.linear import place_model
 from latent_evolution.model import LOSS_FUNCTIONS, MLP, LatentModel, constant_baseline, l1_penalty
 
 
@@ -36,8 +35,8 @@ def test_prediction_and_loss_shapes(latent_dims, time_units):
 def test_mlp_structure_follows_the_design_notes():
     mlp = MLP(10, 32, 4, num_hidden_layers=3, activation="relu", use_batch_norm=True)
     kinds = [type(m) for m in mlp]
-    assert kinds == [Linear, nn.BatchNorm1d, nn.ReLU] * 3 + [Linear]
-    assert [type(m) for m in MLP(10, 32, 4, num_hidden_layers=0)] == [Linear]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU] * 3 + [nn.Linear]
+    assert [type(m) for m in MLP(10, 32, 4, num_hidden_layers=0)] == [nn.Linear]
 
 
 def test_stimulus_encoder_is_never_batch_normed_and_can_be_off():
@@ -109,7 +108,7 @@ def test_loss_parts_equal_decoding_prediction_and_reconstruction_apart(
     losses and gradients of the design notes, decoded separately."""
     torch.manual_seed(0)
     config = small_model_config(6, use_batch_norm=use_batch_norm)
-    model = LatentModel(config, n_neurons, 4).train()
+    model = place_model(LatentModel(config, n_neurons, 4), torch.device("cpu"), "onednn").train()
     x_t, stim = torch.randn(8, n_neurons), torch.randn(8, time_units, 4)
     targets = torch.randn(8, time_units if every_step else 1, n_neurons)
     calls = []
@@ -134,12 +133,13 @@ def test_loss_parts_equal_decoding_prediction_and_reconstruction_apart(
         torch.testing.assert_close(got, p.grad)
 
 
-@pytest.mark.parametrize("onednn", [True, False])  # False: nn.Linear's products, as on CUDA
-def test_compiled_loss_parts_match_eager_in_one_graph(monkeypatch, onednn):
+@pytest.mark.parametrize("cpu_kernels", ["onednn", "torch"])  # torch: plain, as on CUDA
+def test_compiled_loss_parts_match_eager_in_one_graph(cpu_kernels):
     """The wide decoder head (fused with the mse on the oneDNN path) compiles without breaks."""
-    monkeypatch.setattr(linear, "ONEDNN", onednn)
     torch.manual_seed(0)
-    model = LatentModel(small_model_config(6), 200, 4)
+    model = place_model(
+        LatentModel(small_model_config(6), 200, 4), torch.device("cpu"), cpu_kernels
+    )
     x_t, stim, targets = torch.randn(8, 200), torch.randn(8, 1, 4), torch.randn(8, 1, 200)
 
     def loss(*batch: torch.Tensor) -> torch.Tensor:

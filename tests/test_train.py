@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,8 @@ import torch
 from latent_evolution.config import to_config
 from latent_evolution.data import Split, gather_batch
 from latent_evolution.trainer import CompiledStep, Trainer
-from tests.conftest import ROOT
+from tests.helpers import TINY, run_module
 
-TINY = ("data=tiny", "model=small", "hardware=cpu")
 METRIC_NAMES = {  # the names the lab's notes and scripts read (design notes, "Metrics")
     "final_train_loss",
     "final_val_loss",
@@ -129,21 +127,11 @@ def test_a_compile_failure_falls_back_to_eager_once_with_a_warning(monkeypatch, 
     assert "compil" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_multirun_writes_two_complete_run_folders(tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [
-        sys.executable,
-        "-m",
-        "latent_evolution.train",
-        "-m",
-        *TINY,
-        "training.epochs=2",
-        "training.batch_size=32,64",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    done = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, env=os.environ, timeout=300
-    )
+    args = ("-m", *TINY, "training.epochs=2", "training.batch_size=32,64")
+    done = run_module("train", *args, f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr
     runs = sorted(p.parent.parent for p in sweep.glob("*/.hydra/config.yaml"))
     assert len(runs) == 2
@@ -217,6 +205,7 @@ print(before, after, libc.mallinfo2().fordblks)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc is Linux's")
 def test_cpu_training_keeps_freed_host_memory_for_the_next_step():
     out = subprocess.run(
