@@ -13,7 +13,8 @@ LSF_STANDIN_TERMINATE_S (bkill/brequeue: SIGINT+SIGTERM, then SIGKILL after this
 
 Behaviours of real clusters, each behind a switch (unset: off):
 - LSF_STANDIN_NOT_FOUND_POLLS=N: a busy mbatchd; bjobs answers "Job <id> is not found" for
-  the first N bjobs calls that name a job after its bsub.
+  the first N bjobs calls that name a job after its bsub, and the job is dispatched only
+  after them (a client that stops asking never sees it run).
 - LSF_STANDIN_HOST_LOST=ZOMBI|UNKWN (elements LSF_STANDIN_HOST_LOST_INDEX, default all): the
   host of a running element is lost; its process dies without a word and bjobs shows ZOMBI
   (killed while unreachable) or UNKWN (sbatchd unreachable) from then on.
@@ -268,6 +269,7 @@ def _dispatch(job: dict[str, Any], processes: dict[str, subprocess.Popen[bytes]]
     for index in sorted(job["elements"], key=int):
         element = job["elements"][index]
         ready = element["stat"] == "PEND" and not element.get("transient_exit")
+        ready &= job.get("polls", 0) >= _setting("NOT_FOUND_POLLS", 0)  # mbatchd still busy
         if ready and len(processes) < limit:
             processes[index] = _start(job, index)
             element.update(stat="RUN", pid=processes[index].pid, start=time.time())
