@@ -23,6 +23,7 @@ pytest_plugins = ["tests.lsf_standin"]  # the lsf_standin fixture
 LSF = ["hydra.launcher.poll_s=1"]
 SLURM = ["hydra.launcher.timeout_min=2"]  # as hydra-submitit-launcher's own tests
 QUIET = ["hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]
+NO_GPU = "hydra.launcher.gpus_per_node=0"
 
 
 @pytest.mark.parametrize("cls", [SlurmDispatchLauncher, LSFDispatchLauncher])
@@ -39,7 +40,7 @@ class TestLSFLauncher(LauncherTestSuite):
 @pytest.mark.usefixtures("lsf_standin")
 @pytest.mark.parametrize(
     ("task_launcher_cfg", "extra_flags"),
-    [({}, ["-m", *QUIET, "hydra/launcher=submitit_lsf", "hydra.launcher.gpus_per_node=0", *LSF])],
+    [({}, ["-m", *QUIET, "hydra/launcher=submitit_lsf", NO_GPU, *LSF])],
 )
 class TestLSFLauncherIntegration(IntegrationTestSuite):
     pass
