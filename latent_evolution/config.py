@@ -132,6 +132,9 @@ class LSFRequest:
     slots: int = 1
     gpu: str | None = None  # the -gpu string, e.g. "num=1" or "num=1:gmodel=NVIDIAH100"
     project: str | None = None
+    # how the site counts rusage[mem]: "job" (LSF's default) or "slot" (lsb.params sets
+    # RESOURCE_RESERVE_PER_TASK=Y); mem_gb stays the job's total either way
+    mem_per: str = "job"
     additional_directives: dict[str, str] = field(default_factory=dict)
 
 
@@ -302,6 +305,7 @@ def _validate_hardware(h: HardwareConfig) -> None:
     _positive("hardware.mem_gb", h.mem_gb)
     _positive("hardware.timeout_min", h.timeout_min)
     _positive("hardware.lsf.slots", h.lsf.slots)
+    _choice("hardware.lsf.mem_per", h.lsf.mem_per, ("job", "slot"))
     _positive("hardware.slurm.cpus_per_task", h.slurm.cpus_per_task)
 
 

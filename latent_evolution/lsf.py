@@ -39,13 +39,21 @@ from submitit.core import core, job_environment, logger, submission, utils
 
 from latent_evolution.errors import ConfigError
 
-# bjobs states: a suspended job (PSUSP, USUSP, SSUSP) is paused, not finished.
+# bjobs states: a suspended job (PSUSP, USUSP, SSUSP) is paused, not finished. UNKWN (mbatchd
+# lost contact with the host's sbatchd: the job may still run) and ZOMBI (killed while its host
+# was unreachable: LSF cannot confirm it ended) count as running for a grace period, then the
+# job fails with the reason named (LSFInfoWatcher).
 PENDING_STATES = ("PEND", "PROV", "PSUSP", "WAIT")
 RUNNING_STATES = ("RUN", "USUSP", "SSUSP", "UNKWN", "ZOMBI")
 FINISHED_STATES = ("DONE", "EXIT")
-# Not an LSF state: bjobs forgot the job (finished jobs are cleaned after CLEAN_PERIOD).
+# Not LSF states: bjobs does not know the job (yet: a busy mbatchd right after bsub; or any more:
+# finished jobs are cleaned after CLEAN_PERIOD). NOT_FOUND until a grace period has passed, then
+# VANISHED, judged by the job's result file.
+NOT_FOUND = "NOT_FOUND"
 VANISHED = "VANISHED"
 BJOBS_FORMAT = "jobid jobindex stat exit_code"
+MEM_PER = ("job", "slot")  # how the site counts rusage[mem] (RESOURCE_RESERVE_PER_TASK N / Y)
+ALREADY_FINISHED = "Job has already finished"  # bkill's answer (exit status 255) for an ended job
 _SUBMIT_LINE = re.compile(r"Job <(?P<id>\d+)> is submitted to (?:default )?queue")
 _NOT_FOUND = re.compile(r"Job <(?P<id>\d+)(?:\[\d+\])?> is not found")
 _DIRECTIVE_UNSAFE = re.compile(r'["\n]')
@@ -68,6 +76,40 @@ def submitit_id(lsf_job_id: str, lsf_index: int) -> str:
 def is_finished(state: str) -> bool:
     """DONE, EXIT, or vanished from bjobs; pending, running and suspended jobs are not."""
     return state in (*FINISHED_STATES, VANISHED)
+
+
+# ------------------------------------------------------------------------------ -R strings
+
+_SECTION = re.compile(r"(?P<name>[a-z]+)\[(?P<body>[^\]]*)\]")
+SECTION_ORDER = ("select", "order", "rusage", "span", "same", "cu", "affinity")
+
+
+def parse_requirement(text: str) -> dict[str, str]:
+    """An LSF resource requirement -> {section: body}; a bare expression is the select."""
+    sections = {m.group("name"): m.group("body").strip() for m in _SECTION.finditer(text)}
+    bare = _SECTION.sub("", text).strip()
+    if bare:
+        sections["select"] = f"({sections['select']}) && ({bare})" if "select" in sections else bare
+    return sections
+
+
+def merge_requirements(ours: dict[str, str], user: str | None) -> str | None:
+    """Our sections and the user's -R as ONE requirement (a second -R would replace ours).
+
+    The user's section wins, except that our rusage joins theirs unless they reserve mem
+    themselves: as a further usage string (", "), or into each alternative of an "||".
+    """
+    theirs = parse_requirement(user or "")
+    merged = {**ours, **theirs}
+    if "rusage" in ours and "rusage" in theirs and not re.search(r"\bmem\s*=", theirs["rusage"]):
+        alternatives = [a.strip() for a in theirs["rusage"].split("||")]
+        if len(alternatives) > 1:
+            merged["rusage"] = "||".join(f"{ours['rusage']}:{a}" for a in alternatives)
+        else:
+            merged["rusage"] = f"{ours['rusage']}, {alternatives[0]}"
+    order = [*SECTION_ORDER, *sorted(set(merged) - set(SECTION_ORDER))]
+    text = " ".join(f"{name}[{merged[name]}]" for name in order if name in merged)
+    return text or None
 
 
 # ------------------------------------------------------------------------------ parsers
@@ -118,6 +160,7 @@ def make_bsub_script(
     project: str | None = None,
     timeout_min: int = 5,
     mem_gb: float | None = None,
+    mem_per: str = "job",
     signal_delay_min: int = 2,
     array_parallelism: int = 256,
     stderr_to_stdout: bool = False,
@@ -127,11 +170,15 @@ def make_bsub_script(
 ) -> str:
     """The bsub script (read by `bsub < script`): sorted #BSUB directives, setup, command.
 
-    mem_gb is the job's memory in GB, written as `-M <MB>MB` and `-R "rusage[mem=<MB>MB]"`
-    with an explicit unit (LSF >= 10.1.0.2), so LSF_UNIT_FOR_LIMITS cannot rescale it.
-    signal_delay_min: minutes before the run limit (-W, minutes) that LSF sends USR2
-    (`-wa USR2 -wt`), submitit's cue to checkpoint and requeue. additional_directives
-    ({"R": "span[hosts=1]"}, flag with or without its dash) override generated ones.
+    mem_gb is the job's memory in GB, written as `-M <MB>MB` and `rusage[mem=<MB>MB]` with an
+    explicit unit (LSF >= 10.1.0.2), so LSF_UNIT_FOR_LIMITS cannot rescale it. rusage is per
+    host by default (mem_per="job": with span[hosts=1] the host is the job) and per slot where
+    the site sets RESOURCE_RESERVE_PER_TASK=Y (mem_per="slot": mem_gb / slots is reserved).
+    More than one slot always gets span[hosts=1]: LSF would otherwise spread the slots over
+    hosts, and `-gpu` counts per host. signal_delay_min: minutes before the run limit (-W,
+    minutes) that LSF sends USR2 (`-wa USR2 -wt`), submitit's cue to checkpoint and requeue.
+    additional_directives ({"x": True}, flag with or without its dash) override generated
+    ones, except "R", which is merged with ours into one requirement (merge_requirements).
     """
     arguments = dict(locals())  # first statement: exactly the arguments (as submitit for Slurm)
     directives = _directives(
@@ -152,6 +199,7 @@ def _directives(
     array_parallelism: int,
     stderr_to_stdout: bool,
     mem_gb: float | None,
+    mem_per: str,
     additional_directives: dict[str, Any] | None,
     **flags: Any,
 ) -> dict[str, Any]:
@@ -171,10 +219,14 @@ def _directives(
         directives["J"] += f"[1-{map_count}]%{min(map_count, array_parallelism)}"
     if not stderr_to_stdout:
         directives["e"] = f"{logs}_lsf.err"
+    ours: dict[str, str] = {"span": "hosts=1"} if flags["slots"] > 1 else {}
     if mem_gb is not None:
         mem_mb = math.ceil(mem_gb * 1024)
-        directives.update(M=f"{mem_mb}MB", R=f"rusage[mem={mem_mb}MB]")
-    directives.update({k.lstrip("-"): v for k, v in (additional_directives or {}).items()})
+        reserved = mem_mb if mem_per == "job" else math.ceil(mem_mb / flags["slots"])
+        directives["M"] = f"{mem_mb}MB"
+        ours["rusage"] = f"mem={reserved}MB"
+    extra = {k.lstrip("-"): v for k, v in (additional_directives or {}).items()}
+    directives.update(extra, R=merge_requirements(ours, extra.get("R")))
     return {flag: value for flag, value in directives.items() if value is not None}
 
 
@@ -206,6 +258,8 @@ def _check_parameters(params: dict[str, Any]) -> None:
         raise ConfigError("signal_delay_min", merged["signal_delay_min"], allowed)
     if merged["mem_gb"] is not None and not merged["mem_gb"] > 0:
         raise ConfigError("mem_gb", merged["mem_gb"], "must be > 0 (GB)")
+    if merged["mem_per"] not in MEM_PER:
+        raise ConfigError("mem_per", merged["mem_per"], f"must be one of {', '.join(MEM_PER)}")
     if re.search(r'[\[\]"\s]', merged["name"]):
         raise ConfigError("name", merged["name"], "no brackets, quotes or spaces (LSF job name)")
     for key, value in {**merged, **(merged["additional_directives"] or {})}.items():
@@ -217,14 +271,43 @@ def _check_parameters(params: dict[str, Any]) -> None:
 
 
 class LSFInfoWatcher(core.InfoWatcher):
-    """Asks bjobs about all watched jobs at once, like SlurmInfoWatcher with sacct."""
+    """Asks bjobs about all watched jobs at once, like SlurmInfoWatcher with sacct, and judges
+    what real clusters answer (each grace in seconds, settable with configure()):
+
+    - "not found" (a busy mbatchd right after bsub, or a job cleaned from bjobs): NOT_FOUND,
+      re-polled with `bjobs -a`, for not_found_grace_s; only then VANISHED, and LSFJob.state
+      judges it by its result file;
+    - ZOMBI / UNKWN: running for zombi_grace_s / unknown_grace_s, then finished, the reason in
+      the job's info ("Reason");
+    - EXIT without a result file: final only on exit_confirm_polls answers in a row, since a
+      brequeued job can show EXIT for a poll before PEND. (A job that ends with a result file,
+      a return value or an exception, is done at once: submitit checks that file first.)
+    """
+
+    exit_confirm_polls = 3
+
+    def __init__(self, delay_s: int = 60) -> None:
+        super().__init__(delay_s)
+        self.not_found_grace_s = 300.0
+        self.zombi_grace_s = 600.0
+        self.unknown_grace_s = 3600.0
+        self._held: dict[str, tuple[str, float, int]] = {}  # id: (bjobs answer, since, polls)
+
+    def configure(
+        self, poll_s: float, not_found_grace_s: float, zombi_grace_s: float, unknown_grace_s: float
+    ) -> None:
+        """poll_s: the longest wait between two bjobs calls (submitit's delay_s)."""
+        self._delay_s = poll_s
+        self.not_found_grace_s = not_found_grace_s
+        self.zombi_grace_s = zombi_grace_s
+        self.unknown_grace_s = unknown_grace_s
 
     def _make_command(self) -> list[str] | None:
         # Asking for the array id returns every element: one id per array, not per element.
         to_check = sorted({job_id.split("_")[0] for job_id in self._registered - self._finished})
         if not to_check:
             return None
-        return ["bjobs", "-o", BJOBS_FORMAT, "-noheader", *to_check]
+        return ["bjobs", "-a", "-o", BJOBS_FORMAT, "-noheader", *to_check]
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         return parse_bjobs_output(string)
@@ -233,7 +316,7 @@ class LSFInfoWatcher(core.InfoWatcher):
         return self.get_info(job_id, mode=mode).get("State") or "UNKNOWN"
 
     def is_done(self, job_id: str, mode: str = "standard") -> bool:
-        return is_finished(self.get_state(job_id, mode=mode))
+        return self.get_info(job_id, mode=mode).get("Final") == "yes"
 
     def update(self) -> None:
         """One bjobs call. Unlike sacct, bjobs exits 255 when any id is unknown yet still
@@ -248,14 +331,43 @@ class LSFInfoWatcher(core.InfoWatcher):
             logger.get_logger().warning(f"Bypassing bjobs error {e}, status may be inaccurate.")
             return
         self._output = done.stdout.encode()
-        self._info_dict.update(self.read_info(done.stdout))
+        rows = self.read_info(done.stdout)
         gone = parse_not_found(done.stderr + done.stdout)
-        for job_id in self._registered:
-            if job_id.split("_")[0] in gone:
-                self._info_dict[job_id] = {"State": VANISHED}
-        self._last_status_check = time.time()
+        now = time.time()
+        for job_id in self._registered - self._finished:
+            if job_id in rows:
+                self._info_dict[job_id] = self._judge(job_id, rows[job_id], now)
+            elif job_id.split("_")[0] in gone:
+                self._info_dict[job_id] = self._judge(job_id, {"State": NOT_FOUND}, now)
+        self._last_status_check = now
         unfinished = self._registered - self._finished
         self._finished |= {job_id for job_id in unfinished if self.is_done(job_id, mode="cache")}
+
+    def _judge(self, job_id: str, info: dict[str, str], now: float) -> dict[str, str]:
+        """bjobs' answer plus whether it is final ("Final") and, when judged, why ("Reason")."""
+        state = info["State"]
+        previous, since, polls = self._held.get(job_id, (state, now, 0))
+        since, polls = (since, polls + 1) if previous == state else (now, 1)
+        self._held[job_id] = (state, since, polls)
+        held_s = now - since
+        graces = {
+            NOT_FOUND: self.not_found_grace_s,
+            "ZOMBI": self.zombi_grace_s,
+            "UNKWN": self.unknown_grace_s,
+        }
+        if state in graces and held_s >= graces[state]:
+            if state == NOT_FOUND:
+                return {"State": VANISHED, "Final": "yes"}
+            why = _LOST_HOST[state]
+            return {**info, "Final": "yes", "Reason": f"{state} for {held_s:.0f} s: {why}"}
+        final = state == "DONE" or (state == "EXIT" and polls >= self.exit_confirm_polls)
+        return {**info, "Final": "yes" if final else ""}
+
+
+_LOST_HOST = {
+    "ZOMBI": "killed while its host was unreachable, LSF cannot confirm it ended",
+    "UNKWN": "mbatchd lost contact with its host; given up",
+}
 
 
 # ------------------------------------------------------------------------------ job
@@ -267,17 +379,20 @@ class LSFJob(core.Job[core.R]):
 
     @property
     def state(self) -> str:
-        """bjobs' STAT; once bjobs has forgotten the job, DONE if it left a result file
-        (result() tells a return value from an exception), else EXIT."""
+        """bjobs' STAT (or NOT_FOUND); once bjobs has forgotten the job, DONE if it left a
+        result file (result() tells a return value from an exception), else EXIT."""
         state = super().state
         if state != VANISHED:
             return state
         return "DONE" if self.paths.result_pickle.exists() else "EXIT"
 
     def cancel(self, check: bool = True) -> None:
-        """bkill this job, or only this element of its array (`bkill "123[4]"`)."""
-        run = subprocess.check_call if check else subprocess.call
-        run(["bkill", lsf_element(self.job_id)])
+        """bkill this job, or only this element of its array (`bkill "123[4]"`); a job that
+        has already finished is not an error (bkill says so with exit status 255)."""
+        command = ["bkill", lsf_element(self.job_id)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if check and done.returncode != 0 and ALREADY_FINISHED not in done.stderr:
+            raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
 
     def _interrupt(self) -> None:
         """Send the checkpoint signal now, as LSF does -wt minutes before the run limit."""

@@ -135,7 +135,8 @@ def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own(
 # -------------------------------------------------------------------------------- LSF
 
 
-def test_dry_run_prints_one_script_per_gpu_type_and_submits_nothing(lsf_standin, tmp_path):
+def test_dry_run_prints_one_script_per_gpu_type_without_bsub(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # a laptop: no LSF commands
     done = sweep(
         tmp_path,
         "experiment=gpu_type_sweep",
@@ -144,9 +145,48 @@ def test_dry_run_prints_one_script_per_gpu_type_and_submits_nothing(lsf_standin,
     )
     assert done.returncode == 0, done.stderr
     assert sorted(re.findall(r'#BSUB -q "(\w+)"', done.stdout)) == sorted(QUEUES)
-    # 16 jobs: per GPU type one array of 4 (compiled or not x tf32 or not)
+    # 16 jobs: per GPU type one array of 4 (compiled or not x tf32 or not), named as the experiment
     assert done.stdout.count('#BSUB -J "gpu_type_sweep[1-4]%4"') == 4
-    assert lsf_standin.submissions() == []
+    # every script asks for its slots on one host, with the memory in the same requirement
+    scripts = done.stdout.split("# dry run, not submitted")[1:]
+    slots = sorted(re.search(r"#BSUB -n (\d+)", s).group(1) for s in scripts)
+    assert slots == ["12", "12", "12", "8"]
+    assert all('#BSUB -R "rusage[mem=65536MB] span[hosts=1]"' in s for s in scripts)
+    assert not list(tmp_path.glob("multirun/*/*/*/submitted_jobs.json"))
+
+
+def test_launcher_fields_are_hydra_submitit_launchers_with_the_same_defaults(compose):
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+
+    theirs = OmegaConf.structured(SlurmQueueConf)
+    ours = compose("hydra/launcher=submitit_slurm", return_hydra_config=True).hydra.launcher
+    assert {k: v for k, v in OmegaConf.to_container(ours).items() if k in theirs} == {
+        **OmegaConf.to_container(theirs),
+        "_target_": f"{LAUNCHERS}.SlurmDispatchLauncher",
+    }
+    lsf = compose("hydra/launcher=submitit_lsf", return_hydra_config=True).hydra.launcher
+    generic = OmegaConf.to_container(OmegaConf.structured(BaseQueueConf))
+    assert {k: v for k, v in OmegaConf.to_container(lsf).items() if k in generic} == generic
+
+
+def test_our_jobs_take_their_request_from_hardware_unless_the_launcher_sets_it(tmp_path):
+    common = ("hardware=a100", "hydra/launcher=submitit_slurm", "hydra.launcher.dry_run=true")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    default = sweep(tmp_path / "a", *common, "training.seed=1,2", "name=mine")
+    assert default.returncode == 0, default.stderr
+    assert "#SBATCH --partition=gpu_a100" in default.stdout
+    assert "#SBATCH --job-name=mine" in default.stdout and "#SBATCH --time=720" in default.stdout
+    chosen = sweep(
+        tmp_path / "b",
+        *common,
+        "training.seed=1,2",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.name=custom",
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert "#SBATCH --partition=debug" in chosen.stdout and "--job-name=custom" in chosen.stdout
+    assert "#SBATCH --gres=gpu:1" in chosen.stdout  # what the launcher left alone stays hardware's
 
 
 def test_gpu_type_sweep_through_lsf_sends_each_job_to_its_queue(lsf_standin, tmp_path):

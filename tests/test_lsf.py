@@ -64,7 +64,7 @@ def test_script_has_sorted_exact_directives_then_setup_then_command(tmp_path: Pa
         '#BSUB -J "lr"\n'
         '#BSUB -M "65536MB"\n'
         '#BSUB -P "flyvis"\n'
-        '#BSUB -R "rusage[mem=65536MB]"\n'
+        '#BSUB -R "rusage[mem=65536MB] span[hosts=1]"\n'
         "#BSUB -W 240\n"
         f'#BSUB -e "{logs}/%J_lsf.err"\n'
         '#BSUB -gpu "num=1"\n'
@@ -89,17 +89,52 @@ def test_array_script_limits_concurrency_and_names_logs_per_element(tmp_path: Pa
         signal_delay_min=3,
         timeout_min=30,
         stderr_to_stdout=True,
-        additional_directives={"-R": "span[hosts=1]", "x": True},
+        additional_directives={"-R": "select[ncpus>8]", "x": True, "W": 20},
     )
     lines = script.splitlines()
     assert '#BSUB -J "sweep[1-5]%2"' in lines
     assert f'#BSUB -o "{tmp_path}/jobs/%J_%I_lsf.out"' in lines
     assert not any(line.startswith("#BSUB -e") for line in lines)  # stderr joins stdout
-    assert '#BSUB -R "span[hosts=1]"' in lines  # additional directives override generated ones
-    assert "#BSUB -x" in lines
-    assert '#BSUB -wa "USR2"' in lines and "#BSUB -wt 3" in lines and "#BSUB -W 30" in lines
+    assert '#BSUB -R "select[ncpus>8]"' in lines  # one slot: no span; the user's -R kept
+    assert "#BSUB -x" in lines and "#BSUB -W 20" in lines  # additional directives override
+    assert '#BSUB -wa "USR2"' in lines and "#BSUB -wt 3" in lines
     directives = [line for line in lines if line.startswith("#BSUB")]
     assert directives == sorted(directives)
+
+
+def _requirement(**params: object) -> str:
+    script = make_bsub_script(command="run", folder="/jobs", **params)
+    (line,) = [line for line in script.splitlines() if line.startswith("#BSUB -R ")]
+    return line.removeprefix("#BSUB -R ")
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"slots": 12, "mem_gb": 64}, '"rusage[mem=65536MB] span[hosts=1]"'),
+        # RESOURCE_RESERVE_PER_TASK=Y: rusage counts per slot, so 64 GB over 12 slots
+        ({"slots": 12, "mem_gb": 64, "mem_per": "slot"}, '"rusage[mem=5462MB] span[hosts=1]"'),
+        ({"slots": 8}, '"span[hosts=1]"'),
+        (  # the user's select and rusage join ours in one requirement
+            {"slots": 8, "mem_gb": 1, "additional_directives": {"R": "select[a100] rusage[tmp=5]"}},
+            '"select[a100] rusage[mem=1024MB, tmp=5] span[hosts=1]"',
+        ),
+        (  # a bare expression is a select; the user's own span and mem reservation win
+            {
+                "slots": 8,
+                "mem_gb": 1,
+                "additional_directives": {"R": "ok span[ptile=4] rusage[mem=9]"},
+            },  # noqa: E501
+            '"select[ok] rusage[mem=9] span[ptile=4]"',
+        ),
+        (  # alternatives: our memory goes into each
+            {"slots": 2, "mem_gb": 1, "additional_directives": {"R": "rusage[lic_a=1||lic_b=1]"}},
+            '"rusage[mem=1024MB:lic_a=1||mem=1024MB:lic_b=1] span[hosts=1]"',
+        ),
+    ],
+)
+def test_resource_requirement_is_one_string_sites_accept(params: dict, expected: str) -> None:
+    assert _requirement(**params) == expected
 
 
 def test_array_limit_is_never_above_the_array_size(tmp_path: Path) -> None:
@@ -116,6 +151,7 @@ def test_array_limit_is_never_above_the_array_size(tmp_path: Path) -> None:
         ({"name": "a[1]"}, r"name='a\[1\]': no brackets"),
         ({"queue": 'gpu"a100'}, r"queue='gpu\"a100': no double quotes"),
         ({"partition": "x"}, r"partition='x': one of \["),
+        ({"mem_per": "host"}, r"mem_per='host': must be one of job, slot"),
     ],
 )
 def test_bad_parameters_fail_at_update_with_one_line(
@@ -214,7 +250,7 @@ def test_single_job_returns_its_value_with_the_requested_resources(
         "USR2",
         "2",
     )
-    assert job.get_info(mode="force") == {"State": "DONE", "ExitCode": "-"}
+    assert job.get_info(mode="force") == {"State": "DONE", "ExitCode": "-", "Final": "yes"}
 
 
 def test_auto_executor_with_cluster_lsf(lsf_standin: StandIn, tmp_path: Path) -> None:
@@ -315,11 +351,12 @@ def test_vanished_jobs_are_judged_by_their_result_file(
 ) -> None:
     monkeypatch.setenv("LSF_STANDIN_CLEAN_S", "0")  # bjobs forgets jobs as soon as they end
     monkeypatch.setattr(LSFJob, "_results_timeout_s", 0)  # no grace for a slow file system
+    monkeypatch.setattr(LSFJob.watcher, "not_found_grace_s", 0)  # judge "not found" at once
     executor = LSFExecutor(folder=tmp_path)
     ok, lost = executor.submit(_job_identity, 2), executor.submit(_exit_without_result)
     assert ok.result()[0] == 4
     _wait_for(lambda: lost.done(force_check=True))
-    assert ok.get_info(mode="force") == {"State": VANISHED}
+    assert ok.get_info(mode="force") == {"State": VANISHED, "Final": "yes"}
     assert (ok.state, lost.state) == ("DONE", "EXIT")
     with pytest.raises(UncompletedJobError, match=r"has not produced any output \(state: EXIT\)"):
         lost.result()

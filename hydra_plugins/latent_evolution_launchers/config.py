@@ -1,49 +1,62 @@
 """Configs of the dispatching launchers, registered in Hydra's `hydra/launcher` group.
 
-Unlike hydra-submitit-launcher's, these hold no resource request (queue or partition, CPUs,
-memory, time, GPUs): each job's request comes from that job's own composed `hardware` config,
-so one sweep over `hardware=l4,a100,h100,h200` sends every job to its own queue. What stays
-here is how to submit.
+`submitit_slurm` is hydra-submitit-launcher's own SlurmQueueConf (every field, default and
+meaning), plus `dry_run` and `wait`; `submitit_lsf` has the same generic fields (BaseQueueConf)
+plus LSF's own. A job whose composed config has this project's `hardware` takes its resource
+request from there (one sweep fills several queues); any other app's jobs take it from these
+fields, as with hydra-submitit-launcher.
 
 (No `from __future__ import annotations`: Hydra imports plugins outside sys.modules, where
 dataclasses cannot resolve string annotations.)
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.search_path_plugin import SearchPathPlugin
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 
 LAUNCHERS = "hydra_plugins.latent_evolution_launchers.dispatch_launcher"
 PROVIDER = "latent_evolution_launchers"
 
 
 @dataclass
-class DispatchQueueConf:
-    _target_: str = ""
-    # submitit's pickles, scripts and job logs; %j is the scheduler's job id
-    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
-    name: str = "${name}"  # scheduler job name: the experiment's
-    dry_run: bool = False  # print each submission script, submit nothing
+class SweepOptions:
+    dry_run: bool = False  # print each submission script, submit nothing (needs no scheduler)
     wait: bool = True  # false: submit, record the job ids, return at once (frees the login node)
-    array_parallelism: int = 256  # jobs of one array running at once
-    setup: list[str] = field(default_factory=list)  # shell lines run before python in each job
-    # requeues after a time-out, each resuming from the run's checkpoint (preemption: unlimited)
-    max_num_timeout: int = 0
-    stderr_to_stdout: bool = False
 
 
 @dataclass
-class SlurmDispatchConf(DispatchQueueConf):
+class SlurmDispatchConf(SlurmQueueConf, SweepOptions):
     _target_: str = f"{LAUNCHERS}.SlurmDispatchLauncher"
-    signal_delay_s: int = 120  # USR2 this long before the time limit, to checkpoint and requeue
 
 
 @dataclass
-class LSFDispatchConf(DispatchQueueConf):
+class LSFDispatchConf(BaseQueueConf, SweepOptions):
+    """BaseQueueConf's generic fields map as: cpus_per_task -> `-n`, gpus_per_node -> `-gpu
+    "num=N"`, mem_gb -> `-M` and `rusage[mem=]`, timeout_min -> `-W`; nodes and tasks_per_node
+    must stay 1 (one process per job)."""
+
     _target_: str = f"{LAUNCHERS}.LSFDispatchLauncher"
-    signal_delay_min: int = 2  # USR2 (-wa/-wt) this long before the run limit, as for Slurm
+    queue: str | None = None  # -q
+    project: str | None = None  # -P
+    gpu: str | None = None  # the -gpu string ("num=1:gmodel=NVIDIAA100"); wins over gpus_per_node
+    # how the site counts rusage[mem]: "job" (LSF's default, per host: the job with span[hosts=1])
+    # or "slot" (RESOURCE_RESERVE_PER_TASK=Y in lsb.params: per task, so mem_gb is divided)
+    mem_per: str = "job"
+    additional_directives: dict[str, Any] = field(default_factory=dict)  # {"R": "select[...]"}
+    signal_delay_min: int = 2  # USR2 (-wa/-wt) this long before the run limit, to checkpoint
+    max_num_timeout: int = 0
+    array_parallelism: int = 256
+    setup: list[str] | None = None  # shell lines run before python in each job
+    # bjobs polling: seconds between polls once jobs run a while (submitit's delay_s), and how
+    # long a job may stay "not found" / ZOMBI / UNKWN before it is judged (see latent_evolution.lsf)
+    poll_s: float = 30.0
+    not_found_grace_s: float = 300.0
+    zombi_grace_s: float = 600.0
+    unknown_grace_s: float = 3600.0
 
 
 ConfigStore.instance().store(
@@ -54,12 +67,11 @@ ConfigStore.instance().store(
 class ClaimSubmititSlurm(SearchPathPlugin):
     """Make `hydra/launcher=submitit_slurm` the dispatching launcher, deterministically.
 
-    hydra-submitit-launcher stores its own `submitit_slurm` (one partition per sweep) when Hydra
-    imports it. Hydra imports plugin modules in sys.path order, re-running any imported before,
-    so a module-level store of the same name wins or loses by path order. A
-    conf/hydra/launcher/submitit_slurm.yaml is no way out: Hydra validates such a file against
-    the ConfigStore entry of the same name (theirs). Hydra calls search path plugins after it
-    has imported every plugin and before it composes anything, so storing here always wins.
+    hydra-submitit-launcher stores its own `submitit_slurm` when Hydra imports it. Hydra imports
+    plugin modules in sys.path order, re-running any imported before, so a module-level store of
+    the same name wins or loses by path order. Hydra calls search path plugins after it has
+    imported every plugin and before it composes anything, so storing here always wins. The node
+    is a superset of theirs, so any app written for theirs composes and runs unchanged.
     """
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:

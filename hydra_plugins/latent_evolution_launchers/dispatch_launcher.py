@@ -1,16 +1,21 @@
-"""Launchers that submit each job of a sweep with the resources its own `hardware` asks for.
+"""Launchers that submit each job of a sweep with the resources its own config asks for.
 
 hydra-submitit-launcher builds one executor from the launcher config, so every job of a sweep
 lands in one queue. Here each job's config is composed first (as the job itself will compose
-it) and its `hardware` turned into a scheduler request; jobs with equal requests go out as one
-array. Running a job and checkpoint-and-requeue on preemption are hydra-submitit-launcher's,
-by inheritance. Heavy imports stay inside methods: Hydra imports every plugin module at start
-(outside sys.modules, hence no `from __future__ import annotations` with a dataclass here).
+it); a job of this project (its config has our typed `hardware`) takes its request from there,
+any other app's job from the launcher config, exactly as with hydra-submitit-launcher. Jobs with
+equal parameters go out as one array. Running a job and checkpoint-and-requeue on preemption
+are hydra-submitit-launcher's, by inheritance. Heavy imports stay inside methods: Hydra imports
+every plugin module at start (outside sys.modules, hence no `from __future__ import
+annotations` with a dataclass here).
 """
 
+import dataclasses
 import json
 import logging
+import os
 import shlex
+import shutil
 import sys
 import traceback
 from collections import defaultdict
@@ -20,14 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
+from hydra_plugins.latent_evolution_launchers.config import LSFDispatchConf, SlurmDispatchConf
+
 log = logging.getLogger(__name__)
+# submitit's generic executor parameters (AutoExecutor's), converted by each executor
+GENERIC = tuple(f.name for f in dataclasses.fields(BaseQueueConf) if f.name != "submitit_folder")
 # launcher options that are not executor parameters
 LAUNCHER_ONLY = ("_target_", "submitit_folder", "max_num_timeout", "dry_run", "wait")
+DEFAULT_NAME = "${hydra.job.name}"  # hydra-submitit-launcher's; our jobs take the experiment's
+EXIT_NO_SCHEDULER = 2
 
 
 class SweepFailed(CompactHydraException):
@@ -38,7 +50,7 @@ class SweepFailed(CompactHydraException):
 class PlannedJob:
     num: int  # hydra.job.num: the job's sub-folder of the sweep folder
     overrides: list[str]
-    request: dict[str, Any]  # executor parameters taken from the job's own `hardware`
+    params: dict[str, Any]  # the launcher's parameters for this job, its own request applied
     job: Any = None  # the submitit Job, once submitted
     refused: Exception | None = None  # why the scheduler did not take it
 
@@ -46,20 +58,31 @@ class PlannedJob:
 class DispatchLauncher(BaseSubmititLauncher):
     """Subclasses say how a `hardware` config becomes a request, and which executor submits it."""
 
-    job_name_parameter = "name"  # the executor's parameter for the scheduler's job name
+    conf: type  # the launcher's config dataclass: its defaults tell set fields from unset ones
+    submit_command: str  # the scheduler's submission command, which must be on PATH
+    watcher_keys: tuple[str, ...] = ()  # launcher options for the executor's job watcher
 
-    def request(self, hardware: Any) -> dict[str, Any]:
+    def hardware_request(self, hardware: Any) -> dict[str, Any]:
+        """A `hardware` config as launcher parameters (this launcher's field names)."""
         raise NotImplementedError
 
     def executor_class(self) -> type:
         raise NotImplementedError
 
-    def executor(self, request: dict[str, Any]) -> Any:
-        p = self.params
-        executor = self.executor_class()(p["submitit_folder"], max_num_timeout=p["max_num_timeout"])
-        options = {k: v for k, v in p.items() if k not in (*LAUNCHER_ONLY, "name")}
-        options[self.job_name_parameter] = p["name"]
-        executor.update_parameters(**request, **options)
+    def configure_watcher(self) -> None:
+        """Hand the launcher's polling options to the executor's job watcher."""
+
+    def executor(self, params: dict[str, Any], dry_run: bool = False) -> Any:
+        """An executor with these parameters, generic ones converted as AutoExecutor does."""
+        cls = self.executor_class()
+        if dry_run:  # renders scripts only: submitit's check for the scheduler does not apply
+            cls = type(cls.__name__, (cls,), {"affinity": classmethod(lambda _: 1)})
+        executor = cls(params["submitit_folder"], max_num_timeout=params["max_num_timeout"])
+        skip = (*LAUNCHER_ONLY, *self.watcher_keys)
+        options = {k: v for k, v in params.items() if k not in skip and v is not None}
+        generic = {k: options.pop(k) for k in GENERIC if k in options}
+        # as AutoExecutor: a scheduler's own parameter wins over a generic one
+        executor.update_parameters(**{**executor._convert_parameters(generic), **options})
         return executor
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
@@ -83,13 +106,14 @@ class DispatchLauncher(BaseSubmititLauncher):
         plans = [self._plan(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
         groups: dict[str, list[PlannedJob]] = defaultdict(list)
         for plan in plans:
-            groups[json.dumps(plan.request, sort_keys=True)].append(plan)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            groups[json.dumps(plan.params, sort_keys=True, default=str)].append(plan)
         if self.params["dry_run"]:
             for group in groups.values():
                 self._print_script(group)
             return [_job_return(p, JobStatus.COMPLETED, None) for p in plans]
-        executors = [(self.executor(g[0].request), g) for g in groups.values()]  # all valid first
+        self._require_scheduler()
+        self._make_sweep_dir()
+        executors = [(self.executor(g[0].params), g) for g in groups.values()]  # all valid first
         for executor, group in executors:
             self._submit(executor, group)  # a refused group does not stop the others
         record = self._record([p for p in plans if p.job is not None])
@@ -103,6 +127,7 @@ class DispatchLauncher(BaseSubmititLauncher):
                 else _job_return(p, JobStatus.FAILED, p.refused)
                 for p in plans
             ]
+        self.configure_watcher()
         results = [_outcome(p) for p in plans]
         failed = [
             (p, r) for p, r in zip(plans, results, strict=True) if r.status != JobStatus.COMPLETED
@@ -116,23 +141,61 @@ class DispatchLauncher(BaseSubmititLauncher):
         assert self.config is not None
         return Path(str(self.config.hydra.sweep.dir))
 
-    def _plan(self, overrides: list[str], num: int) -> PlannedJob:
-        """Compose the job's config as the job will, and take its request from its `hardware`."""
-        from latent_evolution.config import to_config
+    def _make_sweep_dir(self) -> None:
+        assert self.config is not None
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:  # as hydra-submitit-launcher
+            os.chmod(self.sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
 
+    def _require_scheduler(self) -> None:
+        """No scheduler here: one line and exit status 2 before anything is submitted."""
+        if shutil.which(self.submit_command) is not None:
+            return
+        assert self.config is not None
+        launcher = self.config.hydra.runtime.choices.get("hydra/launcher", type(self).__name__)
+        print(
+            f"error: hydra/launcher={launcher}: `{self.submit_command}` is not on PATH (no "
+            f"scheduler on this machine); nothing was submitted. To see the job scripts "
+            f"instead, add hydra.launcher.dry_run=true",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_NO_SCHEDULER)
+
+    def _plan(self, overrides: list[str], num: int) -> PlannedJob:
+        """Compose the job's config as the job will, and take its parameters from it."""
         assert self.hydra_context is not None and self.config is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        return PlannedJob(num, overrides, self.request(to_config(cfg).hardware))
+        return PlannedJob(num, overrides, self.job_params(cfg))
+
+    def job_params(self, cfg: Any) -> dict[str, Any]:
+        """The launcher's parameters, with this project's `hardware` request where the job has
+        one; a launcher field set away from its default stays the user's choice for every job."""
+        hardware = cfg.get("hardware")
+        kind = OmegaConf.get_type(hardware) if OmegaConf.is_config(hardware) else None
+        if getattr(kind, "__module__", None) != "latent_evolution.config":
+            return dict(self.params)  # any other app: the launcher config, as upstream
+        from latent_evolution.config import to_config
+
+        defaults = OmegaConf.to_container(OmegaConf.structured(self.conf))
+        assert isinstance(defaults, dict)
+        request = self.hardware_request(to_config(cfg).hardware)
+        kept = {k: v for k, v in request.items() if self.params.get(k) == defaults.get(k)}
+        assert self.config is not None
+        if OmegaConf.to_container(self.config.hydra.launcher)["name"] == DEFAULT_NAME:
+            kept["name"] = cfg.name  # the experiment's name, not the module's
+        return {**self.params, **kept}
 
     def _submit(self, executor: Any, group: list[PlannedJob]) -> None:
         state = Singleton.get_state()
         args = [
             (p.overrides, "hydra.sweep.dir", p.num, f"job_id_for_{p.num}", state) for p in group
         ]
+        for plan in group:
+            log.info("\t#%d : %s", plan.num, " ".join(filter_overrides(plan.overrides)))
         try:
             jobs = executor.map_array(self, *zip(*args, strict=True))
         except Exception as exc:  # e.g. bsub/sbatch refusing a queue this user may not use
-            log.error("submission refused for %s: %s", describe(group[0].request), exc)
+            log.error("submission refused for %s: %s", self.describe(group[0].params), exc)
             for plan in group:
                 plan.refused = exc
             return
@@ -140,15 +203,23 @@ class DispatchLauncher(BaseSubmititLauncher):
             plan.job = job
         log.info(
             "submitted %s: jobs %s as %s",
-            describe(group[0].request),
+            self.describe(group[0].params),
             [p.num for p in group],
             group[0].job.job_id.split("_")[0],
         )
 
+    def describe(self, params: dict[str, Any]) -> str:
+        """The resource request part of a job's parameters, for logs and the dry run."""
+        shown = ("name", *self.hardware_request_keys(), "gpus_per_node", "nodes")
+        return " ".join(f"{k}={params[k]}" for k in dict.fromkeys(shown) if params.get(k))
+
+    def hardware_request_keys(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
     def _print_script(self, group: list[PlannedJob]) -> None:
-        text = self.script(self.executor(group[0].request), len(group))
+        text = self.script(self.executor(group[0].params, dry_run=True), len(group))
         jobs = "\n".join(f"#   job {p.num}: {' '.join(p.overrides)}" for p in group)
-        print(f"# dry run, not submitted: {describe(group[0].request)}\n{jobs}\n{text}")
+        print(f"# dry run, not submitted: {self.describe(group[0].params)}\n{jobs}\n{text}")
 
     def _record(self, plans: list[PlannedJob]) -> Path:
         """Which scheduler job runs which sweep job, with its log and run folder."""
@@ -212,9 +283,11 @@ def failure_report(
 ) -> str:
     lines = [f"{len(failed)} of {n_jobs} jobs failed (the others finished):"]
     for plan, result in failed:
+        reason = plan.job.get_info(mode="cache").get("Reason") if plan.job else None
         lines += [
             f"  job {plan.num} ({' '.join(plan.overrides)}):",
             f"      {_first_line(result._return_value)}",
+            *([f"      scheduler: {reason}"] if reason else []),
             f"      log: {plan.job.paths.stderr if plan.job else '(never submitted)'}",
             f"      run folder: {sweep_dir / str(plan.num)}",
         ]
@@ -228,35 +301,28 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.strip()[:200]}"
 
 
-def describe(request: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in request.items())
-
-
-def _present(params: dict[str, Any]) -> dict[str, Any]:
-    """Drop unset values, so the scheduler's defaults apply and equal requests group."""
-    return {k: v for k, v in params.items() if v is not None and v != {}}
-
-
 # ------------------------------------------------------------------------ Slurm
 
 
 class SlurmDispatchLauncher(DispatchLauncher):
-    job_name_parameter = "job_name"
+    conf = SlurmDispatchConf
+    submit_command = "sbatch"
 
-    def request(self, hardware: Any) -> dict[str, Any]:
+    def hardware_request(self, hardware: Any) -> dict[str, Any]:
         s = hardware.slurm
-        return _present(
-            {
-                "partition": s.partition,
-                "constraint": s.constraint,
-                "gres": s.gres,
-                "cpus_per_task": s.cpus_per_task,
-                "account": s.account,
-                "additional_parameters": dict(s.additional_parameters),
-                "mem": f"{hardware.mem_gb}GB",
-                "time": hardware.timeout_min,  # sbatch's names
-            }
-        )
+        return {
+            "partition": s.partition,
+            "constraint": s.constraint,
+            "gres": s.gres,
+            "cpus_per_task": s.cpus_per_task,
+            "account": s.account,
+            "additional_parameters": dict(s.additional_parameters),
+            "mem_gb": hardware.mem_gb,
+            "timeout_min": hardware.timeout_min,
+        }
+
+    def hardware_request_keys(self) -> tuple[str, ...]:
+        return ("partition", "constraint", "gres", "cpus_per_task", "mem_gb", "timeout_min")
 
     def executor_class(self) -> type:
         import submitit
@@ -268,21 +334,32 @@ class SlurmDispatchLauncher(DispatchLauncher):
 
 
 class LSFDispatchLauncher(DispatchLauncher):
-    def request(self, hardware: Any) -> dict[str, Any]:
+    conf = LSFDispatchConf
+    submit_command = "bsub"
+    watcher_keys = ("poll_s", "not_found_grace_s", "zombi_grace_s", "unknown_grace_s")
+
+    def hardware_request(self, hardware: Any) -> dict[str, Any]:
         q = hardware.lsf
-        return _present(
-            {
-                "queue": q.queue,
-                "slots": q.slots,
-                "gpu": q.gpu,
-                "project": q.project,
-                "additional_directives": dict(q.additional_directives),
-                "mem_gb": hardware.mem_gb,
-                "timeout_min": hardware.timeout_min,
-            }
-        )
+        return {
+            "queue": q.queue,
+            "cpus_per_task": q.slots,
+            "gpu": q.gpu,
+            "project": q.project,
+            "mem_per": q.mem_per,
+            "additional_directives": dict(q.additional_directives),
+            "mem_gb": hardware.mem_gb,
+            "timeout_min": hardware.timeout_min,
+        }
+
+    def hardware_request_keys(self) -> tuple[str, ...]:
+        return ("queue", "cpus_per_task", "gpu", "mem_gb", "timeout_min")
 
     def executor_class(self) -> type:
         from latent_evolution.lsf import LSFExecutor
 
         return LSFExecutor
+
+    def configure_watcher(self) -> None:
+        from latent_evolution.lsf import LSFJob
+
+        LSFJob.watcher.configure(**{k: self.params[k] for k in self.watcher_keys})

@@ -10,6 +10,18 @@ rows, "Job <1> is not found" once a finished job is older than the cleaning peri
 Timing knobs (seconds): LSF_STANDIN_CLEAN_S (cleaning period, default 3600),
 LSF_STANDIN_TERMINATE_S (bkill/brequeue: SIGINT+SIGTERM, then SIGKILL after this, default
 10), LSF_STANDIN_MINUTE_S (length of one -W/-wt minute, default 60).
+
+Behaviours of real clusters, each behind a switch (unset: off):
+- LSF_STANDIN_NOT_FOUND_POLLS=N: a busy mbatchd; bjobs answers "Job <id> is not found" for
+  the first N bjobs calls that name a job after its bsub, and the job is dispatched only
+  after them (a client that stops asking never sees it run).
+- LSF_STANDIN_HOST_LOST=ZOMBI|UNKWN (elements LSF_STANDIN_HOST_LOST_INDEX, default all): the
+  host of a running element is lost; its process dies without a word and bjobs shows ZOMBI
+  (killed while unreachable) or UNKWN (sbatchd unreachable) from then on.
+- LSF_STANDIN_REQUEUE_EXIT_POLLS=N: after a brequeue the element shows EXIT for the next N
+  bjobs calls before it is PEND again (and then runs).
+- LSF_STANDIN_SIGKILL_ONLY=1: no LSB_USE_SEQUENTIAL_SIGNAL; bkill and brequeue send a job of
+  more than one slot SIGKILL only, no SIGINT/SIGTERM first.
 """
 
 from __future__ import annotations
@@ -185,7 +197,7 @@ def supervise(job_id: str) -> None:
             _deliver(job, processes)
             _dispatch(job, processes)
             _save(job)
-        if all(e["stat"] in FINISHED for e in job["elements"].values()):
+        if all(e["stat"] in FINISHED or e.get("lost") for e in job["elements"].values()):
             return
         time.sleep(0.05)
 
@@ -197,9 +209,12 @@ def _reap(job: dict[str, Any], processes: dict[str, subprocess.Popen[bytes]]) ->
             continue
         del processes[index]
         element = job["elements"][index]
+        if element.get("lost"):  # the host is gone: nobody reports how the job ended
+            continue
         if element["requeue"]:  # brequeue: back to PEND, same job id, run again from the top
             element.update(stat="PEND", pid=None, signals=[], kill_at=None, requeue=False)
             element.update(killed=False, warned=False)
+            element["transient_exit"] = int(_setting("REQUEUE_EXIT_POLLS", 0))
             continue
         code = code if code >= 0 else 128 - code  # killed by signal N: LSF reports 128+N
         failed = code != 0 or element["killed"]
@@ -253,9 +268,21 @@ def _dispatch(job: dict[str, Any], processes: dict[str, subprocess.Popen[bytes]]
     limit = job["limit"] or len(job["elements"])
     for index in sorted(job["elements"], key=int):
         element = job["elements"][index]
-        if element["stat"] == "PEND" and len(processes) < limit:
+        ready = element["stat"] == "PEND" and not element.get("transient_exit")
+        ready &= job.get("polls", 0) >= _setting("NOT_FOUND_POLLS", 0)  # mbatchd still busy
+        if ready and len(processes) < limit:
             processes[index] = _start(job, index)
             element.update(stat="RUN", pid=processes[index].pid, start=time.time())
+            _maybe_lose_host(element, index)
+
+
+def _maybe_lose_host(element: dict[str, Any], index: str) -> None:
+    """LSF_STANDIN_HOST_LOST: the element's host goes away as soon as it runs."""
+    state = os.environ.get("LSF_STANDIN_HOST_LOST")
+    chosen = os.environ.get("LSF_STANDIN_HOST_LOST_INDEX", index).split(",")
+    if state and index in chosen:
+        _signal_group(element["pid"], "KILL")
+        element.update(stat=state, lost=True)
 
 
 def _start(job: dict[str, Any], index: str) -> subprocess.Popen[bytes]:
@@ -298,7 +325,7 @@ def _field(job: dict[str, Any], index: str, field: str) -> str | None:
     values = {
         "jobid": str(job["id"]),
         "jobindex": index,
-        "stat": element["stat"],
+        "stat": "EXIT" if element.get("transient_exit") else element["stat"],
         "exit_code": None if element["exit_code"] is None else str(element["exit_code"]),
         "job_name": _indexed(job["name"], index),
         "queue": job["queue"],
@@ -317,9 +344,13 @@ def bjobs(argv: list[str]) -> int:
     with _locked():
         for arg in ids:
             job, keys = _selected(arg)
+            if job is not None and _busy_mbatchd(job):
+                job, keys = None, []
             if job is None:
                 missing.append(arg)
             rows += [[_field(job, key, f) for f in fields] for key in keys]
+            if job is not None:
+                _count_transient_exit(job, keys)
     if "json" in options:
         print(json.dumps(_json_records(fields, rows, missing), indent=2))
     else:
@@ -330,6 +361,21 @@ def bjobs(argv: list[str]) -> int:
         for arg in missing:
             print(f"Job <{arg}> is not found", file=sys.stderr)
     return 255 if missing else 0
+
+
+def _busy_mbatchd(job: dict[str, Any]) -> bool:
+    """LSF_STANDIN_NOT_FOUND_POLLS: the job's first N bjobs answers are "not found"."""
+    job["polls"] = job.get("polls", 0) + 1
+    _save(job)
+    return job["polls"] <= _setting("NOT_FOUND_POLLS", 0)
+
+
+def _count_transient_exit(job: dict[str, Any], keys: list[str]) -> None:
+    for key in keys:
+        element = job["elements"][key]
+        if element.get("transient_exit"):
+            element["transient_exit"] -= 1
+    _save(job)
 
 
 def _json_records(fields: list[str], rows: list[list[Any]], missing: list[str]) -> dict:
@@ -344,7 +390,7 @@ def _json_records(fields: list[str], rows: list[list[Any]], missing: list[str]) 
 
 
 def _act(argv: list[str], act: Any, verb: str) -> int:
-    """Apply act(job, element) to every unfinished element named by each argument."""
+    """Apply act(element, slots) to every unfinished element named by each argument."""
     failed = False
     with _locked():
         for arg in argv:
@@ -356,17 +402,20 @@ def _act(argv: list[str], act: Any, verb: str) -> int:
                 print(f"Job <{arg}>: Job has already finished", file=sys.stderr)
             else:
                 for key in active:
-                    act(job["elements"][key])
+                    act(job["elements"][key], job["slots"])
                 _save(job)
                 print(f"Job <{arg}> is being {verb}")
             failed |= job is None or not active
     return 255 if failed else 0
 
 
-def _terminate(element: dict[str, Any], requeue: bool = False) -> None:
+def _terminate(element: dict[str, Any], slots: int, requeue: bool = False) -> None:
     if element["stat"] in ACTIVE:
-        element["signals"] += ["INT", "TERM"]
-        element["kill_at"] = time.time() + _setting("TERMINATE_S", 10)
+        if slots > 1 and os.environ.get("LSF_STANDIN_SIGKILL_ONLY") == "1":
+            element["kill_at"] = time.time()  # a parallel job: SIGKILL at once
+        else:
+            element["signals"] += ["INT", "TERM"]
+            element["kill_at"] = time.time() + _setting("TERMINATE_S", 10)
         element.update(killed=not requeue, requeue=requeue)
     elif not requeue:  # a pending job is simply removed
         element.update(stat="EXIT", end=time.time())
@@ -378,7 +427,7 @@ def bkill(argv: list[str]) -> int:
         return _act(argv, _terminate, "terminated")
     name = argv[1].removeprefix("SIG")
 
-    def send(element: dict[str, Any]) -> None:
+    def send(element: dict[str, Any], slots: int) -> None:
         if element["stat"] in ACTIVE:
             element["signals"].append(name)
         elif name in ("STOP", "CONT"):  # pending: hold or release
@@ -390,9 +439,9 @@ def bkill(argv: list[str]) -> int:
 def brequeue(argv: list[str]) -> int:
     """brequeue ID|"ID[i]": kill running elements and put them back to PEND, same id."""
 
-    def requeue(element: dict[str, Any]) -> None:
+    def requeue(element: dict[str, Any], slots: int) -> None:
         if element["stat"] in ACTIVE:
-            _terminate(element, requeue=True)
+            _terminate(element, slots, requeue=True)
 
     return _act(argv, requeue, "requeued")
 
