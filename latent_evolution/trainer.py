@@ -46,6 +46,7 @@ from latent_evolution.metrics import (
 )
 from latent_evolution.model import LatentModel, constant_baseline
 from latent_evolution.preemption import DeferredSignals
+from latent_evolution.streaming import StreamError
 
 log = logging.getLogger(__name__)
 LOSS_PARTS = ("objective", "evolve", "recon", "reg")
@@ -153,7 +154,9 @@ class Trainer:
         self.config, self.run_dir = config, Path(run_dir)
         self.device = resolve_device(config.hardware.device)
         torch.manual_seed(config.training.seed)
-        self.data = data if data is not None else load_dataset(config.data, self.device)
+        self.data = (
+            data if data is not None else load_dataset(config.data, self.device, config.training)
+        )
         if self.device.type == "cpu":
             keep_freed_host_memory()  # after loading: its one-off read buffers went back
         self.model = LatentModel(config.model, self.data.n_neurons, self.data.n_input).to(
@@ -222,7 +225,18 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, Any]:
-        """Train from self.epoch to training.epochs, then evaluate and write the run's files."""
+        """Train from self.epoch to training.epochs, then evaluate and write the run's files.
+
+        A streamed chunk that cannot be read stops the run after a checkpoint of the work so
+        far (mid-epoch weights: a resume repeats that epoch from them).
+        """
+        try:
+            return self._fit()
+        except StreamError:
+            save_checkpoint(self.run_dir, self.state_dict())
+            raise
+
+    def _fit(self) -> dict[str, Any]:
         t = self.config.training
         started = time.perf_counter() - self.training_seconds  # a resumed run counts on
         status, diverged_at = "ok", None
@@ -302,7 +316,10 @@ class Trainer:
         splits = {"train": d.train, "val": d.val, "test": d.test}
         losses = {f"final_{k}_loss": self.evaluate(s) for k, s in splits.items()}
         baselines = {
-            f"{k}_loss_constant_model": constant_baseline(s.x, tu) for k, s in splits.items()
+            f"{k}_loss_constant_model": constant_baseline(s.x, tu)
+            if isinstance(s, Split)
+            else s.constant_baseline(tu, self.config.training.eval_batch_size)
+            for k, s in splits.items()
         }
         read = {k: float(v) for k, v in {**losses, **baselines}.items()}
         if status == "ok" and not all(math.isfinite(read[k]) for k in losses):
