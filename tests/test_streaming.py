@@ -361,7 +361,7 @@ def test_abandoned_pass_does_not_keep_the_process_alive(folder):
         "import sys, torch\n"
         "from latent_evolution.data import BatchSource, load_dataset\n"
         "from tests.test_streaming import stream_config\n"
-        f"data = load_dataset(stream_config(sys.argv[1]), torch.device('cpu'))\n"
+        "data = load_dataset(stream_config(sys.argv[1]), torch.device('cpu'))\n"
         "b = BatchSource(data, torch.device('cpu'), 1, torch.Generator().manual_seed(0))\n"
         "it = b.random(data.train, 8, 50, False)\n"
         "next(it)\n"
