@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,7 @@ def run_mode(args: argparse.Namespace, folder: Path, mode: str) -> dict:
     from latent_evolution.trainer import Trainer
 
     conf = str(Path(__file__).resolve().parent.parent / "conf")
+    runtime_mb = peak_rss_mb()  # the interpreter, torch and Hydra, before data or model
     with tempfile.TemporaryDirectory() as run_dir:
         with initialize_config_dir(conf, version_base="1.3"):
             config = to_config(compose("config", overrides=overrides(args, folder, mode, run_dir)))
@@ -88,9 +88,18 @@ def run_mode(args: argparse.Namespace, folder: Path, mode: str) -> dict:
         "steps_per_s": trainer.steps_per_epoch / statistics.median(seconds),
         "epoch_s": statistics.median(seconds),
         "loader_pass_s": read_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
+        "runtime_rss_mb": runtime_mb,
+        "model_state_mb": 4 * sum(p.numel() for p in trainer.model.parameters()) * 4 / 2**20,
         "threads": torch.get_num_threads(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    status = Path("/proc/self/status").read_text()
+    line = next(li for li in status.splitlines() if li.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def loader_seconds(trainer) -> float:
@@ -107,9 +116,8 @@ def summarize(args: argparse.Namespace, rows: list[dict]) -> dict:
     n, n_in, frame_bytes = args.n_neurons, args.n_input, args.n_neurons * N_COLUMNS * 4
     kept = sum(b - a for a, b in SPLITS.values()) * (n + n_in) * 4
     budget = args.chunks_in_memory * args.chunk_frames * (n + n_in) * 4
-    resident_peak = statistics.median(r["peak_rss_mb"] for r in by["resident"]) * 2**20
-    model_and_runtime = resident_peak - kept  # the resident run holds the kept splits on top
-    streamed_peak = statistics.median(r["peak_rss_mb"] for r in by["streamed"]) * 2**20
+    peak = {m: statistics.median(r["peak_rss_mb"] for r in by[m]) for m in MODES}
+    fixed = statistics.median(r["runtime_rss_mb"] + r["model_state_mb"] for r in by["streamed"])
     train_frames = SPLITS["train"][1] - SPLITS["train"][0]
     resident_epoch = statistics.median(r["epoch_s"] for r in by["resident"])
     loader_s = statistics.median(r["loader_pass_s"] for r in by["streamed"])
@@ -117,10 +125,10 @@ def summarize(args: argparse.Namespace, rows: list[dict]) -> dict:
         "kept_mb": kept / 2**20,
         "budget_mb": budget / 2**20,
         "kept_over_budget": kept / budget,
-        "model_and_runtime_mb": model_and_runtime / 2**20,
-        "streamed_peak_rss_mb": streamed_peak / 2**20,
-        "streamed_added_over_budget": (streamed_peak - model_and_runtime) / budget,
-        "resident_peak_rss_mb": resident_peak / 2**20,
+        "runtime_and_model_state_mb": fixed,  # weights, grads, Adam moments: 4 x params
+        "peak_rss_mb": peak,
+        # what the streamed run added beyond runtime and model state (activations included)
+        "streamed_rest_over_budget": (peak["streamed"] - fixed) / (budget / 2**20),
         "streamed_vs_resident_steps": statistics.median(r["steps_per_s"] for r in by["streamed"])
         / statistics.median(r["steps_per_s"] for r in by["resident"]),
         "read_needed_gb_s": train_frames * frame_bytes / resident_epoch / 1e9,
