@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 CPU_KERNELS = ("onednn", "torch")  # latent_evolution.linear.place_model; CUDA is always torch
 DATA_SOURCES = ("embedded", "simulation")
 DATA_COLUMNS = ("VOLTAGE", "CALCIUM", "FLUORESCENCE")
+STREAM_CHOICES = ("auto", "true", "false")
 
 
 # --------------------------------------------------------------------------- model
@@ -108,6 +109,22 @@ class EmbeddedConfig:
 
 
 @dataclass
+class StreamConfig:
+    """Splits read chunk by chunk while training instead of kept whole (streaming.py).
+
+    A chunk is chunk_frames consecutive frames; chunks_in_memory of them are held at once in
+    host memory (and on a CUDA device), prefetch of those being read ahead by a background
+    thread, the others resident for batches.
+    """
+
+    enabled: str = "auto"  # auto: stream when the kept splits exceed host_budget_gb | true | false
+    chunk_frames: int = 4096  # fly size: 4096 x (13741 + 1736) x 4 B = 254 MB a chunk
+    chunks_in_memory: int = 4
+    prefetch: int = 1  # chunks read ahead while training on the others
+    host_budget_gb: float = 16.0  # kept splits above this stream under auto (1e9 bytes)
+
+
+@dataclass
 class DataConfig:
     name: str = "embedded"
     source: str = "embedded"
@@ -120,6 +137,7 @@ class DataConfig:
     noise_std: float | None = 0.05  # process noise per frame; None if unknown
     device: str = "auto"  # where the data lives: auto (the training device) | cpu | cuda
     splits: SplitsConfig = field(default_factory=SplitsConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
 
 
@@ -296,6 +314,41 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
         )
 
 
+def stream_mode(s: StreamConfig) -> str:
+    """data.stream.enabled as one of STREAM_CHOICES (YAML reads true/false as booleans)."""
+    return str(s.enabled).lower()
+
+
+def validate_stream(s: StreamConfig, time_units: int, batch_size: int) -> None:
+    """The chunk settings a streamed run needs; checked under true now, under auto once the
+    data is known to stream (data.load_dataset), before any frame is read."""
+    _positive("data.stream.chunk_frames", s.chunk_frames)
+    _positive("data.stream.prefetch", s.prefetch)
+    if s.chunks_in_memory <= s.prefetch:
+        raise ConfigError(
+            "data.stream.chunks_in_memory",
+            s.chunks_in_memory,
+            f"must be > data.stream.prefetch={s.prefetch}: room for a resident chunk "
+            "beside those read ahead",
+        )
+    starts = s.chunk_frames - time_units  # start frames whose targets lie in one chunk
+    if starts < max(batch_size, 1):
+        raise ConfigError(
+            "data.stream.chunk_frames",
+            s.chunk_frames,
+            f"must hold training.batch_size={batch_size} start frames plus "
+            f"training.time_units={time_units} target frames (>= {batch_size + time_units})",
+        )
+
+
+def _validate_stream_choice(s: StreamConfig) -> None:
+    _choice("data.stream.enabled", stream_mode(s), STREAM_CHOICES)
+    if not 0 < s.host_budget_gb < math.inf:
+        raise ConfigError(
+            "data.stream.host_budget_gb", s.host_budget_gb, "must be a finite number > 0"
+        )
+
+
 def _validate_hardware(h: HardwareConfig) -> None:
     if h.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", h.device):
         raise ConfigError("hardware.device", h.device, "must be one of auto, cpu, cuda, cuda:N")
@@ -314,6 +367,9 @@ def validate(config: Config) -> None:
     _validate_model(config.model)
     _validate_training(config.training)
     _validate_data(config.data, config.training.time_units, config.training.batch_size)
+    _validate_stream_choice(config.data.stream)
+    if stream_mode(config.data.stream) == "true":
+        validate_stream(config.data.stream, config.training.time_units, config.training.batch_size)
     _validate_hardware(config.hardware)
     if config.model.use_batch_norm and config.training.batch_size < 2:
         raise ConfigError(

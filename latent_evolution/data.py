@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latent_evolution.config import DataConfig
+from latent_evolution.config import DataConfig, TrainingConfig
 from latent_evolution.errors import ConfigError
 from latent_evolution.simulation_folder import METADATA_FILE, SPLITS, check_simulation, read_window
 from latent_evolution.simulator import embedded_folder
+from latent_evolution.streaming import StreamedSplit, streamed_splits, streams
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,20 @@ class Split:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    @property
+    def n_neurons(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def n_input(self) -> int:
+        return self.stim.shape[1]
+
 
 @dataclass
 class Dataset:
-    train: Split
-    val: Split
-    test: Split
+    train: Split | StreamedSplit
+    val: Split | StreamedSplit
+    test: Split | StreamedSplit
     path: Path
     noise_std: float | None
     metadata: dict[str, Any]
@@ -57,11 +66,11 @@ class Dataset:
 
     @property
     def n_neurons(self) -> int:
-        return self.train.x.shape[1]
+        return self.train.n_neurons
 
     @property
     def n_input(self) -> int:
-        return self.train.stim.shape[1]
+        return self.train.n_input
 
 
 def _placement(choice: str, device: torch.device, kept_bytes: int) -> tuple[torch.device, bool]:
@@ -84,18 +93,24 @@ def _placement(choice: str, device: torch.device, kept_bytes: int) -> tuple[torc
     return device, False
 
 
-def load_dataset(cfg: DataConfig, device: torch.device) -> Dataset:
-    """Check the folder from its header, then read the split windows to where they live."""
+def load_dataset(
+    cfg: DataConfig, device: torch.device, training: TrainingConfig | None = None
+) -> Dataset:
+    """Check the folder from its header, then read the split windows to where they live, or
+    leave them on disk to be streamed (data.stream; training: to check the chunk size)."""
     folder = embedded_folder(cfg) if cfg.source == "embedded" else Path(cfg.path).expanduser()
     layout = check_simulation(folder, cfg)
     windows = {name: list(getattr(cfg.splits, name)) for name in SPLITS}
     frames = sum(stop - start for start, stop in windows.values())
     kept_bytes = frames * (layout.shape[1] + cfg.n_input) * 4  # float32
-    where, streamed = _placement(cfg.device, device, kept_bytes)
-    splits = {}
-    for name, window in windows.items():
-        x, stim = read_window(layout, cfg.column, cfg.n_input, name, window)
-        splits[name] = Split(torch.from_numpy(x).to(where), torch.from_numpy(stim).to(where))
+    if streams(cfg.stream, kept_bytes):
+        splits, streamed = streamed_splits(layout, cfg, device, training), False
+    else:
+        where, streamed = _placement(cfg.device, device, kept_bytes)
+        splits = {}
+        for name, window in windows.items():
+            x, stim = read_window(layout, cfg.column, cfg.n_input, name, window)
+            splits[name] = Split(torch.from_numpy(x).to(where), torch.from_numpy(stim).to(where))
     meta_file = folder / METADATA_FILE
     metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     # the process noise is added to V, so it bounds the loss of the VOLTAGE column only
@@ -158,12 +173,18 @@ class BatchSource:
         self, split: Split, batch_size: int, steps: int, evolve_multiple_steps: bool
     ) -> Iterator[Batch]:
         """`steps` batches of start frames drawn uniformly, with replacement."""
+        if isinstance(split, StreamedSplit):
+            return split.random(
+                batch_size, steps, evolve_multiple_steps, self.generator, self.time_units
+            )
         high = len(split) - self.time_units
         starts = torch.randint(high, (steps, batch_size), generator=self.generator)
         return self._batches(split, starts.to(split.x.device), evolve_multiple_steps)
 
     def ordered(self, split: Split, batch_size: int) -> Iterator[Batch]:
         """Every start frame of the split once, in order; targets are frames t+tu only."""
+        if isinstance(split, StreamedSplit):
+            return split.ordered(batch_size, self.time_units)
         starts = torch.arange(len(split) - self.time_units, device=split.x.device)
         return self._batches(split, starts.split(batch_size), evolve_multiple_steps=False)
 

@@ -39,7 +39,7 @@ def evaluate(
         with autocast:
             pred = model(x_t, stim)
         total += (pred.float() - targets[:, -1]).pow(2).sum()
-    return total / (n_starts * split.x.shape[1])
+    return total / (n_starts * split.n_neurons)
 
 
 def last_finite(history: list[dict[str, Any]], column: str) -> float | None:
@@ -53,8 +53,12 @@ def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> M
     tu, d, history = trainer.config.training.time_units, trainer.data, trainer.history
     splits = {name: getattr(d, name) for name in SPLITS}
     losses = {f"final_{k}_loss": float(trainer.evaluate(s)) for k, s in splits.items()}
+    chunk = trainer.config.training.eval_batch_size
     baselines = {
-        f"{k}_loss_constant_model": float(constant_baseline(s.x, tu)) for k, s in splits.items()
+        f"{k}_loss_constant_model": float(
+            constant_baseline(s.x, tu) if isinstance(s, Split) else s.constant_baseline(tu, chunk)
+        )
+        for k, s in splits.items()
     }
     last = history[-1] if history else {}
     durations = [r["epoch_duration_seconds"] for r in history]

@@ -131,16 +131,25 @@ def _check_finite(
 
 
 def read_window(
-    layout: NpyLayout, column: str, n_input: int, split: str, window: list[int]
+    layout: NpyLayout,
+    column: str,
+    n_input: int,
+    split: str,
+    window: list[int],
+    frames: tuple[int, int] | None = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames [start, stop) of one column (T, N) and the stimulus (T, n_input), float32.
 
-    Reads READ_CHUNK_BYTES at a time and fails on the first non-finite kept value.
+    `frames` reads only that part of the split's window (a streamed chunk), into `out` when
+    given. Reads READ_CHUNK_BYTES at a time and fails on the first non-finite kept value.
     """
-    start, stop = window
+    start, stop = frames or window
     n, width = layout.shape[1:]
-    x = np.empty((stop - start, n), np.float32)
-    stim = np.empty((stop - start, n_input), np.float32)
+    x, stim = out or (
+        np.empty((stop - start, n), np.float32),
+        np.empty((stop - start, n_input), np.float32),
+    )
     chunk = max(1, READ_CHUNK_BYTES // layout.frame_bytes)
     buf = np.empty((min(chunk, stop - start), n, width), dtype=layout.dtype)
     with open(layout.path, "rb", buffering=0) as f:

@@ -45,6 +45,7 @@ from latent_evolution.run_folder import (
     write_epoch_log,
     write_metrics,
 )
+from latent_evolution.streaming import StreamError
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ class Trainer:
         self.config, self.run_dir = config, Path(run_dir)
         self.device = resolve_device(config.hardware.device)
         torch.manual_seed(config.training.seed)
-        self.data = data if data is not None else load_dataset(config.data, self.device)
+        self.data = (
+            data if data is not None else load_dataset(config.data, self.device, config.training)
+        )
         # initialised on the CPU (the same weights for a seed on every device), then placed
         model = LatentModel(config.model, self.data.n_neurons, self.data.n_input)
         self.model = place_model(model, self.device, config.hardware.cpu_kernels)
@@ -181,7 +184,18 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, Any]:
-        """Train from self.epoch to training.epochs, then evaluate and write the run's files."""
+        """Train from self.epoch to training.epochs, then evaluate and write the run's files.
+
+        A streamed chunk that cannot be read stops the run after a checkpoint of the work so
+        far (mid-epoch weights: a resume repeats that epoch from them).
+        """
+        try:
+            return self._fit()
+        except StreamError:
+            save_checkpoint(self.run_dir, self.state_dict())
+            raise
+
+    def _fit(self) -> dict[str, Any]:
         t = self.config.training
         started = time.perf_counter() - self.training_seconds  # a resumed run counts on
         diverged_at = None

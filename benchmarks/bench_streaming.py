@@ -1,0 +1,230 @@
+"""Streaming benchmark: memory and speed of streamed against resident splits, and losses.
+
+Writes a fly-sized recording (N 13741, n_input 1736; T 4000 frames, 2.0 GB) to a temp dir
+whose kept splits are several times the stream's chunk budget, then in a fresh process
+per mode (twice each, alternating) trains on it: peak RSS against the budget, train
+steps/s, and the file read rate streaming needs at the resident speed beside the loader's
+achieved rate. `--losses` trains the embedded data set both ways for a few seeds.
+
+    python benchmarks/bench_streaming.py --json stream.json
+    python benchmarks/bench_streaming.py --losses --seeds 3 --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+N_COLUMNS = 9
+SPLITS = {"train": [0, 3200], "val": [3200, 3600], "test": [3600, 4000]}
+MODES = ("resident", "streamed")
+
+
+def write_recording(folder: Path, n_frames: int, n_neurons: int) -> Path:
+    """Random (T, N, 9) float32 frames, 64 at a time: values do not change the speed."""
+    path = folder / "x_list_0.npy"
+    out = np.lib.format.open_memmap(path, "w+", np.float32, (n_frames, n_neurons, N_COLUMNS))
+    rng = np.random.default_rng(0)
+    for t in range(0, n_frames, 64):
+        out[t : t + 64] = rng.standard_normal((min(64, n_frames - t), n_neurons, N_COLUMNS))
+    out.flush()
+    del out
+    return path
+
+
+def overrides(args: argparse.Namespace, folder: Path, mode: str, run_dir: Path) -> list[str]:
+    return [
+        "data=simulation",
+        f"data.path={folder}",
+        f"data.n_input={args.n_input}",
+        *(f"data.splits.{k}=[{a},{b}]" for k, (a, b) in SPLITS.items()),
+        f"data.stream.enabled={'true' if mode == 'streamed' else 'false'}",
+        f"data.stream.chunk_frames={args.chunk_frames}",
+        f"data.stream.chunks_in_memory={args.chunks_in_memory}",
+        "hardware=cpu" if args.device == "cpu" else f"hardware.device={args.device}",
+        f"training.batch_size={args.batch_size}",
+        "training.epochs=1",
+        "training.checkpoint_every=0",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def run_mode(args: argparse.Namespace, folder: Path, mode: str) -> dict:
+    """One mode in this process: timed train epochs, then a whole run to metrics.json."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from latent_evolution.config import to_config
+    from latent_evolution.trainer import Trainer
+
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    runtime_mb = peak_rss_mb()  # the interpreter, torch and Hydra, before data or model
+    with tempfile.TemporaryDirectory() as run_dir:
+        with initialize_config_dir(conf, version_base="1.3"):
+            config = to_config(compose("config", overrides=overrides(args, folder, mode, run_dir)))
+        trainer = Trainer(config, Path(run_dir))
+        sync = torch.cuda.synchronize if trainer.device.type == "cuda" else lambda: None
+        trainer.train_epoch()  # warm-up
+        seconds = []
+        for _ in range(args.epochs):
+            sync()
+            start = time.perf_counter()
+            trainer.train_epoch()
+            sync()
+            seconds.append(time.perf_counter() - start)
+        read_s = loader_seconds(trainer) if mode == "streamed" else None
+        metrics = trainer.fit()  # one epoch, evaluation of all splits, the run's files
+    return {
+        "mode": mode,
+        "status": metrics["status"],
+        "steps_per_s": trainer.steps_per_epoch / statistics.median(seconds),
+        "epoch_s": statistics.median(seconds),
+        "loader_pass_s": read_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "runtime_rss_mb": runtime_mb,
+        "model_state_mb": 4 * sum(p.numel() for p in trainer.model.parameters()) * 4 / 2**20,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    status = Path("/proc/self/status").read_text()
+    line = next(li for li in status.splitlines() if li.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def loader_seconds(trainer) -> float:
+    """Seconds for the loader alone to read the training split's chunks (no training)."""
+    split = trainer.data.train
+    start = time.perf_counter()
+    for _ in split.ordered(trainer.config.data.stream.chunk_frames, 1):
+        pass
+    return time.perf_counter() - start
+
+
+def summarize(args: argparse.Namespace, rows: list[dict]) -> dict:
+    by = {m: [r for r in rows if r["mode"] == m] for m in MODES}
+    n, n_in, frame_bytes = args.n_neurons, args.n_input, args.n_neurons * N_COLUMNS * 4
+    kept = sum(b - a for a, b in SPLITS.values()) * (n + n_in) * 4
+    budget = args.chunks_in_memory * args.chunk_frames * (n + n_in) * 4
+    peak = {m: statistics.median(r["peak_rss_mb"] for r in by[m]) for m in MODES}
+    fixed = statistics.median(r["runtime_rss_mb"] + r["model_state_mb"] for r in by["streamed"])
+    train_frames = SPLITS["train"][1] - SPLITS["train"][0]
+    resident_epoch = statistics.median(r["epoch_s"] for r in by["resident"])
+    loader_s = statistics.median(r["loader_pass_s"] for r in by["streamed"])
+    return {
+        "kept_mb": kept / 2**20,
+        "budget_mb": budget / 2**20,
+        "kept_over_budget": kept / budget,
+        "runtime_and_model_state_mb": fixed,  # weights, grads, Adam moments: 4 x params
+        "peak_rss_mb": peak,
+        # what the streamed run added beyond runtime and model state (activations included)
+        "streamed_rest_over_budget": (peak["streamed"] - fixed) / (budget / 2**20),
+        "streamed_vs_resident_steps": statistics.median(r["steps_per_s"] for r in by["streamed"])
+        / statistics.median(r["steps_per_s"] for r in by["resident"]),
+        "read_needed_gb_s": train_frames * frame_bytes / resident_epoch / 1e9,
+        "read_achieved_gb_s": train_frames * frame_bytes / loader_s / 1e9,
+        "runs": rows,
+    }
+
+
+def bench(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        folder = Path(tmp)
+        start = time.perf_counter()
+        path = write_recording(folder, SPLITS["test"][1], args.n_neurons)
+        size = path.stat().st_size
+        print(f"wrote {size / 1e9:.2f} GB in {time.perf_counter() - start:.1f} s")
+        rows = []
+        for mode in [*MODES] * args.repeats:  # alternating: drift hits both modes alike
+            cmd = [sys.executable, __file__, "--child", mode, "--folder", str(folder)]
+            done = subprocess.run(cmd + child_args(args), capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{mode} run failed:\n{done.stderr[-3000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]))
+    return {"file_gb": size / 1e9, **summarize(args, rows)}
+
+
+def child_args(args: argparse.Namespace) -> list[str]:
+    keys = ("n_neurons", "n_input", "chunk_frames", "chunks_in_memory", "batch_size", "epochs")
+    flags = [[f"--{k.replace('_', '-')}", str(getattr(args, k))] for k in keys]
+    return [*sum(flags, []), "--device", args.device]
+
+
+def losses(args: argparse.Namespace) -> dict:
+    """Final losses on the embedded data set, resident and streamed, same seeds."""
+    from hydra import compose, initialize_config_dir
+
+    from latent_evolution.config import to_config
+    from latent_evolution.trainer import Trainer
+
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    keys = ("final_train_loss", "final_val_loss", "final_test_loss")
+    results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in MODES}
+    for seed in range(args.seeds):
+        for mode in MODES:
+            extra = [
+                f"training.seed={seed}",
+                f"training.epochs={args.epochs}",
+                "hardware=cpu",
+                f"data.stream.enabled={'true' if mode == 'streamed' else 'false'}",
+                f"data.stream.chunk_frames={args.chunk_frames}",
+                f"data.stream.chunks_in_memory={args.chunks_in_memory}",
+            ]
+            with initialize_config_dir(conf, version_base="1.3"):
+                config = to_config(compose("config", overrides=extra))
+            with tempfile.TemporaryDirectory() as run_dir:
+                metrics = Trainer(config, Path(run_dir)).fit()
+            for k in keys:
+                results[mode][k].append(metrics[k])
+            print(mode, seed, {k: round(metrics[k], 6) for k in keys})
+    return {
+        m: {
+            k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+            for k, v in r.items()
+        }
+        for m, r in results.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-neurons", type=int, default=13741)
+    p.add_argument("--n-input", type=int, default=1736)
+    p.add_argument("--chunk-frames", type=int, default=300)
+    p.add_argument("--chunks-in-memory", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per run (--losses: trained)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating")
+    p.add_argument("--tmp", help="where the temp recording goes (default: the system's)")
+    p.add_argument("--losses", action="store_true", help="embedded losses, streamed vs resident")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_mode(args, args.folder, args.child)))
+        return {}
+    report = losses(args) if args.losses else bench(args)
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Streamed splits: the right frames, bounded memory, same seed same batches, clean faults."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latent_evolution import simulation_folder
+from latent_evolution.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    SplitsConfig,
+    StreamConfig,
+    TrainingConfig,
+    to_config,
+    validate,
+)
+from latent_evolution.data import BatchSource, load_dataset
+from latent_evolution.simulation_folder import COLUMNS, DATA_FILE
+from latent_evolution.streaming import StreamedSplit, StreamError
+from latent_evolution.trainer import Trainer
+from tests.conftest import ROOT
+
+T, N, N_INPUT = 600, 5, 2
+SPLITS = {"train": [10, 410], "val": [420, 500], "test": [510, 600]}
+CPU = torch.device("cpu")
+TINY = ("data=tiny", "model=small", "hardware=cpu")
+
+
+def coded(t_frames: int = T) -> np.ndarray:
+    """x[t, n, c] = 10 t + n / 10 + 0.01 c: each value says its frame, neuron and column."""
+    t, n, c = np.meshgrid(np.arange(t_frames), np.arange(N), np.arange(9), indexing="ij")
+    return (10 * t + n / 10 + 0.01 * c).astype(np.float32)
+
+
+def stream_config(folder: Path, **stream) -> DataConfig:
+    return DataConfig(
+        source="simulation",
+        path=str(folder),
+        n_input=N_INPUT,
+        noise_std=None,
+        splits=SplitsConfig(**SPLITS),
+        stream=StreamConfig(**{"enabled": "true", "chunk_frames": 40, **stream}),
+    )
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    np.save(tmp_path / DATA_FILE, coded())
+    return tmp_path
+
+
+def frame_of(values: torch.Tensor) -> torch.Tensor:
+    """The frame a coded VOLTAGE value came from (neuron 0)."""
+    return torch.round((values - 0.03) / 10).long()
+
+
+def source(folder: Path, seed: int = 0, tu: int = 1, **stream) -> tuple[BatchSource, object]:
+    data = load_dataset(stream_config(folder, **stream), CPU)
+    return BatchSource(data, CPU, tu, torch.Generator().manual_seed(seed)), data
+
+
+# ------------------------------------------------------------------------ the frames
+
+
+@pytest.mark.parametrize("every_step", [False, True])
+def test_streamed_batches_hold_the_frames_their_start_names(folder, every_step):
+    tu = 3
+    batches, data = source(folder, tu=tu)
+    assert isinstance(data.train, StreamedSplit)
+    first = SPLITS["train"][0]
+    for x_t, stim, targets in batches.random(data.train, 8, 30, every_step):
+        t = frame_of(x_t[:, 0])
+        assert torch.equal(x_t, torch.from_numpy(coded()[t, :, COLUMNS["VOLTAGE"]]))
+        assert ((t >= first) & (t < SPLITS["train"][1] - tu)).all()
+        ahead = torch.arange(1, tu + 1) if every_step else torch.tensor([tu])
+        assert torch.equal(frame_of(targets[:, :, 0]), t[:, None] + ahead)
+        stim_frames = torch.round((stim[:, :, 0] - 0.04) / 10).long()
+        assert torch.equal(stim_frames, t[:, None] + torch.arange(tu))
+        assert stim.shape[-1] == N_INPUT
+
+
+def test_each_batch_draws_from_the_resident_window_of_chunks(folder):
+    batches, data = source(folder, chunks_in_memory=3, prefetch=1)  # 2 resident chunks
+    per_chunk = 40 - 1
+    for x_t, _, _ in batches.random(data.train, 16, 40, False):
+        chunks = torch.unique((frame_of(x_t[:, 0]) - SPLITS["train"][0]) // per_chunk)
+        assert len(chunks) <= 2
+
+
+def test_start_frames_are_drawn_in_proportion_over_an_epoch(folder):
+    """Each chunk's share of the samples follows its share of start frames (11 chunks,
+    the last one short), like uniform sampling over the whole window."""
+    batches, data = source(folder)
+    starts = torch.cat(
+        [frame_of(x[:, 0]) for x, _, _ in batches.random(data.train, 50, 400, False)]
+    )
+    per_chunk, n_starts = 39, 400 - 1
+    counts = torch.bincount((starts - SPLITS["train"][0]) // per_chunk).double()
+    expected = torch.tensor([per_chunk] * 10 + [n_starts - 10 * per_chunk]) / n_starts
+    sigma = (expected * (1 - expected) / len(starts)).sqrt()
+    assert ((counts / len(starts) - expected).abs() < 6 * sigma).all()
+
+
+def test_same_seed_same_batches_and_another_seed_others(folder):
+    def draw(seed: int) -> list[torch.Tensor]:
+        batches, data = source(folder, seed=seed)
+        return [x.clone() for x, _, _ in batches.random(data.train, 8, 20, False)]
+
+    assert all(torch.equal(a, b) for a, b in zip(draw(3), draw(3), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(draw(3), draw(4), strict=True))
+
+
+def test_ordered_batches_visit_every_start_once_in_order(folder):
+    batches, data = source(folder, tu=2)
+    seen = torch.cat([frame_of(x[:, 0]) for x, _, _ in batches.ordered(data.val, 7)])
+    assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 2))
+
+
+def test_memory_is_the_chunk_slots_whatever_the_window(tmp_path):
+    """Host data of a streamed run: chunks_in_memory x chunk_frames rows, for T 600 or 6000."""
+    sizes = []
+    for t_frames in (600, 6000):
+        folder = tmp_path / str(t_frames)
+        folder.mkdir()
+        np.save(folder / DATA_FILE, coded(t_frames))
+        cfg = stream_config(folder)
+        cfg.splits = SplitsConfig(
+            train=[10, t_frames - 200],
+            val=[t_frames - 190, t_frames - 100],
+            test=[t_frames - 90, t_frames],
+        )
+        data = load_dataset(cfg, CPU)
+        sizes.append(sum(t.nbytes for t in data.train.pool.host))
+        assert data.val.pool is data.train.pool is data.test.pool
+    assert sizes[0] == sizes[1] == 4 * 40 * (N + N_INPUT) * 4
+
+
+# ------------------------------------------------------------------ settings and auto
+
+
+@pytest.mark.parametrize(
+    ("stream", "batch_size", "match"),
+    [
+        ({"chunk_frames": 8}, 8, r"^data\.stream\.chunk_frames=8: must hold training\.batch_"),
+        ({"chunk_frames": 1}, 1, r"^data\.stream\.chunk_frames=1: must hold .*time_units=1"),
+        (
+            {"chunks_in_memory": 2, "prefetch": 2},
+            4,
+            r"^data\.stream\.chunks_in_memory=2: must be >",
+        ),
+        ({"enabled": "sometimes"}, 4, r"^data\.stream\.enabled='sometimes': must be one of auto,"),
+        ({"host_budget_gb": 0.0}, 4, r"^data\.stream\.host_budget_gb=0\.0: must be a finite"),
+    ],
+    ids=["chunk < batch + tu", "chunk < tu + 1", "no resident chunk", "enabled", "budget"],
+)
+def test_bad_stream_settings_are_one_line_before_any_file_is_read(
+    tmp_path, stream, batch_size, match
+):
+    config = Config(
+        data=stream_config(tmp_path / "not-read", **stream),
+        training=TrainingConfig(batch_size=batch_size),
+    )
+    with pytest.raises(ConfigError, match=match) as exc:
+        validate(config)
+    assert "\n" not in str(exc.value)
+
+
+def test_budget_too_small_for_the_chunks_is_refused_from_the_header(folder):
+    with pytest.raises(
+        ConfigError, match=r"^data\.stream\.chunks_in_memory=4: chunks of 40 frames"
+    ):
+        load_dataset(stream_config(folder, host_budget_gb=1e-6), CPU)
+
+
+def test_auto_streams_only_splits_above_the_host_budget(compose):
+    def train_split(budget_gb: float) -> object:
+        cfg = to_config(
+            compose(
+                *TINY, f"data.stream.host_budget_gb={budget_gb}", "data.stream.chunk_frames=256"
+            )
+        )
+        return load_dataset(cfg.data, CPU, cfg.training).train
+
+    # tiny: 5600 frames x (128 + 32) float32 = 3.6 MB kept; 4 chunks of 256 frames = 0.66 MB
+    assert isinstance(train_split(1e-3), StreamedSplit)
+    assert not isinstance(train_split(16.0), StreamedSplit)
+
+
+def test_yaml_booleans_select_streaming(compose):
+    on = to_config(compose(*TINY, "data.stream.enabled=true"))
+    off = to_config(compose(*TINY, "data.stream.enabled=false"))
+    assert isinstance(load_dataset(on.data, CPU, on.training).train, StreamedSplit)
+    assert not isinstance(load_dataset(off.data, CPU, off.training).train, StreamedSplit)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_streamed_training_finishes_near_resident_training(compose, tmp_path):
+    runs = {}
+    for mode in ("false", "true"):
+        cfg = to_config(
+            compose(
+                *TINY,
+                "training.epochs=3",
+                f"data.stream.enabled={mode}",
+                "data.stream.chunk_frames=512",
+            )
+        )
+        runs[mode] = Trainer(cfg, tmp_path / mode).fit()
+    assert runs["true"]["status"] == runs["false"]["status"] == "ok"
+    # the constant model is a property of the data: streamed in order, it is the same
+    for split in ("train", "val", "test"):
+        key = f"{split}_loss_constant_model"
+        assert runs["true"][key] == pytest.approx(runs["false"][key], rel=1e-5)
+    assert runs["true"]["final_val_loss"] == pytest.approx(runs["false"]["final_val_loss"], rel=0.2)
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def streamed_trainer(compose, run_dir: Path, folder: Path) -> Trainer:
+    cfg = to_config(
+        compose(
+            *TINY,
+            "data=simulation",
+            f"data.path={folder}",
+            "data.n_input=32",
+            "data.noise_std=null",
+            "data.splits.train=[200,4600]",
+            "data.splits.val=[4700,5300]",
+            "data.splits.test=[5400,6000]",
+            "training.epochs=5",
+            "data.stream.enabled=true",
+            "data.stream.chunk_frames=512",
+        )
+    )
+    return Trainer(cfg, run_dir)
+
+
+@pytest.fixture
+def tiny_copy(compose, tmp_path) -> Path:
+    from latent_evolution.data import embedded_folder
+
+    folder = tmp_path / "sim"
+    folder.mkdir()
+    src = embedded_folder(to_config(compose("data=tiny")).data) / DATA_FILE
+    (folder / DATA_FILE).write_bytes(src.read_bytes())
+    return folder
+
+
+def test_file_changed_under_the_run_stops_it_after_a_checkpoint(compose, tmp_path, tiny_copy):
+    trainer = streamed_trainer(compose, tmp_path / "run", tiny_copy)
+    epoch = trainer.train_epoch
+
+    def train_epoch():
+        if trainer.epoch == 2:  # another job rewrites the recording during epoch 3
+            path = tiny_copy / DATA_FILE
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 10**9))
+        return epoch()
+
+    trainer.train_epoch = train_epoch
+    with pytest.raises(StreamError) as exc:
+        trainer.fit()
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith(f"data.path='{tiny_copy}': {tiny_copy / DATA_FILE} frames [")
+    assert "changed since the run started" in message
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_read_error_names_file_and_frames_after_a_checkpoint(
+    compose, tmp_path, tiny_copy, monkeypatch
+):
+    trainer = streamed_trainer(compose, tmp_path / "run", tiny_copy)
+    real = simulation_folder._read_exact
+    reads = []
+
+    def failing_disk(f, out):
+        reads.append(1)
+        if len(reads) > 20:  # the disk fails once training is under way
+            raise OSError(errno.EIO, "Input/output error")
+        real(f, out)
+
+    monkeypatch.setattr(simulation_folder, "_read_exact", failing_disk)
+    with pytest.raises(StreamError, match=r"frames \[\d+, \d+\): read failed: \[Errno 5\] Input/"):
+        trainer.fit()
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_cli_reports_a_stream_fault_in_one_line(tmp_path, tiny_copy):
+    """A file truncated before the run is caught from the header; one rewritten after the
+    header check but before a chunk is read stops on that chunk."""
+    path = tiny_copy / DATA_FILE
+    os.truncate(path, path.stat().st_size - 4)
+    cmd = [
+        sys.executable,
+        "-m",
+        "latent_evolution.train",
+        *TINY,
+        "data=simulation",
+        f"data.path={tiny_copy}",
+        "data.n_input=32",
+        "data.splits.train=[200,4600]",
+        "data.splits.val=[4700,5300]",
+        "data.splits.test=[5400,6000]",
+        "data.stream.enabled=true",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: data.path='{tiny_copy}'")
+
+
+# ------------------------------------------------------------- the loader never hangs
+
+
+def cli_run(run_dir: Path, *extra: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "latent_evolution.train",
+        *TINY,
+        "training.epochs=1000",
+        "training.checkpoint_every=1",
+        "data.stream.enabled=true",
+        "data.stream.chunk_frames=256",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_warning_signal_and_sigterm_end_a_streamed_run_after_a_checkpoint(tmp_path, signum):
+    proc = cli_run(tmp_path)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=120) == -signum  # not hung on the loader thread
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_abandoned_pass_does_not_keep_the_process_alive(folder):
+    """A pass left mid-epoch (its loader waiting for a slot) must not block exit."""
+    script = (
+        "import sys, torch\n"
+        "from latent_evolution.data import BatchSource, load_dataset\n"
+        "from tests.test_streaming import stream_config\n"
+        "data = load_dataset(stream_config(sys.argv[1]), torch.device('cpu'))\n"
+        "b = BatchSource(data, torch.device('cpu'), 1, torch.Generator().manual_seed(0))\n"
+        "it = b.random(data.train, 8, 50, False)\n"
+        "next(it)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(folder)], cwd=ROOT, timeout=120)
+    assert done.returncode == 3
