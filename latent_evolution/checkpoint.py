@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = (
     "training.epochs",
     "training.checkpoint_every",
     "training.log_every",
+    "logger",
 )
 
 

@@ -26,6 +26,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 PRECISIONS = ("fp32", "tf32", "bf16")
 DATA_SOURCES = ("embedded", "simulation")
 DATA_COLUMNS = ("VOLTAGE", "CALCIUM", "FLUORESCENCE")
+LOGGERS = ("csv", "tensorboard")  # csv: training_log.csv only; tensorboard: plus event files
 
 
 class ConfigError(ValueError):
@@ -160,6 +161,14 @@ class HardwareConfig:
     slurm: SlurmRequest = field(default_factory=SlurmRequest)
 
 
+# -------------------------------------------------------------------------- logger
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"  # every run writes training_log.csv; tensorboard adds <run>/tensorboard/
+
+
 # -------------------------------------------------------------------------- root
 
 
@@ -170,6 +179,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register_configs() -> None:
@@ -180,6 +190,7 @@ def register_configs() -> None:
         ("training", TrainingConfig),
         ("data", DataConfig),
         ("hardware", HardwareConfig),
+        ("logger", LoggerConfig),
     ):
         cs.store(group=group, name=f"base_{group}", node=node)
 
@@ -322,6 +333,7 @@ def validate(config: Config) -> None:
     _validate_training(config.training)
     _validate_data(config.data, config.training.time_units, config.training.batch_size)
     _validate_hardware(config.hardware)
+    _choice("logger.name", config.logger.name, LOGGERS)
     if config.model.use_batch_norm and config.training.batch_size < 2:
         raise ConfigError(
             "training.batch_size",

@@ -12,10 +12,8 @@ float32 products go to oneDNN (latent_evolution.linear).
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
 import dataclasses
-import io
 import logging
 import math
 import platform
@@ -36,7 +34,9 @@ from latent_evolution.checkpoint import (
 )
 from latent_evolution.config import Config
 from latent_evolution.data import BatchSource, Dataset, Split, load_dataset
-from latent_evolution.files import atomic_write, atomic_write_json, atomic_write_text
+from latent_evolution.epoch_log import EpochLog
+from latent_evolution.files import atomic_write, atomic_write_json
+from latent_evolution.loggers import RunLoggers
 from latent_evolution.metrics import (
     GPUMonitor,
     commit_hash,
@@ -171,6 +171,7 @@ class Trainer:
         self.epoch = 0
         self.training_seconds = 0.0  # in the epoch loop, over every segment of a resumed run
         self.history: list[dict[str, Any]] = []
+        self.epoch_log = EpochLog(self.run_dir / "training_log.csv")
 
     # ------------------------------------------------------------------ the step
 
@@ -227,6 +228,8 @@ class Trainer:
         started = time.perf_counter() - self.training_seconds  # a resumed run counts on
         status, diverged_at = "ok", None
         epochs = range(self.epoch, t.epochs)
+        self.epoch_log.restart(self.history)  # exactly the checkpoint's epochs (none if fresh)
+        loggers = RunLoggers(self.config.logger.name, self.run_dir)
         with GPUMonitor(self.device) as monitor, DeferredSignals() as signals:
             bar = self._progress(epochs)
             for epoch in bar:
@@ -243,9 +246,16 @@ class Trainer:
                     "epoch": epoch + 1,
                     **{f"train_{k}_loss": v for k, v in zip(LOSS_PARTS, values[:4], strict=True)},
                     "val_loss": values[4] if val is not None else None,
+                    "best_val_loss": self._best_val(values[4] if val is not None else None),
                     "epoch_duration_seconds": time.perf_counter() - epoch_start,
+                    "learning_rate": self.optimizer.param_groups[0]["lr"],
+                    # the monitor thread's latest NVML sample (None on CPU): no device sync
+                    "gpu_utilization_percent": monitor.latest_utilization_percent,
+                    "gpu_memory_mb": monitor.latest_memory_mb,
                 }
                 self.history.append(row)
+                self.epoch_log.append(row)  # durable now: a crash loses only the next epoch
+                loggers.log_epoch(row)
                 self.epoch = epoch + 1
                 self.training_seconds = time.perf_counter() - started
                 self._report(bar, row)
@@ -259,7 +269,16 @@ class Trainer:
             self._final_metrics(status, diverged_at, self.training_seconds, gpu)
         )
         self._write_outputs(metrics)
+        loggers.log_final(dataclasses.asdict(self.config), metrics, self.epoch)
+        loggers.close()
         return metrics
+
+    def _best_val(self, val: float | None) -> float | None:
+        """The lowest finite validation loss so far, this epoch's included."""
+        best = self.history[-1].get("best_val_loss") if self.history else None
+        if val is not None and math.isfinite(val) and (best is None or val < best):
+            return val
+        return best
 
     def _checkpoint_if_due(self, signals: DeferredSignals) -> None:
         """Save every checkpoint_every epochs, after the last, and when the cluster warns."""
@@ -352,15 +371,9 @@ class Trainer:
         }
 
     def _write_outputs(self, metrics: dict[str, Any]) -> None:
-        """Weights and the epoch log first; metrics.json last, so its presence means done."""
+        """Weights first; metrics.json last, so its presence means done (the epoch log is
+        already complete: each row was made durable at the end of its epoch)."""
         atomic_write(self.run_dir / "model.pt", lambda f: torch.save(self.model.state_dict(), f))
-        out = io.StringIO()
-        writer = csv.DictWriter(
-            out, fieldnames=list(self.history[0]) if self.history else ["epoch"]
-        )
-        writer.writeheader()
-        writer.writerows(self.history)
-        atomic_write_text(self.run_dir / "training_log.csv", out.getvalue())
         atomic_write_json(self.run_dir / "metrics.json", metrics)
 
     # ------------------------------------------------------------------ resume
