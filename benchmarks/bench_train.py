@@ -2,7 +2,7 @@
 
 For the fly_N9_62_1-sized model (N 13741, hidden 256, latent 256, stimulus 1736 -> 64)
 and each batch size and compile mode it reports steps/s, samples/s, the train step's
-achieved FLOP/s (matmul FLOPs counted exactly, see metrics.train_step_flops) beside
+achieved FLOP/s (matmul FLOPs counted exactly, see LatentModel.train_step_flops) beside
 the GEMM FLOP/s of the fastest library measured beside each timed epoch (the roofline
 fraction), the full loop's epoch against the train steps inside it (validation at the
 default cadence, the per-epoch read, logging, monitor), the train steps against a bare
@@ -35,7 +35,7 @@ from latent_evolution import linear
 from latent_evolution.checkpoint import save_checkpoint
 from latent_evolution.config import Config, DataConfig, HardwareConfig, ModelConfig, TrainingConfig
 from latent_evolution.data import Dataset, Split
-from latent_evolution.metrics import eval_flops, peak_flops, torch_memory_stats, train_step_flops
+from latent_evolution.metrics import peak_flops, torch_memory_stats
 from latent_evolution.trainer import Trainer, autocast_context, resolve_device
 
 TRAIN_FRAMES = 4096  # synthetic frames per split: 225 MB of fly-sized fp32 data
@@ -216,7 +216,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         device, t, steps = trainer.device, config.training, trainer.steps_per_epoch
         eager = mode == "none"
         compile_s = timed(trainer.train_epoch, device)  # first epoch: compilation + warm-up
-        flops = train_step_flops(trainer.model, batch_size, t.time_units, t.evolve_multiple_steps)
+        flops = trainer.model.train_step_flops(batch_size, t.time_units, t.evolve_multiple_steps)
         # train steps alone, each epoch beside a fresh GEMM ceiling (shared machines drift by
         # 20-30% within minutes), the plainest loop over the same model and the step's matmul
         # floor: ratios of each epoch to what was measured beside it
@@ -236,7 +236,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         # the full loop over val_every epochs: the default cadence's one validation included
         loop_s, in_steps_s = fit_split(trainer, t.val_every)
         checkpoint_s = timed(lambda: save_checkpoint(Path(run_dir), trainer.state_dict()), device)
-        val_flops = eval_flops(trainer.model, len(data.val) - t.time_units, t.time_units)
+        val_flops = trainer.model.eval_flops(len(data.val) - t.time_units, t.time_units)
         return {
             "batch_size": batch_size,
             "compile": mode,

@@ -1,24 +1,21 @@
-"""A run folder's checkpoint: written atomically, read back with weights_only=True.
+"""A run folder's torch files: checkpoint and final weights, written atomically.
 
 `checkpoint.pt` holds only tensors, dicts, lists, numbers and strings (model and
-optimizer state, RNG states, epoch, the epoch log, the config), so loading it never
-runs pickled code. `metrics.json` is written last by every run, so its presence
-means the run is complete and must not be trained again.
+optimizer state, RNG states, epoch, the epoch log, the config), so loading it with
+weights_only=True never runs pickled code. The file names are run_folder's.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from latent_evolution.config import ConfigError
+from latent_evolution.errors import ConfigError
 from latent_evolution.files import atomic_write
+from latent_evolution.run_folder import CHECKPOINT, MODEL
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
 # config keys a resumed run may change: where it runs and how long, not what it learns
 RESUMABLE_CHANGES = (
     "name",
@@ -40,6 +37,10 @@ RESUMABLE_CHANGES = (
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(state, f))
+
+
+def save_model(run_dir: Path, model: torch.nn.Module) -> Path:
+    return atomic_write(Path(run_dir) / MODEL, lambda f: torch.save(model.state_dict(), f))
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
@@ -89,9 +90,3 @@ def check_same_layout(saved_optimizer: dict[str, Any], model: torch.nn.Module, p
                     f"model's {shape}: it was written by another version of "
                     "latent_evolution; resume with that version or use a new run folder",
                 )
-
-
-def completed_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """The metrics of a finished run, or None if the run folder holds no finished run."""
-    path = Path(run_dir) / METRICS
-    return json.loads(path.read_text()) if path.exists() else None

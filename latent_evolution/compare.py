@@ -2,18 +2,16 @@
 
 Finds every run (a folder holding Hydra's `.hydra/config.yaml`, whatever launcher made it)
 under the given folders and reads its config and `metrics.json` into ONE record, so a run's
-parameters and results travel together from disk to table (the old summary script sorted
-configs and metrics separately and mislabeled rows). Each run gets a status (ok, failed,
-running, diverged); failed and diverged runs stay in every table. The tables are the lab's:
+parameters and results travel together from disk to table, never sorted apart. Each run
+gets a status (run_folder.RunStatus); runs that are not ok stay in every table. The tables:
 every run sorted by validation loss, train/val/test losses, and repeats across seeds.
-Rendering lives in `latent_evolution/report.py`.
+Rendering lives in `latent_evolution/report.py`; file names and the metrics schema in
+`latent_evolution/run_folder.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import re
 import sys
@@ -27,24 +25,30 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from latent_evolution.config import ConfigError
+from latent_evolution import report
+from latent_evolution.errors import EXIT_BAD_INPUT, ConfigError
+from latent_evolution.report import SEED, Comparison
+from latent_evolution.run_folder import (
+    CHECKPOINT,
+    HYDRA_CONFIG,
+    HYDRA_RUNTIME,
+    METRICS,
+    RunStatus,
+    as_number,
+    classify,
+    read_metrics,
+)
 
-CONFIG = Path(".hydra") / "config.yaml"
-SEED = "training.seed"
-SPLITS = ("train", "val", "test")
 # Differ between runs without being parameters: where each machine caches embedded data.
 # (Presets picked by a swept group, e.g. hardware.lsf.*, are folded into <group>.name below.)
 NOT_PARAMETERS = frozenset({"data.cache_dir"})
 # A run without metrics.json whose files changed this recently is still running (seconds).
 RUNNING_WINDOW_S = 15 * 60
-# A resumable run waiting to be requeued has one (latent_evolution/checkpoint.py's name;
-# not imported from there, as that module imports torch and this command must start fast).
-CHECKPOINT = "checkpoint.pt"
 LOG_TAIL_BYTES = 64 * 1024  # how much of a log's end to search for the error line
 # (TERM_...: LSF's reason for ending a job in its report, e.g. TERM_MEMLIMIT, TERM_RUNLIMIT)
 ERROR_LINE = re.compile(r"error|traceback|exception|killed|cancelled|TERM_", re.IGNORECASE)
-# Metric columns, in the notes' names; `improvement_vs_constant_pct` is derived (test loss).
-METRICS = (
+# Metric columns (run_folder.Metrics keys); `improvement_vs_constant_pct` is derived (test loss).
+METRIC_COLUMNS = (
     "final_train_loss",
     "final_val_loss",
     "final_test_loss",
@@ -61,8 +65,6 @@ METRICS = (
     "val_loss_constant_model",
     "test_loss_constant_model",
 )
-LOSSES = ("final_train_loss", "final_val_loss", "final_test_loss")
-STATUSES = ("ok", "diverged", "failed", "running")
 FORMATS = ("terminal", "markdown", "csv", "json")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
 
@@ -72,8 +74,8 @@ class Run:
     path: Path
     params: dict[str, Any] = field(default_factory=dict)  # flattened config, dotted keys
     metrics: dict[str, Any] = field(default_factory=dict)
-    status: str = "ok"
-    note: str = ""  # why a run failed or diverged
+    status: str = RunStatus.OK
+    note: str = ""  # why a run is not ok
 
 
 # ----------------------------------------------------------------- finding and reading
@@ -84,7 +86,7 @@ def find_runs(roots: Iterable[Path]) -> list[Path]:
     found: dict[str, Path] = {}
     for root in roots:
         for folder, dirs, _ in os.walk(root):
-            if ".hydra" in dirs and os.path.isfile(os.path.join(folder, CONFIG)):
+            if ".hydra" in dirs and os.path.isfile(os.path.join(folder, HYDRA_CONFIG)):
                 found.setdefault(os.path.realpath(folder), Path(folder))
                 dirs.clear()  # a run's own subfolders hold no runs
             else:
@@ -126,22 +128,21 @@ def load_run(path: Path) -> Run:
     """Read one run; anything unreadable makes the run failed, never the command."""
     run = Run(path)
     try:
-        run.params = flatten(read_yaml(path / CONFIG))
+        run.params = flatten(read_yaml(path / HYDRA_CONFIG))
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        run.status, run.note = "failed", f"unreadable {CONFIG}: {_one_line(exc)}"
+        run.status, run.note = RunStatus.FAILED, f"unreadable {HYDRA_CONFIG}: {_one_line(exc)}"
         return run
     try:
-        run.metrics = json.loads((path / "metrics.json").read_text())
-        if not isinstance(run.metrics, dict):
-            raise ValueError(f"expected an object, got {type(run.metrics).__name__}")
-    except FileNotFoundError:
-        run.metrics = {}
-        run.status, run.note = unfinished_status(path)
-        return run
+        metrics = read_metrics(path)
+        if metrics is None:
+            run.status, run.note = unfinished_status(path)
+            return run
+        if not isinstance(metrics, dict):
+            raise ValueError(f"expected an object, got {type(metrics).__name__}")
     except (OSError, ValueError) as exc:
-        run.metrics = {}
-        run.status, run.note = "failed", f"unreadable metrics.json: {_one_line(exc)}"
+        run.status, run.note = RunStatus.FAILED, f"unreadable {METRICS}: {_one_line(exc)}"
         return run
+    run.metrics = metrics
     run.status, run.note = classify(run.metrics)
     return run
 
@@ -153,46 +154,6 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- status
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def classify(metrics: dict[str, Any]) -> tuple[str, str]:
-    """The one divergence rule: (status, why) of a finished run.
-
-    Diverged = the trainer said so, or a final loss is not finite, or the run failed to
-    generalize: val or test loss above its constant baseline while the train loss is at or
-    below its own (batch size 32 did this in 3 of 5 seeds: train normal, val/test 1.3-32x).
-    """
-    losses = {s: _number(metrics.get(f"final_{s}_loss")) for s in SPLITS}
-    if metrics.get("status") == "diverged" or any(
-        v is not None and not math.isfinite(v) for v in losses.values()
-    ):
-        epoch = metrics.get("diverged_at_epoch")
-        return "diverged", "loss not finite" + (f" at epoch {epoch}" if epoch else "")
-    train, train_constant = losses["train"], _number(metrics.get("train_loss_constant_model"))
-    if train is None or train_constant is None:
-        return "ok", ""
-    if train > train_constant:  # not learning at all is no divergence, but it is worth a note
-        worse = all(
-            (loss := losses[s]) is not None
-            and (constant := _number(metrics.get(f"{s}_loss_constant_model"))) is not None
-            and loss > constant
-            for s in ("val", "test")
-        )
-        return "ok", "no better than the constant model on any split" if worse else ""
-    for split in ("val", "test"):
-        loss, constant = losses[split], _number(metrics.get(f"{split}_loss_constant_model"))
-        if loss is not None and constant is not None and loss > constant:
-            return "diverged", (
-                f"{split} loss {loss:.6g} > constant {constant:.6g} "
-                f"while train loss {train:.6g} <= constant {train_constant:.6g}"
-            )
-    return "ok", ""
-
-
 def unfinished_status(path: Path) -> tuple[str, str]:
     """A run without metrics.json: running (recent activity, or a checkpoint awaiting a
     requeue) unless its log ends in an error; otherwise failed, with the last error line."""
@@ -202,8 +163,9 @@ def unfinished_status(path: Path) -> tuple[str, str]:
     ended_in_error = any(ERROR_LINE.search(tail[-1]) for tail in tails if tail)
     recent = _newest_mtime([path, *logs]) > time.time() - RUNNING_WINDOW_S
     if (recent and not ended_in_error) or (not errors and (path / CHECKPOINT).is_file()):
-        return "running", ""
-    return "failed", errors[-1] if errors else "no metrics.json and no error line in its logs"
+        return RunStatus.RUNNING, ""
+    why = errors[-1] if errors else f"no {METRICS} and no error line in its logs"
+    return RunStatus.FAILED, why
 
 
 def log_files(run: Path) -> list[Path]:
@@ -212,7 +174,7 @@ def log_files(run: Path) -> list[Path]:
     plus LSF's job report (why LSF ended a job), <sweep>/.submitit/<id>[_<LSF index>]_lsf.out."""
     logs = sorted(run.glob("*.log")) + sorted(run.glob(".submitit/*/*_log.err"))
     try:
-        job_id = str(read_yaml(run / ".hydra" / "hydra.yaml")["hydra"]["job"]["id"])
+        job_id = str(read_yaml(run / HYDRA_RUNTIME)["hydra"]["job"]["id"])
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return logs
     main, _, index = job_id.partition("_")  # submitit's 123_0 is LSF's element 123[1]
@@ -280,11 +242,14 @@ def _determined_by(name: str, key: str, configs: list[dict[str, Any]]) -> bool:
 def run_row(run: Run, swept: Sequence[str]) -> dict[str, Any]:
     """One table row: this run's parameters, status and metrics, built from the run alone."""
     m = run.metrics
-    test, constant = _number(m.get("final_test_loss")), _number(m.get("test_loss_constant_model"))
+    test, constant = (
+        as_number(m.get("final_test_loss")),
+        as_number(m.get("test_loss_constant_model")),
+    )
     return {
         **{k: run.params.get(k) for k in swept},
-        "status": run.status,
-        **{k: m.get(k) for k in METRICS},
+        "status": str(run.status),
+        **{k: m.get(k) for k in METRIC_COLUMNS},
         "improvement_vs_constant_pct": _improvement(test, constant),
         "run_dir": str(run.path),
         "note": run.note,
@@ -316,7 +281,7 @@ def _sort_key(column: pd.Series) -> pd.Series:
 
 
 def _columns(swept: Sequence[str]) -> list[str]:
-    return [*swept, "status", *METRICS, "run_dir", "note"]
+    return [*swept, "status", *METRIC_COLUMNS, "run_dir", "note"]
 
 
 def repeats_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -325,9 +290,9 @@ def repeats_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     groups = table.groupby(list(keys), dropna=False, sort=False) if keys else [((), table)]
     rows = []
     for values, group in groups:
-        ok = group[group["status"] == "ok"]
-        finished = group[group["status"] != "running"]
-        failures = (finished["status"] != "ok").sum()
+        ok = group[group["status"] == RunStatus.OK]
+        finished = group[group["status"] != RunStatus.RUNNING]
+        failures = (finished["status"] != RunStatus.OK).sum()
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
         row |= {"n": len(group), "n_ok": len(ok)}
         row["failure_rate_pct"] = 100 * failures / len(finished) if len(finished) else None
@@ -340,23 +305,13 @@ def repeats_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return repeats.sort_values("final_val_loss_mean", kind="stable").reset_index(drop=True)
 
 
-@dataclass
-class Comparison:
-    runs: pd.DataFrame  # one row per run, sorted
-    swept: list[str]
-    group_by: list[str]  # the user's --group-by: repeats keys and plot colour
-    repeat_keys: list[str]  # the repeats table groups runs by these
-    repeats: pd.DataFrame | None  # None when no two runs share their repeat keys
-    sort: str
-
-
 def compare(
     roots: Sequence[Path], sort: str = "final_val_loss", group_by: Sequence[str] = ()
 ) -> Comparison:
     """Find, read and tabulate every run under roots."""
     paths = find_runs(roots)
     if not paths:
-        raise ConfigError("folders", [str(r) for r in roots], "hold no run (.hydra/config.yaml)")
+        raise ConfigError("folders", [str(r) for r in roots], f"hold no run ({HYDRA_CONFIG})")
     with ThreadPoolExecutor(max_workers=16) as pool:  # file latency dominates on NFS/GPFS
         runs = list(pool.map(load_run, paths))
     swept = swept_parameters(runs)
@@ -409,15 +364,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from latent_evolution import report  # it imports this module
-
+    """`python -m latent_evolution.compare` and the `latent-evolution-compare` command."""
     args = parse_args(argv)
     try:
         check_args(args)
         result = compare(args.folders, args.sort, args.group_by)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     text = report.render(result, args.format)
     if args.output is None:
         sys.stdout.write(text)

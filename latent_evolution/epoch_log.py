@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_evolution.files import atomic_write_text
+from latent_evolution.run_folder import EPOCH_LOG_COLUMNS
 
 TAIL_BYTES = 16 * 1024  # some 80 rows
 
@@ -35,15 +36,13 @@ def _header(columns: Sequence[str]) -> str:
 
 
 class EpochLog:
-    """Appends rows to one CSV file whose header is fixed by the first row it is given."""
+    """Appends rows to one CSV file with the run folder's epoch-log columns."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.columns: list[str] | None = None
+    def __init__(self, path: str | Path, columns: Sequence[str] = EPOCH_LOG_COLUMNS):
+        self.path, self.columns = Path(path), list(columns)
 
     def restart(self, rows: Sequence[dict[str, Any]]) -> None:
         """Make the file hold exactly `rows` (none: a fresh run), replacing whatever was there."""
-        self.columns = list(rows[0]) if rows else None
         if not rows:
             self.path.unlink(missing_ok=True)
             return
@@ -51,15 +50,12 @@ class EpochLog:
         atomic_write_text(self.path, text)
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one row and make it durable (flush + fsync) before returning."""
-        header = ""
-        if self.columns is None:
-            self.columns = list(row)
-            header = _header(self.columns)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        # O_APPEND: one write of the whole line lands at the end even after a torn line
+        """Write one row and make it durable (write + fsync) before returning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # O_APPEND: the whole line lands at the end in one write
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         try:
+            header = _header(self.columns) if os.fstat(fd).st_size == 0 else ""
             os.write(fd, (header + _line(row, self.columns)).encode())
             os.fsync(fd)
         finally:

@@ -20,18 +20,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from latent_evolution.config import ConfigError, to_config
+from latent_evolution.config import to_config
+from latent_evolution.errors import EXIT_BAD_INPUT, ConfigError
 
 INPUT_ERRORS = (ConfigError, HydraException, OmegaConfBaseException)
-EXIT_BAD_INPUT = 2
 
 
 def describe(exc: BaseException) -> str:
     """One line for a config, composition or override error."""
     if isinstance(exc, MissingConfigException) and exc.options and exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
-        options = [o for o in exc.options if not o.startswith("base_")]  # schemas, not presets
-        return f"{group}={name}: must be one of {', '.join(options)}"
+        return f"{group}={name}: must be one of {', '.join(exc.options)}"
     if isinstance(exc, OverrideParseException):
         return f"{exc.override}: not a valid override ({exc.message.splitlines()[0]})"
     cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__

@@ -37,7 +37,7 @@ from typing import Any
 
 from submitit.core import core, job_environment, logger, submission, utils
 
-from latent_evolution.config import ConfigError
+from latent_evolution.errors import ConfigError
 
 # bjobs states: a suspended job (PSUSP, USUSP, SSUSP) is paused, not finished.
 PENDING_STATES = ("PEND", "PROV", "PSUSP", "WAIT")

@@ -1,4 +1,4 @@
-"""Metrics and monitoring: GPU sampling through NVML, memory stats, provenance.
+"""Metrics and monitoring: GPU sampling through NVML, memory stats, peak FLOP/s, provenance.
 
 The original script ran `nvidia-smi` twice per epoch; here one daemon thread samples
 NVML every `interval_s` seconds and never touches the training stream. On a machine
@@ -112,6 +112,10 @@ def torch_memory_stats(device: torch.device) -> dict[str, float | None]:
 def commit_hash() -> str:
     """Short git hash of the code's checkout (with '-dirty' if modified), else the version."""
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # installed (site-packages): whatever git repo holds it
+        from latent_evolution import __version__
+
+        return f"v{__version__}"
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=7", "--match=NOMATCH"],
@@ -147,46 +151,3 @@ def peak_flops(gpu_type: str | None, precision: str) -> float | None:
         if gpu_type and pattern in gpu_type:
             return peaks[precision]
     return None
-
-
-def _linear_uses(model: torch.nn.Module, time_units: int, decoder_uses: int) -> list:
-    """(linear layer, uses per sample, whether its input needs a gradient) for each layer."""
-    uses = {
-        "encoder": 1,
-        "decoder": decoder_uses,
-        "evolver": time_units,
-        "stimulus_encoder": time_units,
-    }
-    rows = []
-    for name, n in uses.items():
-        module = getattr(model, name, None)
-        linears = [m for m in module or () if isinstance(m, torch.nn.Linear)]
-        for i, layer in enumerate(linears):
-            # the encoders' first layers read data, which needs no gradient
-            input_grad = not (i == 0 and name in ("encoder", "stimulus_encoder"))
-            rows.append((layer, n, input_grad))
-    return rows
-
-
-def train_step_flops(
-    model: torch.nn.Module, batch_size: int, time_units: int, every_step: bool
-) -> int:
-    """Matmul FLOPs of one training step, forward and backward (as FlopCounterMode counts).
-
-    Forward is 2*in*out per sample per use; backward adds 2*in*out for the weight
-    gradient and, where the input needs one, 2*in*out for the input gradient. The
-    decoder runs for the reconstruction and for one (or tu) predictions.
-    """
-    decoder_uses = 1 + (time_units if every_step else 1)
-    return sum(
-        2 * layer.in_features * layer.out_features * batch_size * n * (3 if input_grad else 2)
-        for layer, n, input_grad in _linear_uses(model, time_units, decoder_uses)
-    )
-
-
-def eval_flops(model: torch.nn.Module, batch_size: int, time_units: int) -> int:
-    """Matmul FLOPs of predicting frame t+tu for batch_size start frames (forward only)."""
-    return sum(
-        2 * layer.in_features * layer.out_features * batch_size * n
-        for layer, n, _ in _linear_uses(model, time_units, decoder_uses=1)
-    )

@@ -85,9 +85,9 @@ class LatentModel(nn.Module):
         self.evolver = block(cfg.evolver, cfg.latent_dims + stim_dims, cfg.latent_dims)
         self.batch_norm = cfg.use_batch_norm
         self.l1_weights = {
-            "encoder": cfg.encoder.l1_reg_loss,
-            "decoder": cfg.decoder.l1_reg_loss,
-            "evolver": cfg.evolver.l1_reg_loss,
+            "encoder": cfg.encoder.l1_weight,
+            "decoder": cfg.decoder.l1_weight,
+            "evolver": cfg.evolver.l1_weight,
         }
 
     def rollout(self, z: Tensor, stim: Tensor) -> Tensor:
@@ -134,25 +134,71 @@ class LatentModel(nn.Module):
         return [error(block, t) for block, t in zip(blocks, targets, strict=True)]
 
     def loss_parts(
-        self, x_t: Tensor, stim: Tensor, targets: Tensor, every_step: bool, loss: str = "mse"
+        self,
+        x_t: Tensor,
+        stim: Tensor,
+        targets: Tensor,
+        evolve_multiple_steps: bool,
+        loss: str = "mse",
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(evolve, reconstruction, weighted L1) losses, each a 0-d tensor in fp32.
 
-        targets: (B, tu, N) frames t+1..t+tu. With every_step the evolve loss averages
+        targets: (B, tu, N) frames t+1..t+tu. With evolve_multiple_steps the evolve loss averages
         all tu predictions; otherwise only the last frame counts and only it is decoded.
         loss names the error of the first two terms (LOSS_FUNCTIONS).
         """
         z = self.encoder(x_t)
         latents = self.rollout(z, stim)
         b, tu, dims = latents.shape
-        evolved = latents.reshape(b * tu, dims) if every_step else latents[:, -1]
-        frames = targets.reshape(b * tu, -1) if every_step else targets[:, -1]
+        evolved = latents.reshape(b * tu, dims) if evolve_multiple_steps else latents[:, -1]
+        frames = targets.reshape(b * tu, -1) if evolve_multiple_steps else targets[:, -1]
         evolve, recon = self.decoded_errors([evolved, z], [frames, x_t], loss)
         reg = evolve.new_zeros(())
         for name, weight in self.l1_weights.items():
             if weight > 0:
                 reg = reg + weight * l1_penalty(getattr(self, name)).float()
         return evolve, recon, reg
+
+    # ---------------------------------------------------------------- FLOPs
+
+    def _linear_uses(self, time_units: int, decoder_uses: int) -> list:
+        """(linear layer, uses per sample, whether its input needs a gradient) for each layer."""
+        uses = {
+            "encoder": 1,
+            "decoder": decoder_uses,
+            "evolver": time_units,
+            "stimulus_encoder": time_units,
+        }
+        rows = []
+        for name, n in uses.items():
+            linears = [m for m in getattr(self, name) or () if isinstance(m, nn.Linear)]
+            for i, layer in enumerate(linears):
+                # the encoders' first layers read data, which needs no gradient
+                input_grad = not (i == 0 and name in ("encoder", "stimulus_encoder"))
+                rows.append((layer, n, input_grad))
+        return rows
+
+    def train_step_flops(
+        self, batch_size: int, time_units: int, evolve_multiple_steps: bool
+    ) -> int:
+        """Matmul FLOPs of one training step, forward and backward (as FlopCounterMode counts).
+
+        Forward is 2*in*out per sample per use; backward adds 2*in*out for the weight
+        gradient and, where the input needs one, 2*in*out for the input gradient. The
+        decoder runs for the reconstruction and for one (or tu) predictions.
+        """
+        decoder_uses = 1 + (time_units if evolve_multiple_steps else 1)
+        return sum(
+            2 * layer.in_features * layer.out_features * batch_size * n * (3 if input_grad else 2)
+            for layer, n, input_grad in self._linear_uses(time_units, decoder_uses)
+        )
+
+    def eval_flops(self, batch_size: int, time_units: int) -> int:
+        """Matmul FLOPs of predicting frame t+tu for batch_size start frames (forward only)."""
+        return sum(
+            2 * layer.in_features * layer.out_features * batch_size * n
+            for layer, n, _ in self._linear_uses(time_units, decoder_uses=1)
+        )
 
 
 def constant_baseline(x: Tensor, time_units: int) -> Tensor:

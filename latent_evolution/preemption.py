@@ -5,7 +5,7 @@ preemption; Slurm and LSF also send SIGTERM before SIGKILL. submitit's USR2 hand
 requeues the job and exits at once, which would lose the work since the last
 checkpoint, and a checkpoint taken mid-epoch could not resume exactly. So while the
 trainer runs, these signals only set a flag; at the end of the epoch the trainer
-saves `checkpoint.pt` and `forward()` hands each signal to the handler that was
+saves `checkpoint.pt` and `pass_on()` hands each signal to the handler that was
 installed before (submitit's requeue, or the default action: terminate).
 An epoch must therefore be shorter than the warning time (Slurm: the @seconds).
 """
@@ -23,7 +23,7 @@ WARNING_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 
 class DeferredSignals:
-    """Context manager: record WARNING_SIGNALS instead of acting on them until forward()."""
+    """Context manager: record WARNING_SIGNALS instead of acting on them until pass_on()."""
 
     def __init__(self, signals: tuple[signal.Signals, ...] = WARNING_SIGNALS):
         self.signals = signals
@@ -51,7 +51,7 @@ class DeferredSignals:
     def requested(self) -> bool:
         return bool(self.pending)
 
-    def forward(self) -> None:
+    def pass_on(self) -> None:
         """Act on the recorded signals as the previously installed handlers would have."""
         pending, self.pending = self.pending, []
         for signum in pending:

@@ -1,4 +1,4 @@
-"""Render a sweep comparison (latent_evolution/compare.py) as text, CSV, JSON or a plot.
+"""A sweep comparison (made by latent_evolution/compare.py) rendered as text, CSV, JSON or a plot.
 
 terminal and markdown print three tables like the lab notes' Results sections: every run
 sorted by validation loss, train/val/test loss, and repeats; values every run shares
@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from latent_evolution.compare import LOSSES, SEED, STATUSES, Comparison
 from latent_evolution.epoch_log import read_epoch_log
+from latent_evolution.run_folder import EPOCH_LOG, FINAL_LOSSES, RunStatus
+
+SEED = "training.seed"  # runs that differ only in this key are repeats
 
 # Columns that describe the setting more than the run; in text, shown once when all agree.
 CONTEXT = (
@@ -32,6 +35,16 @@ CONTEXT = (
 TERMINAL_NOTE_CHARS = 80  # long error lines are cut in the terminal, kept whole elsewhere
 
 
+@dataclass
+class Comparison:
+    runs: pd.DataFrame  # one row per run, sorted
+    swept: list[str]
+    group_by: list[str]  # the user's --group-by: repeats keys and plot colour
+    repeat_keys: list[str]  # the repeats table groups runs by these
+    repeats: pd.DataFrame | None  # None when no two runs share their repeat keys
+    sort: str
+
+
 def render(c: Comparison, fmt: str) -> str:
     if fmt == "csv":
         return c.runs.to_csv(index=False)
@@ -42,7 +55,7 @@ def render(c: Comparison, fmt: str) -> str:
 
 def counts(table: pd.DataFrame) -> dict[str, int]:
     found = table["status"].value_counts()
-    return {status: int(found.get(status, 0)) for status in STATUSES}
+    return {str(status): int(found.get(status, 0)) for status in RunStatus}
 
 
 # ---------------------------------------------------------------------------- JSON
@@ -86,7 +99,7 @@ def _as_text(c: Comparison, markdown: bool) -> str:
         )
     sections = [
         (f"Runs, sorted by {c.sort}", runs),
-        ("Train/val/test loss", c.runs[[*c.swept, "status", *LOSSES]]),
+        ("Train/val/test loss", c.runs[[*c.swept, "status", *FINAL_LOSSES]]),
     ]
     if c.repeats is not None:
         keys = ", ".join(c.repeat_keys) or "nothing but the seed"
@@ -163,7 +176,7 @@ def grid(table: pd.DataFrame, markdown: bool) -> list[str]:
 
 
 def plot_curves(c: Comparison, path: Path) -> Path:
-    """Validation loss per epoch of every run with a training_log.csv, coloured by the
+    """Validation loss per epoch of every run with an epoch log, coloured by the
     --group-by keys (default: the first swept parameter), constant baseline dashed."""
     import matplotlib
 
@@ -197,7 +210,7 @@ def _draw_curves(ax: Any, groups: dict[str, list[tuple[str, str]]], cmap: Any) -
     for i, (label, runs) in enumerate(groups.items()):
         style = {"color": cmap(i / max(len(groups) - 1, 1)), "alpha": 0.8, "marker": "."}
         for j, (run_dir, status) in enumerate(runs):
-            epochs, losses = _val_curve(Path(run_dir) / "training_log.csv")
+            epochs, losses = _val_curve(Path(run_dir) / EPOCH_LOG)
             ax.plot(epochs, losses, markersize=4, label=None if j else label, **style)
             if status == "running" and epochs:
                 ax.lines[-1].set_linestyle("--")

@@ -27,25 +27,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latent_evolution.compare import CONFIG, Run, find_runs, load_run
-from latent_evolution.config import ConfigError
+from latent_evolution.compare import Run, find_runs, load_run
 from latent_evolution.epoch_log import tail_epoch_log
+from latent_evolution.errors import EXIT_BAD_INPUT, ConfigError
+from latent_evolution.run_folder import EPOCH_LOG, HYDRA_CONFIG, SUBMITTED_JOBS, JobState, RunStatus
 
-RECORD = "submitted_jobs.json"  # written by the cluster launchers
 SWEEP_CONFIG = "multirun.yaml"  # Hydra writes it when a sweep starts, before any job
-JOB_STATES = ("pending", "running", "finished", "failed", "diverged", "unknown")
-FINAL_STATES = ("finished", "failed", "diverged")  # --watch stops once every job is in one
-DONE_STATES = ("finished", "diverged")  # the run wrote metrics.json: the scheduler is not asked
+PENDING, UNKNOWN = JobState.PENDING, JobState.UNKNOWN
+RUNNING, OK, FAILED = RunStatus.RUNNING, RunStatus.OK, RunStatus.FAILED
+# the order of the totals line
+JOB_STATES = (PENDING, RUNNING, OK, RunStatus.FAILED_TO_GENERALIZE, RunStatus.DIVERGED, FAILED,
+              UNKNOWN)  # fmt: skip
+DONE_STATES = (OK, RunStatus.FAILED_TO_GENERALIZE, RunStatus.DIVERGED)  # metrics.json written
+FINAL_STATES = (*DONE_STATES, FAILED)  # --watch stops once every job is in one
 FORMATS = ("terminal", "json")
 RATE_EPOCHS = 10  # epochs per minute: over the last this many epochs
 QUERY_TIMEOUT_S = 60
 SCHEDULER_STATES = {  # the scheduler's word -> ours; a job the scheduler forgot is judged
-    "lsf": {"PEND": "pending", "PROV": "pending", "WAIT": "pending", "PSUSP": "pending",
-            "RUN": "running", "USUSP": "running", "SSUSP": "running",
-            "DONE": "finished", "EXIT": "failed", "ZOMBI": "failed", "UNKWN": "unknown"},
-    "slurm": {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending",
-              "REQUEUE_HOLD": "pending", "RESIZING": "pending", "RUNNING": "running",
-              "COMPLETING": "running", "SUSPENDED": "running", "STOPPED": "running"},
+    "lsf": {"PEND": PENDING, "PROV": PENDING, "WAIT": PENDING, "PSUSP": PENDING,
+            "RUN": RUNNING, "USUSP": RUNNING, "SSUSP": RUNNING,
+            "DONE": OK, "EXIT": FAILED, "ZOMBI": FAILED, "UNKWN": UNKNOWN},
+    "slurm": {"PENDING": PENDING, "CONFIGURING": PENDING, "REQUEUED": PENDING,
+              "REQUEUE_HOLD": PENDING, "RESIZING": PENDING, "RUNNING": RUNNING,
+              "COMPLETING": RUNNING, "SUSPENDED": RUNNING, "STOPPED": RUNNING},
 }  # fmt: skip
 
 
@@ -59,7 +63,7 @@ class Job:
     scheduler: str | None = None  # lsf | slurm | None (local)
     scheduler_id: str | None = None
     scheduler_state: str | None = None  # the scheduler's own word, e.g. PEND, RUNNING
-    state: str = "pending"  # one of JOB_STATES
+    state: str = PENDING  # one of JOB_STATES
     note: str = ""  # why: a failure's error line, an unreachable scheduler
     epoch: int | None = None
     epochs: int | None = None
@@ -93,19 +97,19 @@ def sweep_jobs(sweep: Path) -> list[Job]:
         raise ConfigError(
             "SWEEP_DIR",
             str(sweep),
-            f"is not a sweep: it holds no {SWEEP_CONFIG}, no {RECORD} and no run folder",
+            f"is not a sweep: it holds no {SWEEP_CONFIG}, no {SUBMITTED_JOBS} and no run folder",
         )
     return sorted(jobs.values(), key=lambda j: (j.num is None, j.num or 0, str(j.run_dir)))
 
 
 def _read_record(sweep: Path) -> list[dict[str, Any]]:
-    path = sweep / RECORD
+    path = sweep / SUBMITTED_JOBS
     if not path.is_file():
         return []
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(RECORD, str(path), f"is unreadable: {exc}") from None
+        raise ConfigError(SUBMITTED_JOBS, str(path), f"is unreadable: {exc}") from None
     return record if isinstance(record, list) else []
 
 
@@ -195,12 +199,12 @@ def ask_schedulers(jobs: Sequence[Job]) -> dict[str, dict[str, str] | SchedulerU
 
 def read_progress(job: Job) -> None:
     """Fill in what the run folder says: epochs, losses, rate, and a finished run's state."""
-    if not (job.run_dir / CONFIG).is_file():
+    if not (job.run_dir / HYDRA_CONFIG).is_file():
         return  # not started yet
     run = load_run(job.run_dir)
     epochs = run.params.get("training.epochs")
     job.epochs = epochs if isinstance(epochs, int) else None
-    rows = tail_epoch_log(job.run_dir / "training_log.csv")
+    rows = tail_epoch_log(job.run_dir / EPOCH_LOG)
     if rows:
         last = rows[-1]
         job.epoch = _int(last.get("epoch"))
@@ -214,13 +218,10 @@ def read_progress(job: Job) -> None:
 
 def _judge_run(job: Job, run: Run) -> None:
     """The run folder's verdict: final when metrics.json exists, else running or failed."""
+    job.state, job.note = str(run.status), run.note  # compare's judgement of the folder
     if run.metrics:
-        job.state = "diverged" if run.status == "diverged" else "finished"
         job.epoch = run.metrics.get("epochs_completed", job.epoch)
-        job.note = run.note
-    else:
-        job.state, job.note = run.status, run.note  # running or failed (compare's judgement)
-    if job.state == "running" and job.epochs_per_minute and job.epoch is not None and job.epochs:
+    if job.state == RUNNING and job.epochs_per_minute and job.epoch is not None and job.epochs:
         job.eta_seconds = 60 * (job.epochs - job.epoch) / job.epochs_per_minute
 
 
@@ -248,24 +249,24 @@ def apply_scheduler(job: Job, answers: dict[str, dict[str, str] | SchedulerUnrea
         return  # a finished run's metrics.json is the truth; local jobs have no scheduler
     answer = answers.get(job.scheduler)
     if isinstance(answer, SchedulerUnreachable):
-        job.state, job.note = "unknown", str(answer)
+        job.state, job.note = UNKNOWN, str(answer)
         return
     if answer is None or job.scheduler_id is None:
         return
     raw = answer.get(job.scheduler_id)
     job.scheduler_state = raw
     if raw is None:  # forgotten by the scheduler: ended; the run folder said how
-        if not (job.run_dir / CONFIG).is_file():  # not yet known (a busy LSF), or long gone
-            job.state, job.note = "unknown", f"{job.scheduler} does not know it; not started"
-        elif job.state == "running":
-            job.state = "failed"
+        if not (job.run_dir / HYDRA_CONFIG).is_file():  # not yet known (a busy LSF), or long gone
+            job.state, job.note = UNKNOWN, f"{job.scheduler} does not know it; not started"
+        elif job.state == RUNNING:
+            job.state = FAILED
             job.note = job.note or f"{job.scheduler} no longer knows it and it left no metrics.json"
         return
-    ours = SCHEDULER_STATES[job.scheduler].get(raw, "unknown")
-    if ours == "finished":  # the job ended, but without a finished run
-        ours, job.note = "failed", job.note or f"{raw} without metrics.json"
+    ours = SCHEDULER_STATES[job.scheduler].get(raw, UNKNOWN)
+    if ours == OK:  # the job ended, but without a finished run
+        ours, job.note = FAILED, job.note or f"{raw} without a finished run"
     job.state = ours
-    if ours != "running":
+    if ours != RUNNING:
         job.eta_seconds = None
 
 
@@ -284,7 +285,7 @@ def job_rows(sweeps: Sequence[Path]) -> list[Job]:
 
 
 def totals(jobs: Sequence[Job]) -> dict[str, int]:
-    return {state: sum(j.state == state for j in jobs) for state in JOB_STATES}
+    return {str(state): sum(j.state == state for j in jobs) for state in JOB_STATES}
 
 
 def swept_keys(jobs: Sequence[Job]) -> list[str]:
@@ -372,10 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(args.watch)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
-    return 1 if any(j.state == "failed" for j in jobs) else 0
+    return 1 if any(j.state == FAILED for j in jobs) else 0
 
 
 def _show(text: str, clear: bool) -> None:

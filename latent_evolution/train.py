@@ -1,7 +1,8 @@
-"""Entry point: `python -m latent_evolution.train [overrides]` (add `-m` to sweep).
+"""Entry point: `python -m latent_evolution.train [overrides]` or `latent-evolution-train`.
 
-Composes the Hydra config, checks it, and hands it to the Trainer. A bad value ends
-the run with one line naming the key, before any data or compilation work.
+Composes the Hydra config (add `-m` to sweep; sweep presets sweep without it), checks it,
+and hands it to the Trainer. A bad value ends the run with one line naming the key, before
+any data or compilation work.
 """
 
 from __future__ import annotations
@@ -18,24 +19,34 @@ from omegaconf import DictConfig
 
 from latent_evolution.config import Config, to_config
 from latent_evolution.input_errors import one_line_input_errors
+from latent_evolution.run_folder import RunStatus, read_metrics
 
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def conf_dir() -> str:
+    """The config folder: inside the package once installed from a wheel (pyproject.toml maps
+    the repository's top-level conf/ there), beside the package in a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return str(installed if installed.is_dir() else package.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     config = to_config(cfg)  # already checked before the run folder existed (input_errors)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics = train_or_resume(config, run_dir)
-    if metrics["status"] != "ok":
+    if metrics["status"] == RunStatus.DIVERGED:
         log.error(
-            "Run %s at epoch %s (last finite train loss %s); results in %s",
-            metrics["status"],
+            "Run diverged at epoch %s (last finite train loss %s); results in %s",
             metrics["diverged_at_epoch"],
             metrics["last_finite_train_loss"],
             run_dir,
         )
         return math.inf  # the sweep goes on; an optimizing sweeper ranks this run last
+    if metrics["status"] != RunStatus.OK:
+        log.warning("Run %s: %s", metrics["status"], metrics.get("status_note", ""))
     test, constant = metrics["final_test_loss"], metrics["test_loss_constant_model"]
     improvement = f"{100 * (1 - test / constant):.1f}%" if constant else "n/a"
     log.info(
@@ -51,13 +62,11 @@ def main(cfg: DictConfig) -> float:
 
 def train_or_resume(config: Config, run_dir: Path) -> dict[str, Any]:
     """A finished run folder's metrics; else train, continuing from its checkpoint.pt if any."""
-    from latent_evolution.checkpoint import completed_metrics  # torch: after the config is good
-
-    metrics = completed_metrics(run_dir)
+    metrics = read_metrics(run_dir)
     if metrics is not None:
         log.info("%s already holds a finished run (metrics.json); not training again", run_dir)
         return metrics
-    from latent_evolution.trainer import Trainer
+    from latent_evolution.trainer import Trainer  # torch: after the config is good
 
     trainer = Trainer(config, run_dir)
     trainer.resume()
@@ -65,7 +74,7 @@ def train_or_resume(config: Config, run_dir: Path) -> dict[str, Any]:
 
 
 def cli() -> None:
-    """`python -m latent_evolution.train`: bad input is one line on stderr and exit status 2."""
+    """The command: bad input is one line on stderr and exit status 2."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's full report
         main()
         return

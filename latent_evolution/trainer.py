@@ -19,6 +19,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +27,29 @@ import torch
 from torch import Tensor
 
 from latent_evolution.checkpoint import (
-    CHECKPOINT,
     check_same_layout,
     check_same_run,
     load_checkpoint,
     save_checkpoint,
+    save_model,
 )
 from latent_evolution.config import Config
 from latent_evolution.data import BatchSource, Dataset, Split, load_dataset
 from latent_evolution.epoch_log import EpochLog
-from latent_evolution.files import atomic_write, atomic_write_json
+from latent_evolution.evaluation import evaluate, final_metrics
 from latent_evolution.loggers import RunLoggers
-from latent_evolution.metrics import (
-    GPUMonitor,
-    commit_hash,
-    peak_flops,
-    torch_memory_stats,
-    train_step_flops,
-)
-from latent_evolution.model import LatentModel, constant_baseline
+from latent_evolution.metrics import GPUMonitor
+from latent_evolution.model import LatentModel
 from latent_evolution.preemption import DeferredSignals
+from latent_evolution.run_folder import (
+    CHECKPOINT,
+    EPOCH_LOG,
+    LOSS_PARTS,
+    Metrics,
+    write_metrics,
+)
 
 log = logging.getLogger(__name__)
-LOSS_PARTS = ("objective", "evolve", "recon", "reg")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,19 +95,6 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optim
     # fused: one kernel over all parameters, on CUDA and on CPU (7x foreach on the CPU
     # at fly size, measured in benchmarks/bench_train.py's setting: 13 vs 87 ms a step)
     return cls(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=True)
-
-
-def last_finite(history: list[dict[str, Any]], column: str) -> float | None:
-    """The last finite value of a column of the epoch log (None if there is none)."""
-    values = [row[column] for row in history if row[column] is not None]
-    return next((v for v in reversed(values) if math.isfinite(v)), None)
-
-
-def finite_or_none(metrics: dict[str, Any]) -> dict[str, Any]:
-    """NaN/inf (a diverged model's losses) become None: metrics.json stays strict JSON."""
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
-    }
 
 
 class CompiledStep:
@@ -171,7 +159,7 @@ class Trainer:
         self.epoch = 0
         self.training_seconds = 0.0  # in the epoch loop, over every segment of a resumed run
         self.history: list[dict[str, Any]] = []
-        self.epoch_log = EpochLog(self.run_dir / "training_log.csv")
+        self.epoch_log = EpochLog(self.run_dir / EPOCH_LOG)
 
     # ------------------------------------------------------------------ the step
 
@@ -207,18 +195,10 @@ class Trainer:
             sums += parts
         return sums / steps
 
-    @torch.no_grad()
     def evaluate(self, split: Split) -> Tensor:
         """Evolve-only MSE of predicting frame t+tu from every start frame t of the split."""
         t = self.config.training
-        self.model.eval()
-        n_starts = len(split) - t.time_units
-        total = torch.zeros((), device=self.device)
-        for x_t, stim, targets in self.batches.ordered(split, t.eval_batch_size):
-            with self.autocast:
-                pred = self.model(x_t, stim)
-            total += (pred.float() - targets[:, -1]).pow(2).sum()
-        return total / (n_starts * self.data.n_neurons)
+        return evaluate(self.model, self.batches, split, t.eval_batch_size, self.autocast)
 
     # ------------------------------------------------------------------ the loop
 
@@ -226,52 +206,56 @@ class Trainer:
         """Train from self.epoch to training.epochs, then evaluate and write the run's files."""
         t = self.config.training
         started = time.perf_counter() - self.training_seconds  # a resumed run counts on
-        status, diverged_at = "ok", None
+        diverged_at = None
         epochs = range(self.epoch, t.epochs)
         self.epoch_log.restart(self.history)  # exactly the checkpoint's epochs (none if fresh)
         loggers = RunLoggers(self.config.logger.name, self.run_dir)
-        with GPUMonitor(self.device) as monitor, DeferredSignals() as signals:
-            bar = self._progress(epochs)
-            for epoch in bar:
-                # ---- train: no host sync until the epoch's losses are read below
-                epoch_start = time.perf_counter()
-                parts = self.train_epoch()
-                last = epoch == t.epochs - 1
-                val = (
-                    self.evaluate(self.data.val) if last or (epoch + 1) % t.val_every == 0 else None
-                )
-                # ---- the one read per epoch
-                values = (torch.cat([parts, val.view(1)]) if val is not None else parts).tolist()
-                row = {
-                    "epoch": epoch + 1,
-                    **{f"train_{k}_loss": v for k, v in zip(LOSS_PARTS, values[:4], strict=True)},
-                    "val_loss": values[4] if val is not None else None,
-                    "best_val_loss": self._best_val(values[4] if val is not None else None),
-                    "epoch_duration_seconds": time.perf_counter() - epoch_start,
-                    "learning_rate": self.optimizer.param_groups[0]["lr"],
-                    # the monitor thread's latest NVML sample (None on CPU): no device sync
-                    "gpu_utilization_percent": monitor.latest_utilization_percent,
-                    "gpu_memory_mb": monitor.latest_memory_mb,
-                }
-                self.history.append(row)
+        with (
+            GPUMonitor(self.device) as monitor,
+            DeferredSignals() as signals,
+            self._progress(epochs) as bar,
+        ):
+            for epoch in epochs:
+                row = self._epoch(epoch, monitor)
                 self.epoch_log.append(row)  # durable now: a crash loses only the next epoch
                 loggers.log_epoch(row)
-                self.epoch = epoch + 1
                 self.training_seconds = time.perf_counter() - started
                 self._report(bar, row)
-                if not all(math.isfinite(v) for v in values):
-                    status, diverged_at = "diverged", epoch + 1
+                if not all(math.isfinite(v) for v in row.values() if v is not None):
+                    diverged_at = epoch + 1
                     log.error("Loss is not finite at epoch %d; stopping this run", epoch + 1)
                     break
                 self._checkpoint_if_due(signals)
             gpu = monitor.stop()
-        metrics = finite_or_none(
-            self._final_metrics(status, diverged_at, self.training_seconds, gpu)
-        )
+        metrics = final_metrics(self, diverged_at, gpu)
         self._write_outputs(metrics)
-        loggers.log_final(dataclasses.asdict(self.config), metrics, self.epoch)
+        values = dataclasses.asdict(metrics)
+        loggers.log_final(dataclasses.asdict(self.config), values, self.epoch)
         loggers.close()
-        return metrics
+        return values
+
+    def _epoch(self, epoch: int, monitor: GPUMonitor) -> dict[str, Any]:
+        """Train one epoch, validate when due, read the losses once: the epoch log's row."""
+        t = self.config.training
+        epoch_start = time.perf_counter()
+        parts = self.train_epoch()  # no host sync until the losses are read below
+        due = epoch == t.epochs - 1 or (epoch + 1) % t.val_every == 0
+        val = self.evaluate(self.data.val) if due else None
+        values = (torch.cat([parts, val.view(1)]) if val is not None else parts).tolist()
+        row = {
+            "epoch": epoch + 1,
+            **{f"train_{k}_loss": v for k, v in zip(LOSS_PARTS, values[:4], strict=True)},
+            "val_loss": values[4] if val is not None else None,
+            "best_val_loss": self._best_val(values[4] if val is not None else None),
+            "epoch_duration_seconds": time.perf_counter() - epoch_start,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            # the monitor thread's latest NVML sample (None on CPU): no device sync
+            "gpu_utilization_percent": monitor.latest_utilization_percent,
+            "gpu_memory_mb": monitor.latest_memory_mb,
+        }
+        self.history.append(row)
+        self.epoch = epoch + 1
+        return row
 
     def _best_val(self, val: float | None) -> float | None:
         """The lowest finite validation loss so far, this epoch's included."""
@@ -286,22 +270,28 @@ class Trainer:
         every = t.checkpoint_every
         if self.epoch == t.epochs or signals.requested or (every and self.epoch % every == 0):
             save_checkpoint(self.run_dir, self.state_dict())
-        signals.forward()
+        signals.pass_on()
 
-    def _progress(self, epochs: range) -> Any:
-        if sys.stderr.isatty():
-            from tqdm import tqdm
+    @contextlib.contextmanager
+    def _progress(self, epochs: range) -> Iterator[Any]:
+        """A progress bar on a terminal (log lines then print above it), else None."""
+        if not sys.stderr.isatty():
+            yield None
+            return
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
-            return tqdm(
-                epochs, desc="epochs", unit="epoch", initial=epochs.start, total=epochs.stop
-            )
-        return epochs
+        bar = tqdm(desc="epochs", unit="epoch", initial=epochs.start, total=epochs.stop)
+        with bar, logging_redirect_tqdm():  # console handlers write through the bar; files as is
+            yield bar
 
     def _report(self, bar: Any, row: dict[str, Any]) -> None:
+        """An epoch line in the log (train.log) every log_every epochs and at each validation."""
         val = f"{row['val_loss']:.6f}" if row["val_loss"] is not None else "-"
-        if hasattr(bar, "set_postfix_str"):
+        if bar is not None:
+            bar.update()
             bar.set_postfix_str(f"train {row['train_objective_loss']:.6f} val {val}")
-        elif row["epoch"] % self.config.training.log_every == 0 or row["val_loss"] is not None:
+        if row["epoch"] % self.config.training.log_every == 0 or row["val_loss"] is not None:
             log.info(
                 "epoch %d: train %.6f (evolve %.6f) val %s, %.2f s",
                 row["epoch"],
@@ -311,70 +301,11 @@ class Trainer:
                 row["epoch_duration_seconds"],
             )
 
-    # --------------------------------------------------------------- reporting
-
-    def _final_metrics(
-        self, status: str, diverged_at: int | None, seconds: float, gpu: Any
-    ) -> dict[str, Any]:
-        tu = self.config.training.time_units
-        d = self.data
-        splits = {"train": d.train, "val": d.val, "test": d.test}
-        losses = {f"final_{k}_loss": self.evaluate(s) for k, s in splits.items()}
-        baselines = {
-            f"{k}_loss_constant_model": constant_baseline(s.x, tu) for k, s in splits.items()
-        }
-        read = {k: float(v) for k, v in {**losses, **baselines}.items()}
-        if status == "ok" and not all(math.isfinite(read[k]) for k in losses):
-            status = "diverged"  # finite while training, not on a whole split: not a result
-        last = self.history[-1] if self.history else {}
-        durations = [r["epoch_duration_seconds"] for r in self.history]
-        epoch_seconds = sum(durations) / len(durations) if durations else None
-        return {
-            "status": status,
-            "diverged_at_epoch": diverged_at,
-            "last_finite_train_loss": last_finite(self.history, "train_objective_loss"),
-            "last_finite_val_loss": last_finite(self.history, "val_loss"),
-            **read,
-            **{f"final_train_{k}_loss": last.get(f"train_{k}_loss") for k in LOSS_PARTS},
-            "noise_std": d.noise_std,
-            "noise_floor_loss": d.noise_std**2 if d.noise_std is not None else None,
-            "epochs_completed": self.epoch,
-            "training_duration_seconds": round(seconds, 3),
-            "avg_epoch_duration_seconds": epoch_seconds and round(epoch_seconds, 4),
-            **self._throughput(epoch_seconds, gpu.gpu_type),
-            "gpu_type": gpu.gpu_type,
-            "total_gpu_memory_mb": gpu.total_gpu_memory_mb,
-            "max_gpu_memory_mb": gpu.max_gpu_memory_mb,
-            "avg_gpu_utilization_percent": gpu.avg_gpu_utilization_percent,
-            **torch_memory_stats(self.device),
-            "device": str(self.device),
-            "compiled": self.step.compiled,
-            "n_parameters": sum(p.numel() for p in self.model.parameters()),
-            "data_path": str(d.path),
-            "commit_hash": commit_hash(),
-        }
-
-    def _throughput(self, epoch_seconds: float | None, gpu_type: str | None) -> dict[str, Any]:
-        """Matmul FLOP/s achieved over whole epochs (validation included) and MFU.
-
-        MFU is against the data-sheet peak for this GPU and precision (metrics.PEAK_FLOPS);
-        None on CPU or an unknown GPU, where benchmarks/bench_train.py measures a roofline.
-        """
-        t = self.config.training
-        step = train_step_flops(self.model, t.batch_size, t.time_units, t.evolve_multiple_steps)
-        achieved = step * self.steps_per_epoch / epoch_seconds if epoch_seconds else None
-        peak = peak_flops(gpu_type, self.config.hardware.precision)
-        return {
-            "train_step_flops": step,
-            "model_flops_per_second": achieved,
-            "mfu": achieved / peak if achieved and peak else None,
-        }
-
-    def _write_outputs(self, metrics: dict[str, Any]) -> None:
+    def _write_outputs(self, metrics: Metrics) -> None:
         """Weights first; metrics.json last, so its presence means done (the epoch log is
         already complete: each row was made durable at the end of its epoch)."""
-        atomic_write(self.run_dir / "model.pt", lambda f: torch.save(self.model.state_dict(), f))
-        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        save_model(self.run_dir, self.model)
+        write_metrics(self.run_dir, metrics)
 
     # ------------------------------------------------------------------ resume
 
@@ -412,5 +343,5 @@ class Trainer:
         check_same_run(state["config"], dataclasses.asdict(self.config))
         check_same_layout(state["optimizer"], self.model, self.run_dir / CHECKPOINT)
         self.load_state_dict(state)
-        log.info("Resuming from %s at epoch %d", self.run_dir / "checkpoint.pt", self.epoch)
+        log.info("Resuming from %s at epoch %d", self.run_dir / CHECKPOINT, self.epoch)
         return True

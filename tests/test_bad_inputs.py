@@ -61,8 +61,8 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ("model.decoder.num_hidden_layers=two", r"^model\.decoder\.num_hidden_layers: Value 'two'"),
     ("model.stimulus_encoder.output_dims=0", r"^model\.stimulus_encoder\.output_dims=0: must"),
     (
-        "model.evolver.l1_reg_loss=-0.1",
-        r"^model\.evolver\.l1_reg_loss=-0\.1: must be a finite number >= 0$",
+        "model.evolver.l1_weight=-0.1",
+        r"^model\.evolver\.l1_weight=-0\.1: must be a finite number >= 0$",
     ),
     ("model.activation=swish", r"^model\.activation='swish': must be one of relu, gelu, silu,"),
     ("model=huge", r"^model=huge: must be one of latent, small$"),

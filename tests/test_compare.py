@@ -272,7 +272,7 @@ def test_mixed_metric_sets_and_commits_compare_with_gaps(two_runs, capsys):
     assert "commit_hash" not in terminal.splitlines()[1] and "0000000" in terminal
 
 
-def test_val_loss_above_constant_while_train_normal_is_diverged(two_runs, capsys):
+def test_val_loss_above_constant_while_train_normal_failed_to_generalize(two_runs, capsys):
     """The notes' batch-size-32 seed 12345: train 0.031628, val 0.213628, test 0.523897."""
     a, b = two_runs
     metrics = json.loads((a / "metrics.json").read_text())
@@ -286,7 +286,7 @@ def test_val_loss_above_constant_while_train_normal_is_diverged(two_runs, capsys
     }
     (a / "metrics.json").write_text(json.dumps(metrics))
     rows = {r["run_dir"]: r for r in compare_json(capsys, str(a.parent))["runs"]}
-    assert rows[str(a)]["status"] == "diverged"
+    assert rows[str(a)]["status"] == "failed_to_generalize"
     assert rows[str(a)]["note"] == (
         "val loss 0.213628 > constant 0.035517 while train loss 0.031628 <= constant 0.035541"
     )

@@ -113,9 +113,9 @@ def test_every_experiment_of_the_notes_is_a_preset_carrying_its_sweep():
                     to_config(compose("config", [f"experiment={name}", f"{key}={choice}"]))
             assert jobs == n_jobs, name
         l1 = compose(
-            "config", ["experiment=l1_reg_encoder_decoder_only", "model.encoder.l1_reg_loss=0.01"]
+            "config", ["experiment=l1_reg_encoder_decoder_only", "model.encoder.l1_weight=0.01"]
         ).model
-        assert (l1.encoder.l1_reg_loss, l1.decoder.l1_reg_loss, l1.evolver.l1_reg_loss) == (
+        assert (l1.encoder.l1_weight, l1.decoder.l1_weight, l1.evolver.l1_weight) == (
             0.01,
             0.01,
             0.0,

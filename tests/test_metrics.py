@@ -9,13 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from latent_evolution.config import ModelConfig
-from latent_evolution.metrics import (
-    GPUMonitor,
-    commit_hash,
-    eval_flops,
-    peak_flops,
-    train_step_flops,
-)
+from latent_evolution.metrics import GPUMonitor, commit_hash, peak_flops
 from latent_evolution.model import LatentModel
 from tests.conftest import ROOT
 
@@ -32,8 +26,8 @@ def test_analytic_flops_match_torch_flop_counter(time_units, every_step, use_sti
         sum(model.loss_parts(x_t, stim, targets, every_step)).backward()
     with FlopCounterMode(display=False) as infer, torch.no_grad():
         model(x_t, stim)
-    assert train_step_flops(model, 8, time_units, every_step) == train.get_total_flops()
-    assert eval_flops(model, 8, time_units) == infer.get_total_flops()
+    assert model.train_step_flops(8, time_units, every_step) == train.get_total_flops()
+    assert model.eval_flops(8, time_units) == infer.get_total_flops()
 
 
 def test_peak_table_matches_nvml_names_and_precisions():

@@ -88,7 +88,7 @@ def test_constant_baseline_on_a_known_array():
 
 def test_l1_terms_are_weighted_sums_of_mean_abs_per_parameter():
     cfg = small_model_config(4)
-    cfg.encoder = MLPConfig(hidden_dims=8, num_hidden_layers=1, l1_reg_loss=0.5)
+    cfg.encoder = MLPConfig(hidden_dims=8, num_hidden_layers=1, l1_weight=0.5)
     model = LatentModel(cfg, n_neurons=6, n_input=2)
     expected = 0.5 * sum(p.abs().mean() for p in model.encoder.parameters())
     _, _, reg = model.loss_parts(
@@ -143,7 +143,7 @@ def test_compiled_loss_parts_match_eager_in_one_graph(monkeypatch, onednn):
     x_t, stim, targets = torch.randn(8, 200), torch.randn(8, 1, 4), torch.randn(8, 1, 200)
 
     def loss(*batch: torch.Tensor) -> torch.Tensor:
-        return sum(model.loss_parts(*batch, every_step=False))
+        return sum(model.loss_parts(*batch, evolve_multiple_steps=False))
 
     def backward_grads(value: torch.Tensor) -> list[torch.Tensor]:
         value.backward()

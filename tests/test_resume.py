@@ -136,7 +136,7 @@ def test_warning_signal_checkpoints_at_epoch_end_and_the_rerun_resumes(reference
     assert results(tmp_path) == reference
 
 
-def test_deferred_signal_reaches_the_previous_handler_at_forward():
+def test_deferred_signal_reaches_the_previous_handler_at_pass_on():
     """Under submitit the previous USR2 handler requeues the job: it must still be called."""
     seen: list[int] = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
@@ -144,7 +144,7 @@ def test_deferred_signal_reaches_the_previous_handler_at_forward():
         with DeferredSignals() as signals:
             signal.raise_signal(signal.SIGUSR2)
             assert signals.requested and seen == []
-            signals.forward()
+            signals.pass_on()
             assert seen == [signal.SIGUSR2] and not signals.requested
         signal.raise_signal(signal.SIGUSR2)  # the previous handler is back
         assert seen == [signal.SIGUSR2, signal.SIGUSR2]

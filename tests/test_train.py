@@ -82,7 +82,7 @@ def test_run_folder_holds_metrics_log_and_weights(compose, tmp_path):
 
 
 def test_loss_parts_are_reported_separately(compose, tmp_path):
-    m = fit(compose, tmp_path, "training.epochs=2", "model.encoder.l1_reg_loss=0.01")
+    m = fit(compose, tmp_path, "training.epochs=2", "model.encoder.l1_weight=0.01")
     assert m["final_train_reg_loss"] > 0
     total = m["final_train_evolve_loss"] + m["final_train_recon_loss"] + m["final_train_reg_loss"]
     assert m["final_train_objective_loss"] == pytest.approx(total, rel=1e-5)

@@ -164,7 +164,7 @@ def test_status_of_a_local_sweep_from_its_run_folders(compose, tmp_path, capsys)
     write_run(tmp_path / "1", compose, epochs=10, done=4, finished=False)
     jobs = status.job_rows([tmp_path])
     assert [(j.num, j.state, j.epoch, j.epochs) for j in jobs] == [
-        (0, "finished", 10, 10),
+        (0, "ok", 10, 10),
         (1, "running", 4, 10),
     ]
     running = jobs[1]
@@ -176,7 +176,7 @@ def test_status_of_a_local_sweep_from_its_run_folders(compose, tmp_path, capsys)
     assert status.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "training.seed" in out and "4/10" in out
-    assert out.strip().splitlines()[-1] == "2 jobs: 1 running, 1 finished"
+    assert out.strip().splitlines()[-1] == "2 jobs: 1 running, 1 ok"
 
 
 def test_pending_cluster_jobs_are_listed_and_an_unreachable_scheduler_is_unknown(
@@ -193,7 +193,7 @@ def test_pending_cluster_jobs_are_listed_and_an_unreachable_scheduler_is_unknown
     assert status.main([str(tmp_path), "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
     states = [(j["num"], j["state"], j["note"]) for j in result["jobs"]]
-    assert states == [(0, "finished", ""), (1, "unknown", "bjobs is not on PATH")]
+    assert states == [(0, "ok", ""), (1, "unknown", "bjobs is not on PATH")]
     assert result["totals"]["unknown"] == 1
 
 
@@ -246,4 +246,4 @@ def test_status_follows_a_running_local_sweep_until_it_ends(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "2 jobs: 2 finished"
+    assert done.stdout.strip().splitlines()[-1] == "2 jobs: 2 ok"

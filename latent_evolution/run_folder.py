@@ -1,0 +1,179 @@
+"""A run folder's files and what they hold: file names, the metrics.json schema, run statuses.
+
+The trainer and checkpointing write these files, the launchers point at them and
+`compare` reads them; all take the names and the schema from here. Standard library only,
+so `compare` starts without torch and submitit jobs import nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from latent_evolution.files import atomic_write_json
+
+# ------------------------------------------------------------------------ file names
+
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"  # the composed config: marks a folder as a run
+HYDRA_RUNTIME = Path(".hydra") / "hydra.yaml"  # Hydra's own config (job id, overrides)
+CHECKPOINT = "checkpoint.pt"  # the resume state, rewritten every training.checkpoint_every
+MODEL = "model.pt"  # final weights, a state_dict
+EPOCH_LOG = "training_log.csv"  # one row per epoch (EPOCH_LOG_COLUMNS)
+METRICS = "metrics.json"  # written last: its presence means the run finished (Metrics)
+# in a sweep folder, beside the runs <sweep>/<job number>/ (written by the cluster launchers)
+SUBMITTED_JOBS = "submitted_jobs.json"  # each job's scheduler id, overrides, log, run folder
+FAILED_JOBS = "failed_jobs.txt"  # the failed jobs, their logs and one rerun command each
+
+LOSS_PARTS = ("objective", "evolve", "recon", "reg")  # objective = evolve + recon + reg
+EPOCH_LOG_COLUMNS = (
+    "epoch",  # 1-based
+    *(f"train_{part}_loss" for part in LOSS_PARTS),  # mean over the epoch's steps
+    "val_loss",  # evolve-only MSE on the val split; empty in epochs without validation
+    "best_val_loss",  # the lowest val_loss so far
+    "epoch_duration_seconds",  # s, validation included
+    "learning_rate",
+    "gpu_utilization_percent",  # %, NVML's latest sample at the epoch's end; empty on CPU
+    "gpu_memory_mb",  # MiB used on the GPU, likewise
+)
+FINAL_LOSSES = ("final_train_loss", "final_val_loss", "final_test_loss")
+SPLITS = ("train", "val", "test")
+
+
+# -------------------------------------------------------------------------- statuses
+
+
+class RunStatus(StrEnum):
+    """The one vocabulary of a run's outcome, in metrics.json and in every comparison."""
+
+    OK = "ok"
+    DIVERGED = "diverged"  # a loss became NaN or inf
+    # val or test loss above the constant model's while the train loss is at or below its own
+    FAILED_TO_GENERALIZE = "failed_to_generalize"
+    FAILED = "failed"  # ended without metrics.json, e.g. an error or a killed job
+    RUNNING = "running"  # no metrics.json yet, and recent activity or a checkpoint to resume
+
+
+class JobState(StrEnum):
+    """What only the scheduler knows of a sweep's job; once its run folder speaks, the job's
+    state is the run's RunStatus (latent_evolution.status shows both in one column)."""
+
+    PENDING = "pending"  # submitted, not started
+    UNKNOWN = "unknown"  # the scheduler could not be asked, or does not know the job
+
+
+# --------------------------------------------------------------------- metrics.json
+
+
+def _metric(unit: str, meaning: str) -> Any:
+    return field(default=None, metadata={"unit": unit, "meaning": meaning})
+
+
+MSE = "(activity unit)^2"  # mean squared error of the data column (e.g. VOLTAGE)
+
+
+@dataclass
+class Metrics:
+    """Every key of metrics.json, with its unit and meaning; None where not measured."""
+
+    status: str = field(
+        default=RunStatus.OK, metadata={"unit": "", "meaning": "RunStatus of the run"}
+    )
+    status_note: str = _metric("", "why the status is not ok (empty when ok)")
+    diverged_at_epoch: int | None = _metric("epoch", "first epoch with a non-finite loss")
+    last_finite_train_loss: float | None = _metric(MSE, "last finite training objective")
+    last_finite_val_loss: float | None = _metric(MSE, "last finite validation loss")
+    final_train_loss: float | None = _metric(MSE, "evolve-only MSE over the train split")
+    final_val_loss: float | None = _metric(MSE, "evolve-only MSE over the val split")
+    final_test_loss: float | None = _metric(MSE, "evolve-only MSE over the test split")
+    train_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', train split")
+    val_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', val split")
+    test_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', test split")
+    final_train_objective_loss: float | None = _metric(MSE, "last epoch's training objective")
+    final_train_evolve_loss: float | None = _metric(MSE, "its evolve (prediction) part")
+    final_train_recon_loss: float | None = _metric(MSE, "its reconstruction part")
+    final_train_reg_loss: float | None = _metric("", "its weighted L1 part")
+    noise_std: float | None = _metric("activity unit", "process noise per frame, if known")
+    noise_floor_loss: float | None = _metric(MSE, "noise_std^2: no predictor's loss is lower")
+    epochs_completed: int | None = _metric("epoch", "epochs trained, over every resume")
+    training_duration_seconds: float | None = _metric("s", "time in the epoch loop")
+    avg_epoch_duration_seconds: float | None = _metric("s", "mean epoch, validation included")
+    train_step_flops: int | None = _metric("FLOP", "matmul FLOPs of one train step, fwd+bwd")
+    model_flops_per_second: float | None = _metric("FLOP/s", "train-step FLOPs over epochs")
+    mfu: float | None = _metric("fraction", "FLOP/s over the GPU's data-sheet peak")
+    gpu_type: str | None = _metric("", "NVML's device name; None on CPU")
+    total_gpu_memory_mb: float | None = _metric("MiB", "the GPU's memory")
+    max_gpu_memory_mb: float | None = _metric("MiB", "peak used on the GPU (NVML, all users)")
+    avg_gpu_utilization_percent: float | None = _metric("%", "mean NVML utilization")
+    max_memory_allocated_mb: float | None = _metric("MiB", "torch allocator's peak allocated")
+    max_memory_reserved_mb: float | None = _metric("MiB", "torch allocator's peak reserved")
+    device: str | None = _metric("", "torch device trained on")
+    compiled: bool | None = _metric("", "whether the train step ran compiled")
+    n_parameters: int | None = _metric("", "number of model parameters")
+    data_path: str | None = _metric("", "folder of the data read")
+    commit_hash: str | None = _metric("", "git hash of the code ('-dirty' if modified)")
+
+
+METRIC_KEYS = tuple(f.name for f in dataclasses.fields(Metrics))
+
+
+def as_number(value: Any) -> float | None:
+    """A JSON value as a float, None when it is no number (missing, null, text, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
+    """The one rule for a finished run's status: (status, why) from its metrics.
+
+    diverged: the trainer saw a non-finite loss, or a final loss is not finite.
+    failed_to_generalize: val or test loss above its constant baseline while the train
+    loss is at or below its own (batch size 32 did this in 3 of 5 seeds).
+    A run no better than the constant model on any split learned nothing: ok, with a note.
+    """
+    losses = {s: as_number(metrics.get(f"final_{s}_loss")) for s in SPLITS}
+    if metrics.get("status") == RunStatus.DIVERGED or any(
+        v is not None and not math.isfinite(v) for v in losses.values()
+    ):
+        epoch = metrics.get("diverged_at_epoch")
+        return RunStatus.DIVERGED, "loss not finite" + (f" at epoch {epoch}" if epoch else "")
+    constants = {s: as_number(metrics.get(f"{s}_loss_constant_model")) for s in SPLITS}
+    above = {
+        s: losses[s] is not None and constants[s] is not None and losses[s] > constants[s]
+        for s in SPLITS
+    }
+    if losses["train"] is None or constants["train"] is None:
+        return RunStatus.OK, ""
+    if above["train"]:
+        worse = above["val"] and above["test"]
+        return RunStatus.OK, "no better than the constant model on any split" if worse else ""
+    for split in ("val", "test"):
+        if above[split]:
+            return RunStatus.FAILED_TO_GENERALIZE, (
+                f"{split} loss {losses[split]:.6g} > constant {constants[split]:.6g} "
+                f"while train loss {losses['train']:.6g} <= constant {constants['train']:.6g}"
+            )
+    return RunStatus.OK, ""
+
+
+# ------------------------------------------------------------------ reading, writing
+
+
+def write_metrics(run_dir: Path, metrics: Metrics) -> Path:
+    """metrics.json, strict JSON: NaN/inf (a diverged model's losses) become null."""
+    values = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v
+        for k, v in dataclasses.asdict(metrics).items()
+    }
+    return atomic_write_json(Path(run_dir) / METRICS, values)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run, or None if the folder holds no finished run."""
+    path = Path(run_dir) / METRICS
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,64 @@
+"""One schema of the run folder: metrics.json keys, run statuses, and light imports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+from latent_evolution import compare
+from latent_evolution.run_folder import METRIC_KEYS, Metrics, RunStatus, classify
+from tests.conftest import ROOT
+
+BASE = {
+    "final_train_loss": 0.03,
+    "train_loss_constant_model": 0.04,
+    "val_loss_constant_model": 0.04,
+    "test_loss_constant_model": 0.04,
+}
+
+
+def test_every_metric_has_a_unit_and_a_meaning_and_compare_reads_only_those():
+    for f in dataclasses.fields(Metrics):
+        assert "unit" in f.metadata and f.metadata["meaning"], f.name
+    derived = {"improvement_vs_constant_pct"}
+    assert set(compare.METRIC_COLUMNS) - derived <= set(METRIC_KEYS)
+
+
+def test_one_status_each_for_not_finite_and_not_generalizing():
+    nan = classify(BASE | {"final_val_loss": float("nan"), "final_test_loss": 0.03})
+    assert nan == (RunStatus.DIVERGED, "loss not finite")
+    overfit = classify(BASE | {"final_val_loss": 0.2, "final_test_loss": 0.03})
+    assert overfit[0] == RunStatus.FAILED_TO_GENERALIZE
+    assert classify(BASE | {"final_val_loss": 0.03, "final_test_loss": 0.03}) == (RunStatus.OK, "")
+    assert len({s.value for s in RunStatus}) == len(RunStatus)
+
+
+def test_a_trained_run_writes_exactly_the_schemas_keys(compose, tmp_path):
+    from latent_evolution.config import to_config
+    from latent_evolution.trainer import Trainer
+
+    config = to_config(compose("data=tiny", "model=small", "hardware=cpu", "training.epochs=1"))
+    returned = Trainer(config, tmp_path).fit()
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert tuple(on_disk) == tuple(sorted(METRIC_KEYS))
+    assert returned.keys() == on_disk.keys()
+    assert on_disk["status"] in {s.value for s in RunStatus}
+
+
+def test_importing_lsf_touches_no_hydra_state():
+    probe = (
+        "import sys, latent_evolution.lsf\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'torch')]\n"
+        "heavy += [m for m in sys.modules if m == 'latent_evolution.config']\n"
+        "from hydra.core.config_store import ConfigStore\n"
+        "from omegaconf import OmegaConf\n"
+        # Hydra's own entries: its 'hydra' group and an empty placeholder config
+        "stored = [k for k in ConfigStore.instance().repo if k != '_dummy_empty_config_.yaml']\n"
+        "print(heavy, stored, OmegaConf.has_resolver('unique_dir'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[] ['hydra'] False"
