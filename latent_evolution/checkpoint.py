@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = (
     "training.epochs",
     "training.checkpoint_every",
     "training.log_every",
+    "logger",
 )
 
 
@@ -68,5 +69,3 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], prefix: str =
             f"this run folder's checkpoint.pt was made with {saved.get(key)!r}; "
             "use the same value or a new run folder",
         )
-
-

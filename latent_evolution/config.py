@@ -29,6 +29,7 @@ CPU_KERNELS = ("onednn", "torch")  # latent_evolution.linear.place_model; CUDA i
 DATA_SOURCES = ("embedded", "simulation")
 DATA_COLUMNS = ("VOLTAGE", "CALCIUM", "FLUORESCENCE")
 STREAM_CHOICES = ("auto", "true", "false")
+LOGGERS = ("csv", "tensorboard")  # csv: training_log.csv only; tensorboard: plus event files
 
 
 # --------------------------------------------------------------------------- model
@@ -179,6 +180,14 @@ class HardwareConfig:
     slurm: SlurmRequest = field(default_factory=SlurmRequest)
 
 
+# -------------------------------------------------------------------------- logger
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"  # every run writes training_log.csv; tensorboard adds <run>/tensorboard/
+
+
 # -------------------------------------------------------------------------- root
 
 
@@ -189,6 +198,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 # The schema and every default: conf/config.yaml starts from it, and each group's option files
@@ -371,6 +381,7 @@ def validate(config: Config) -> None:
     if stream_mode(config.data.stream) == "true":
         validate_stream(config.data.stream, config.training.time_units, config.training.batch_size)
     _validate_hardware(config.hardware)
+    _choice("logger.name", config.logger.name, LOGGERS)
     if config.model.use_batch_norm and config.training.batch_size < 2:
         raise ConfigError(
             "training.batch_size",

@@ -37,6 +37,9 @@ class GPUMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handle = None
+        # the newest sample, for the epoch log (None until one is taken, and on CPU)
+        self.latest_utilization_percent: float | None = None
+        self.latest_memory_mb: float | None = None
 
     def start(self) -> GPUMonitor:
         if self.device.type != "cuda":
@@ -71,6 +74,7 @@ class GPUMonitor:
                 log.warning("NVML sampling stopped: %s", exc)
                 return
             peak, util_sum, samples = max(peak, used), util_sum + util, samples + 1
+            self.latest_utilization_percent, self.latest_memory_mb = float(util), used
             self.stats.max_gpu_memory_mb = peak
             self.stats.avg_gpu_utilization_percent = round(util_sum / samples, 2)
 

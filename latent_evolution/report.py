@@ -8,7 +8,6 @@ every column; JSON holds the runs and repeats with missing values as null.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from latent_evolution.epoch_log import read_epoch_log
 from latent_evolution.run_folder import EPOCH_LOG, FINAL_LOSSES, RunStatus
 
 SEED = "training.seed"  # runs that differ only in this key are repeats
@@ -111,7 +111,7 @@ def _as_text(c: Comparison, markdown: bool) -> str:
         )
     for title, table in sections:
         lines += ["", f"### {title}" if markdown else f"{title}:", ""]
-        lines += _grid(table, markdown)
+        lines += grid(table, markdown)
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +153,7 @@ def _cell(value: Any, column: str = "") -> str:
     return str(value)
 
 
-def _grid(table: pd.DataFrame, markdown: bool) -> list[str]:
+def grid(table: pd.DataFrame, markdown: bool) -> list[str]:
     """Aligned rows: `| a | b |` tables for markdown, two-space columns for terminals."""
     header = [str(col) for col in table.columns]
     rows = [
@@ -203,24 +203,40 @@ def plot_curves(c: Comparison, path: Path) -> Path:
     return path
 
 
-def _draw_curves(ax: Any, groups: dict[str, list[str]], cmap: Any) -> None:
-    """One colour per group, spread over the colormap in group order; one legend entry each."""
-    for i, (label, run_dirs) in enumerate(groups.items()):
+def _draw_curves(ax: Any, groups: dict[str, list[tuple[str, str]]], cmap: Any) -> None:
+    """One colour per group, spread over the colormap in group order; one legend entry each.
+    A run still training is drawn dashed, its curve so far."""
+    running_labelled = False
+    for i, (label, runs) in enumerate(groups.items()):
         style = {"color": cmap(i / max(len(groups) - 1, 1)), "alpha": 0.8, "marker": "."}
-        for j, run_dir in enumerate(run_dirs):
+        for j, (run_dir, status) in enumerate(runs):
             epochs, losses = _val_curve(Path(run_dir) / EPOCH_LOG)
             ax.plot(epochs, losses, markersize=4, label=None if j else label, **style)
+            if status == "running" and epochs:
+                ax.lines[-1].set_linestyle("--")
+                ax.plot(
+                    epochs[-1:],
+                    losses[-1:],
+                    "o",
+                    mfc="none",
+                    color=style["color"],
+                    label=None if running_labelled else "running: curve so far",
+                )
+                running_labelled = True
 
 
-def _plot_groups(runs: pd.DataFrame, keys: Sequence[str]) -> dict[str, list[str]]:
-    """Legend label -> run folders, labels ordered by value (numbers numerically)."""
-    groups: dict[str, tuple[list[Any], list[str]]] = {}
-    rows = zip(runs["run_dir"], runs[list(keys)].itertuples(index=False), strict=True)
-    for run_dir, values in rows:
+def _plot_groups(runs: pd.DataFrame, keys: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+    """Legend label -> (run folder, status) of its runs, labels ordered by value (numbers
+    numerically)."""
+    groups: dict[str, tuple[list[Any], list[tuple[str, str]]]] = {}
+    rows = zip(
+        runs["run_dir"], runs["status"], runs[list(keys)].itertuples(index=False), strict=True
+    )
+    for run_dir, status, values in rows:
         label = ", ".join(_cell(v) for v in values) or "all runs"
-        groups.setdefault(label, ([_order(v) for v in values], []))[1].append(run_dir)
+        groups.setdefault(label, ([_order(v) for v in values], []))[1].append((run_dir, status))
     ordered = sorted(groups.items(), key=lambda item: item[1][0])
-    return {label: run_dirs for label, (_, run_dirs) in ordered}
+    return {label: members for label, (_, members) in ordered}
 
 
 def _order(value: Any) -> tuple[int, float, str]:
@@ -231,17 +247,15 @@ def _order(value: Any) -> tuple[int, float, str]:
 
 
 def _val_curve(log: Path) -> tuple[list[int], list[float]]:
-    """Epochs with a finite validation loss in a run's epoch log (none if absent)."""
-    if not log.is_file():
-        return [], []
+    """Epochs with a finite validation loss in a run's training_log.csv (none if absent; a
+    running run's torn last line is skipped)."""
     epochs, losses = [], []
-    with open(log, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                epoch, loss = int(row["epoch"]), float(row.get("val_loss") or "nan")
-            except (KeyError, ValueError):
-                continue
-            if math.isfinite(loss) and loss > 0:  # log axis
-                epochs.append(epoch)
-                losses.append(loss)
+    for row in read_epoch_log(log):
+        try:
+            epoch, loss = int(row["epoch"]), float(row.get("val_loss") or "nan")
+        except (KeyError, ValueError):
+            continue
+        if math.isfinite(loss) and loss > 0:  # log axis
+            epochs.append(epoch)
+            losses.append(loss)
     return epochs, losses

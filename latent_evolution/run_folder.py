@@ -7,9 +7,7 @@ so `compare` starts without torch and submitit jobs import nothing heavy.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from latent_evolution.files import atomic_write_json, atomic_write_text
+from latent_evolution.files import atomic_write_json
 
 # ------------------------------------------------------------------------ file names
 
@@ -36,7 +34,11 @@ EPOCH_LOG_COLUMNS = (
     "epoch",  # 1-based
     *(f"train_{part}_loss" for part in LOSS_PARTS),  # mean over the epoch's steps
     "val_loss",  # evolve-only MSE on the val split; empty in epochs without validation
-    "epoch_duration_seconds",
+    "best_val_loss",  # the lowest val_loss so far
+    "epoch_duration_seconds",  # s, validation included
+    "learning_rate",
+    "gpu_utilization_percent",  # %, NVML's latest sample at the epoch's end; empty on CPU
+    "gpu_memory_mb",  # MiB used on the GPU, likewise
 )
 FINAL_LOSSES = ("final_train_loss", "final_val_loss", "final_test_loss")
 SPLITS = ("train", "val", "test")
@@ -54,6 +56,14 @@ class RunStatus(StrEnum):
     FAILED_TO_GENERALIZE = "failed_to_generalize"
     FAILED = "failed"  # ended without metrics.json, e.g. an error or a killed job
     RUNNING = "running"  # no metrics.json yet, and recent activity or a checkpoint to resume
+
+
+class JobState(StrEnum):
+    """What only the scheduler knows of a sweep's job; once its run folder speaks, the job's
+    state is the run's RunStatus (latent_evolution.status shows both in one column)."""
+
+    PENDING = "pending"  # submitted, not started
+    UNKNOWN = "unknown"  # the scheduler could not be asked, or does not know the job
 
 
 # --------------------------------------------------------------------- metrics.json
@@ -170,11 +180,3 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a finished run, or None if the folder holds no finished run."""
     path = Path(run_dir) / METRICS
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_epoch_log(run_dir: Path, history: list[dict[str, Any]]) -> Path:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=EPOCH_LOG_COLUMNS)
-    writer.writeheader()
-    writer.writerows(history)
-    return atomic_write_text(Path(run_dir) / EPOCH_LOG, out.getvalue())

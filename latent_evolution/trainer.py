@@ -32,17 +32,19 @@ from latent_evolution.checkpoint import (
 )
 from latent_evolution.config import Config
 from latent_evolution.data import BatchSource, Dataset, Split, load_dataset
+from latent_evolution.epoch_log import EpochLog
 from latent_evolution.evaluation import evaluate, final_metrics
 from latent_evolution.linear import keep_optimizer_state_as_nn_linear, place_model
+from latent_evolution.loggers import RunLoggers
 from latent_evolution.metrics import GPUMonitor
 from latent_evolution.model import LatentModel
 from latent_evolution.preemption import DeferredSignals
 from latent_evolution.run_folder import (
     CHECKPOINT,
+    EPOCH_LOG,
     LOSS_PARTS,
     Metrics,
     as_json,
-    write_epoch_log,
     write_metrics,
 )
 from latent_evolution.streaming import StreamError
@@ -141,6 +143,7 @@ class Trainer:
         self.epoch = 0
         self.training_seconds = 0.0  # in the epoch loop, over every segment of a resumed run
         self.history: list[dict[str, Any]] = []
+        self.epoch_log = EpochLog(self.run_dir / EPOCH_LOG)
 
     # ------------------------------------------------------------------ the step
 
@@ -200,13 +203,17 @@ class Trainer:
         started = time.perf_counter() - self.training_seconds  # a resumed run counts on
         diverged_at = None
         epochs = range(self.epoch, t.epochs)
+        self.epoch_log.restart(self.history)  # exactly the checkpoint's epochs (none if fresh)
+        loggers = RunLoggers(self.config.logger.name, self.run_dir)
         with (
             GPUMonitor(self.device) as monitor,
             DeferredSignals() as signals,
             self._progress(epochs) as bar,
         ):
             for epoch in epochs:
-                row = self._epoch(epoch)
+                row = self._epoch(epoch, monitor)
+                self.epoch_log.append(row)  # durable now: a crash loses only the next epoch
+                loggers.log_epoch(row)
                 self.training_seconds = time.perf_counter() - started
                 self._report(bar, row)
                 if not all(math.isfinite(v) for v in row.values() if v is not None):
@@ -217,9 +224,12 @@ class Trainer:
             gpu = monitor.stop()
         metrics = final_metrics(self, diverged_at, gpu)
         self._write_outputs(metrics)
-        return as_json(metrics)
+        values = as_json(metrics)
+        loggers.log_final(dataclasses.asdict(self.config), values, self.epoch)
+        loggers.close()
+        return values
 
-    def _epoch(self, epoch: int) -> dict[str, Any]:
+    def _epoch(self, epoch: int, monitor: GPUMonitor) -> dict[str, Any]:
         """Train one epoch, validate when due, read the losses once: the epoch log's row."""
         t = self.config.training
         epoch_start = time.perf_counter()
@@ -231,11 +241,23 @@ class Trainer:
             "epoch": epoch + 1,
             **{f"train_{k}_loss": v for k, v in zip(LOSS_PARTS, values[:4], strict=True)},
             "val_loss": values[4] if val is not None else None,
+            "best_val_loss": self._best_val(values[4] if val is not None else None),
             "epoch_duration_seconds": time.perf_counter() - epoch_start,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            # the monitor thread's latest NVML sample (None on CPU): no device sync
+            "gpu_utilization_percent": monitor.latest_utilization_percent,
+            "gpu_memory_mb": monitor.latest_memory_mb,
         }
         self.history.append(row)
         self.epoch = epoch + 1
         return row
+
+    def _best_val(self, val: float | None) -> float | None:
+        """The lowest finite validation loss so far, this epoch's included."""
+        best = self.history[-1].get("best_val_loss") if self.history else None
+        if val is not None and math.isfinite(val) and (best is None or val < best):
+            return val
+        return best
 
     def _checkpoint_if_due(self, signals: DeferredSignals) -> None:
         """Save every checkpoint_every epochs, after the last, and when the cluster warns."""
@@ -275,9 +297,9 @@ class Trainer:
             )
 
     def _write_outputs(self, metrics: Metrics) -> None:
-        """Weights and the epoch log first; metrics.json last, so its presence means done."""
+        """Weights first; metrics.json last, so its presence means done (the epoch log is
+        already complete: each row was made durable at the end of its epoch)."""
         save_model(self.run_dir, self.model)
-        write_epoch_log(self.run_dir, self.history)
         write_metrics(self.run_dir, metrics)
 
     # ------------------------------------------------------------------ resume

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from latent_evolution.config import ConfigError, to_config
+from latent_evolution.epoch_log import read_epoch_log
 from latent_evolution.preemption import DeferredSignals
 from latent_evolution.train import train_or_resume
 from latent_evolution.trainer import Trainer
@@ -93,6 +94,7 @@ def test_sigkill_at_a_random_point_then_rerun_gives_identical_results(reference,
     proc.kill()
     proc.wait()
     assert not (tmp_path / "metrics.json").exists()
+    assert len(read_epoch_log(tmp_path / "training_log.csv")) >= epoch  # durable per epoch
 
     run(tmp_path, "training.checkpoint_every=1")
     assert 1 <= resumed_epoch(tmp_path) < EPOCHS
