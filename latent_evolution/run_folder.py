@@ -161,6 +161,14 @@ def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
     return RunStatus.OK, ""
 
 
+def objective(metrics: dict[str, Any]) -> float:
+    """What a sweep minimises for a finished run: its validation loss, inf once it diverged
+    (an optimizing sweeper ranks such a run last and goes on)."""
+    value = as_number(metrics.get("final_val_loss"))
+    diverged = metrics.get("status") == RunStatus.DIVERGED
+    return math.inf if diverged or value is None or not math.isfinite(value) else value
+
+
 # ------------------------------------------------------------------ reading, writing
 
 

@@ -8,7 +8,6 @@ any data or compilation work.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from omegaconf import DictConfig
 
 from latent_evolution.config import Config, to_config
 from latent_evolution.input_errors import one_line_input_errors
-from latent_evolution.run_folder import RunStatus, read_metrics
+from latent_evolution.run_folder import RunStatus, objective, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def main(cfg: DictConfig) -> float:
             metrics["last_finite_train_loss"],
             run_dir,
         )
-        return math.inf  # the sweep goes on; an optimizing sweeper ranks this run last
+        return objective(metrics)
     if metrics["status"] != RunStatus.OK:
         log.warning("Run %s: %s", metrics["status"], metrics.get("status_note", ""))
     test, constant = metrics["final_test_loss"], metrics["test_loss_constant_model"]
@@ -57,7 +56,7 @@ def main(cfg: DictConfig) -> float:
         metrics["noise_floor_loss"],
         run_dir,
     )
-    return metrics["final_val_loss"]
+    return objective(metrics)
 
 
 def train_or_resume(config: Config, run_dir: Path) -> dict[str, Any]:

@@ -65,6 +65,24 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
         "model.evolver.l1_weight=-0.1",
         r"^model\.evolver\.l1_weight=-0\.1: must be a finite number >= 0$",
     ),
+    (
+        "model.encoder.l1_weight=-1",
+        r"^model\.encoder\.l1_weight=-1\.0: must be a finite number >= 0$",
+    ),
+    (
+        "model.decoder.l1_weight=nan",
+        r"^model\.decoder\.l1_weight=nan: must be a finite number >= 0$",
+    ),
+    (
+        "data.stream.enabled=maybe",
+        r"^data\.stream\.enabled='maybe': must be one of auto, true, false$",
+    ),
+    (
+        "data.stream.host_budget_gb=-1",
+        r"^data\.stream\.host_budget_gb=-1\.0: must be a finite number > 0$",
+    ),
+    ("hardware.lsf.mem_per=host", r"^hardware\.lsf\.mem_per='host': must be one of job, slot$"),
+    ("logger.name=wandb", r"^logger\.name='wandb': must be one of csv, tensorboard$"),
     ("model.activation=swish", r"^model\.activation='swish': must be one of relu, gelu, silu,"),
     ("model=huge", r"^model=huge: must be one of latent, small$"),
     ("hardware=foo", r"^hardware=foo: must be one of a100, auto, cpu, gpu, h100, h200, l4$"),
@@ -84,11 +102,6 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ("model.decoder.hidden_dims=0", rf"^model\.decoder\.hidden_dims=0: {POSITIVE}$"),
     ("model.evolver.hidden_dims=-1", rf"^model\.evolver\.hidden_dims=-1: {POSITIVE}$"),
     ("model.encoder.num_hidden_layers=-2", r"^model\.encoder\.num_hidden_layers=-2: must be >= 0$"),
-    (
-        "model.encoder.l1_reg_loss=-1",
-        r"^model\.encoder\.l1_reg_loss=-1\.0: must be a finite number",
-    ),
-    ("model.decoder.l1_reg_loss=nan", r"^model\.decoder\.l1_reg_loss=nan: must be a finite number"),
     (
         "model.stimulus_encoder.hidden_dims=0",
         rf"^model\.stimulus_encoder\.hidden_dims=0: {POSITIVE}",

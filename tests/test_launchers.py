@@ -206,10 +206,41 @@ def test_a_refused_queue_fails_its_jobs_only_and_the_rest_run(lsf_standin, tmp_p
     assert done.returncode != 0  # the sweep reports its failure
     report = (the_sweep_dir(tmp_path) / "failed_jobs.txt").read_text()
     assert "1 of 2 jobs failed" in report and "No such queue" in report
-    assert "hardware=h200" in report.splitlines()[-1]  # the rerun line names the refused job
+    rerun = report.splitlines()[-1]  # one command: the sweep again, into its own folder
+    assert f"hydra.sweep.dir={the_sweep_dir(tmp_path).resolve()}" in rerun
+    assert "hardware=a100,h200" in rerun
     (record,) = submitted(tmp_path)  # the job that went out is on record and finished
     assert run_config(tmp_path, record).hardware.lsf.queue == "gpu_a100"
     assert (tmp_path / record["run_dir"] / "metrics.json").exists()
+
+
+def test_a_sweep_run_again_into_its_folder_submits_only_jobs_without_a_finished_run(
+    lsf_standin, tmp_path
+):
+    first = sweep(tmp_path, *ONE_EPOCH_ON_CPU, "training.seed=1,2", "hydra/launcher=submitit_lsf")
+    assert first.returncode == 0, first.stderr
+    folder, n_submitted = the_sweep_dir(tmp_path), len(lsf_standin.submissions())
+    again = (*ONE_EPOCH_ON_CPU, "training.seed=1,2", "hydra/launcher=submitit_lsf",
+             f"hydra.sweep.dir={folder.resolve()}")  # fmt: skip
+    done = sweep(tmp_path, *again)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 jobs already finished" in done.stdout
+    assert len(lsf_standin.submissions()) == n_submitted  # nothing sent to the scheduler
+
+    (folder / "1" / "metrics.json").unlink()  # as if job 1 had failed
+    done = sweep(tmp_path, *again)
+    assert done.returncode == 0, done.stderr
+    assert "1 of 2 jobs already finished" in done.stdout
+    assert len(lsf_standin.submissions()) == n_submitted + 1
+    assert (folder / "1" / "metrics.json").exists()
+    record = submitted(tmp_path)  # the first job's record is kept, the second's renewed
+    assert [r["num"] for r in record] == [0, 1] and {r["scheduler"] for r in record} == {"lsf"}
+    watched = subprocess.run(
+        [sys.executable, "-m", "latent_evolution.status", str(folder)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.strip().splitlines()[-1] == "2 jobs: 2 ok"
 
 
 # ------------------------------------------------------------------------------ Slurm
@@ -251,7 +282,11 @@ def test_a_failing_job_lets_the_others_finish_and_is_named_with_its_rerun(slurm_
         "latent_evolution.train",
         "-m",
         "hydra/launcher=submitit_slurm",
-        *bad["overrides"],
+        f"hydra.sweep.dir={the_sweep_dir(tmp_path).resolve()}",
+        *TINY,
+        "training.epochs=1",
+        "hardware=l4",
+        "hardware.device=cpu,cuda",
     ]
 
 

@@ -60,6 +60,7 @@ class DispatchLauncher(BaseSubmititLauncher):
 
     conf: type  # the launcher's config dataclass: its defaults tell set fields from unset ones
     submit_command: str  # the scheduler's submission command, which must be on PATH
+    scheduler: str  # its name in submitted_jobs.json, for latent_evolution.status
     watcher_keys: tuple[str, ...] = ()  # launcher options for the executor's job watcher
 
     def hardware_request(self, hardware: Any) -> dict[str, Any]:
@@ -103,7 +104,27 @@ class DispatchLauncher(BaseSubmititLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> list[JobReturn]:
-        plans = [self._plan(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        planned = [self._plan(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        finished = {p.num: metrics for p in planned if (metrics := self._finished(p)) is not None}
+        if finished:  # a sweep run again into its folder: only what has no finished run goes
+            log.info(
+                "%d of %d jobs already finished in %s (metrics.json): not submitted again",
+                len(finished),
+                len(planned),
+                self.sweep_dir,
+            )
+        from latent_evolution.run_folder import objective
+
+        plans = [p for p in planned if p.num not in finished]
+        launched = iter(self._launch(plans) if plans else [])
+        return [  # in the sweep's order: an optimizing sweeper pairs results with its trials
+            _job_return(p, JobStatus.COMPLETED, objective(finished[p.num]))
+            if p.num in finished
+            else next(launched)
+            for p in planned
+        ]
+
+    def _launch(self, plans: list[PlannedJob]) -> list[JobReturn]:
         groups: dict[str, list[PlannedJob]] = defaultdict(list)
         for plan in plans:
             groups[json.dumps(plan.params, sort_keys=True, default=str)].append(plan)
@@ -140,6 +161,19 @@ class DispatchLauncher(BaseSubmititLauncher):
     def sweep_dir(self) -> Path:
         assert self.config is not None
         return Path(str(self.config.hydra.sweep.dir))
+
+    def _finished(self, plan: PlannedJob) -> dict[str, Any] | None:
+        """The metrics of this job's finished run in the sweep folder, if the run there was
+        made with the same overrides (a changed sweep does not reuse another job's run)."""
+        from latent_evolution.run_folder import read_metrics
+
+        run_dir = self.sweep_dir / str(plan.num)
+        try:
+            metrics = read_metrics(run_dir)
+            same = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") == plan.overrides
+        except (OSError, ValueError):
+            return None
+        return metrics if metrics is not None and same else None
 
     def _make_sweep_dir(self) -> None:
         assert self.config is not None
@@ -224,24 +258,30 @@ class DispatchLauncher(BaseSubmititLauncher):
     def _record(self, plans: list[PlannedJob]) -> Path:
         """Which scheduler job runs which sweep job, with its log and run folder."""
         from latent_evolution.files import atomic_write_json
+        from latent_evolution.run_folder import SUBMITTED_JOBS
 
-        record = [
-            {
+        path = self.sweep_dir / SUBMITTED_JOBS
+        new = {
+            p.num: {
                 "num": p.num,
                 "job_id": p.job.job_id,
+                "scheduler": self.scheduler,
                 "overrides": p.overrides,
                 "stderr": str(p.job.paths.stderr),
                 "run_dir": str(self.sweep_dir / str(p.num)),
             }
             for p in plans
-        ]
-        return atomic_write_json(self.sweep_dir / "submitted_jobs.json", record)
+        }
+        # a sweep run again into its folder keeps the record of the jobs it did not resubmit
+        earlier = json.loads(path.read_text()) if path.is_file() else []
+        kept = [r for r in earlier if r.get("num") not in new]
+        return atomic_write_json(path, sorted([*kept, *new.values()], key=lambda r: r["num"]))
 
     def _report_failures(self, failed: list[tuple[PlannedJob, JobReturn]], n_jobs: int) -> None:
         """Log the report, write it beside the runs; Hydra ends the sweep on the first failure."""
         from latent_evolution.files import atomic_write_text
 
-        report = failure_report(failed, n_jobs, self.sweep_dir, self._rerun_prefix())
+        report = failure_report(failed, n_jobs, self.sweep_dir, self.rerun_command())
         path = atomic_write_text(self.sweep_dir / "failed_jobs.txt", report + "\n")
         log.error("%s", report)
         for _, result in failed:
@@ -251,16 +291,18 @@ class DispatchLauncher(BaseSubmititLauncher):
             error.__cause__ = result._return_value
             result.return_value = error
 
-    def _rerun_prefix(self) -> list[str]:
-        """The command that started this sweep, without its task overrides."""
+    def rerun_command(self) -> list[str]:
+        """The command that started this sweep, into this sweep's folder: run again, it
+        submits only the jobs without a finished run (launch skips the others)."""
         assert self.config is not None
         command = sys.orig_argv[: len(sys.orig_argv) - len(sys.argv) + 1]
         hydra_overrides = OmegaConf.to_container(self.config.hydra.overrides.hydra)
-        assert isinstance(hydra_overrides, list)
-        # a rerun gets a sweep folder of its own, so it never overwrites the first sweep's jobs;
+        task = OmegaConf.to_container(self.config.hydra.overrides.task)
+        assert isinstance(hydra_overrides, list) and isinstance(task, list)
         # hydra.mode=MULTIRUN is Hydra's record of the `-m`
         kept = [o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
-        return [*command, "-m", *kept]
+        here = f"hydra.sweep.dir={self.sweep_dir.resolve()}"
+        return [*command, "-m", *kept, here, *task]
 
 
 def _outcome(plan: PlannedJob) -> JobReturn:
@@ -291,8 +333,8 @@ def failure_report(
             f"      log: {plan.job.paths.stderr if plan.job else '(never submitted)'}",
             f"      run folder: {sweep_dir / str(plan.num)}",
         ]
-    lines.append("rerun only them with:")
-    lines += [f"  {shlex.join([*rerun, *plan.overrides])}" for plan, _ in failed]
+    lines.append("rerun only them (finished jobs are skipped, checkpointed ones resume) with:")
+    lines.append(f"  {shlex.join(rerun)}")
     return "\n".join(lines)
 
 
@@ -307,6 +349,7 @@ def _first_line(exc: BaseException) -> str:
 class SlurmDispatchLauncher(DispatchLauncher):
     conf = SlurmDispatchConf
     submit_command = "sbatch"
+    scheduler = "slurm"
 
     def hardware_request(self, hardware: Any) -> dict[str, Any]:
         s = hardware.slurm
@@ -336,6 +379,7 @@ class SlurmDispatchLauncher(DispatchLauncher):
 class LSFDispatchLauncher(DispatchLauncher):
     conf = LSFDispatchConf
     submit_command = "bsub"
+    scheduler = "lsf"
     watcher_keys = ("poll_s", "not_found_grace_s", "zombi_grace_s", "unknown_grace_s")
 
     def hardware_request(self, hardware: Any) -> dict[str, Any]:
