@@ -27,7 +27,7 @@ EPOCH_LOG = "training_log.csv"  # one row per epoch (EPOCH_LOG_COLUMNS)
 METRICS = "metrics.json"  # written last: its presence means the run finished (Metrics)
 # in a sweep folder, beside the runs <sweep>/<job number>/ (written by the cluster launchers)
 SUBMITTED_JOBS = "submitted_jobs.json"  # each job's scheduler id, overrides, log, run folder
-FAILED_JOBS = "failed_jobs.txt"  # the failed jobs, their logs and one rerun command each
+FAILED_JOBS = "failed_jobs.txt"  # the failed jobs, their logs and the command rerunning them
 
 LOSS_PARTS = ("objective", "evolve", "recon", "reg")  # objective = evolve + recon + reg
 EPOCH_LOG_COLUMNS = (

@@ -81,7 +81,7 @@ def sweep_jobs(sweep: Path) -> list[Job]:
     """Every job of a sweep folder (or of a single run folder), by job number."""
     jobs: dict[str, Job] = {}
     for rec in _read_record(sweep):
-        run_dir = Path(rec["run_dir"])
+        run_dir = _run_dir(sweep, Path(rec["run_dir"]))
         jobs[str(run_dir.resolve())] = Job(
             num=rec.get("num"),
             run_dir=run_dir,
@@ -100,6 +100,12 @@ def sweep_jobs(sweep: Path) -> list[Job]:
             f"is not a sweep: it holds no {SWEEP_CONFIG}, no {SUBMITTED_JOBS} and no run folder",
         )
     return sorted(jobs.values(), key=lambda j: (j.num is None, j.num or 0, str(j.run_dir)))
+
+
+def _run_dir(sweep: Path, recorded: Path) -> Path:
+    """A job's run folder: as recorded, or (a relative path, written from the launch's working
+    folder; a sweep copied elsewhere) the sweep folder's sub-folder of that name."""
+    return recorded if recorded.is_absolute() and recorded.exists() else sweep / recorded.name
 
 
 def _read_record(sweep: Path) -> list[dict[str, Any]]:

@@ -19,6 +19,20 @@ NO_CUDA = "needs a CUDA GPU: torch.cuda.is_available() is False on this machine"
 SLOW_FIXTURES = {"slurm_cluster", "sweeps", "reference"}
 
 
+@pytest.fixture(autouse=True)
+def restore_hydra_singletons():
+    """Each test starts from the Hydra state the one before it found (Hydra's own test suite
+    does this): an in-process compose sets the process's version base and config search
+    state, which the launcher conformance suites must not inherit."""
+    import copy
+
+    from hydra.core.singleton import Singleton
+
+    state = copy.deepcopy(Singleton.get_state())
+    yield
+    Singleton.set_state(state)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

@@ -145,7 +145,8 @@ def test_without_a_scheduler_dry_run_prints_and_submission_is_one_line(tmp_path,
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"error: hydra/launcher={launcher}: `{command}` is not on PATH")
     assert "hydra.launcher.dry_run=true" in line and "Traceback" not in done.stderr
-    assert not list(sweep_dir(app).glob("submitted_jobs.json"))
+    # the dry run's sweep folder and the refused one's (two if a second passed between them)
+    assert not list(app.glob("multirun/*/*/submitted_jobs.json"))
 
 
 # ------------------------------------------------------------------ LSF as real clusters behave
@@ -180,7 +181,9 @@ def test_a_job_whose_host_is_lost_fails_after_its_grace_naming_why(
     assert done.returncode != 0
     report = (sweep_dir(app) / "failed_jobs.txt").read_text()
     assert report.startswith("1 of 2 jobs failed")
-    assert f"scheduler: {state} for " in report and "x=2" in report.splitlines()[-1]
+    assert f"scheduler: {state} for " in report and "job 1 (x=2)" in report
+    rerun = report.splitlines()[-1]  # the sweep again, into its folder: only job 1 reruns
+    assert f"hydra.sweep.dir={sweep_dir(app).resolve()}" in rerun and "x=1,2" in rerun
     assert results(app) == ["10"]
 
 

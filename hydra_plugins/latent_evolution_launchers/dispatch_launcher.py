@@ -280,9 +280,10 @@ class DispatchLauncher(BaseSubmititLauncher):
     def _report_failures(self, failed: list[tuple[PlannedJob, JobReturn]], n_jobs: int) -> None:
         """Log the report, write it beside the runs; Hydra ends the sweep on the first failure."""
         from latent_evolution.files import atomic_write_text
+        from latent_evolution.run_folder import FAILED_JOBS
 
         report = failure_report(failed, n_jobs, self.sweep_dir, self.rerun_command())
-        path = atomic_write_text(self.sweep_dir / "failed_jobs.txt", report + "\n")
+        path = atomic_write_text(self.sweep_dir / FAILED_JOBS, report + "\n")
         log.error("%s", report)
         for _, result in failed:
             error = SweepFailed(
