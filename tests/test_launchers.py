@@ -290,6 +290,34 @@ def test_a_failing_job_lets_the_others_finish_and_is_named_with_its_rerun(slurm_
     ]
 
 
+def test_status_joins_squeue_with_the_runs_of_a_detached_slurm_sweep(slurm_cluster, tmp_path):
+    from latent_evolution import status
+
+    done = sweep(
+        tmp_path,
+        *TINY,
+        "training.epochs=3",
+        "training.seed=1,2",
+        "hardware=l4",
+        "hardware.device=cpu",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.wait=false",
+    )
+    assert done.returncode == 0, done.stderr  # returned at once: the jobs are queued
+    folder = the_sweep_dir(tmp_path)
+    first = status.job_rows([folder])  # a job takes seconds to start: squeue still lists it
+    assert [(j.num, j.scheduler) for j in first] == [(0, "slurm"), (1, "slurm")]
+    assert {j.scheduler_id for j in first} == {r["job_id"] for r in submitted(tmp_path)}
+    assert all(j.scheduler_state in ("PENDING", "RUNNING", "COMPLETING") for j in first)
+    assert all(j.state in ("pending", "running") for j in first)
+    watched = subprocess.run(
+        [sys.executable, "-m", "latent_evolution.status", str(folder), "--watch", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.strip().splitlines()[-1] == "2 jobs: 2 ok"
+
+
 def start_preemptible_job(tmp_path: Path, launcher: str) -> tuple[dict, Path]:
     """Submit one 10-epoch job and return (its record, its run folder) at its first checkpoint."""
     done = sweep(
