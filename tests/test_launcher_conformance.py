@@ -9,6 +9,7 @@ resolvers, the original working directory).
 from __future__ import annotations
 
 import pytest
+from hydra import version
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
@@ -24,6 +25,17 @@ LSF = ["hydra.launcher.poll_s=1"]
 SLURM = ["hydra.launcher.timeout_min=2"]  # as hydra-submitit-launcher's own tests
 QUIET = ["hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]
 NO_GPU = "hydra.launcher.gpus_per_node=0"
+
+
+@pytest.fixture(autouse=True)
+def unspecified_version_base():
+    """Hydra's version base as a fresh process has it, unspecified: the suites expect what
+    that implies (each job in its own folder). Importing a `@hydra.main(version_base="1.3")`
+    module, as other test modules do at collection, sets "1.3" for the whole process."""
+    base = version.VersionBase.instance()
+    saved, base.version_base = base.version_base, version._UNSPECIFIED_
+    yield
+    base.version_base = saved
 
 
 @pytest.mark.parametrize("cls", [SlurmDispatchLauncher, LSFDispatchLauncher])
