@@ -331,6 +331,16 @@ def test_cancel_one_array_element(lsf_standin: StandIn, tmp_path: Path) -> None:
     assert [array["elements"][i]["stat"] for i in ("1", "2")] == ["EXIT", "DONE"]
 
 
+def test_bkill_of_a_finished_job_is_not_an_error(lsf_standin: StandIn, tmp_path: Path) -> None:
+    job = LSFExecutor(folder=tmp_path).submit(_job_identity, 5)
+    assert job.result()[0] == 25
+    answer = subprocess.run(["bkill", job.job_id], capture_output=True, text=True)
+    assert answer.returncode == 255 and "Job has already finished" in answer.stderr  # LSF's
+    job.cancel()  # check=True: still no error
+    with pytest.raises(subprocess.CalledProcessError):  # an unknown job stays an error
+        LSFJob(folder=tmp_path, job_id="999999").cancel()
+
+
 def test_suspended_job_is_not_finished(lsf_standin: StandIn, tmp_path: Path) -> None:
     job = LSFExecutor(folder=tmp_path).submit(_sleep_or_return, "sleep", tmp_path)
     _wait_for(lambda: (tmp_path / "started_sleep").exists())
