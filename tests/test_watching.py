@@ -247,3 +247,28 @@ def test_status_follows_a_running_local_sweep_until_it_ends(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "2 jobs: 2 ok"
+
+
+def test_compare_plots_a_running_sweep_with_running_runs_dashed(compose, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latent_evolution import compare, report
+
+    write_run(tmp_path / "0", compose, epochs=10, done=10, finished=True)
+    write_run(tmp_path / "1", compose, epochs=10, done=4, finished=False)
+    (tmp_path / "1" / "training_log.csv").open("a").write("5,0.1")  # an epoch being written
+    result = compare.compare([tmp_path])
+    groups = report._plot_groups(result.runs, [])
+    assert [status for _, status in groups["all runs"]] == ["ok", "running"]
+    fig, ax = plt.subplots()
+    report._draw_curves(ax, groups, plt.get_cmap())
+    finished, running, marker = ax.lines
+    assert finished.get_linestyle() == "-" and running.get_linestyle() == "--"
+    assert list(running.get_xdata()) == [2, 4]  # the epochs so far with a validation
+    assert marker.get_label() == "running: curve so far"
+    plt.close(fig)
+    assert compare.main([str(tmp_path), "--plot", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
