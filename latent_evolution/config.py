@@ -30,6 +30,8 @@ DATA_SOURCES = ("embedded", "simulation")
 DATA_COLUMNS = ("VOLTAGE", "CALCIUM", "FLUORESCENCE")
 STREAM_CHOICES = ("auto", "true", "false")
 LOGGERS = ("csv", "tensorboard")  # csv: training_log.csv only; tensorboard: plus event files
+LR_SCHEDULES = ("constant", "cosine", "step")  # after training.lr_schedule.warmup_epochs
+ROLLOUT_SPLITS = ("val", "test")
 
 
 # --------------------------------------------------------------------------- model
@@ -59,9 +61,33 @@ class ModelConfig:
     decoder: MLPConfig = field(default_factory=MLPConfig)
     evolver: MLPConfig = field(default_factory=MLPConfig)
     stimulus_encoder: StimulusEncoderConfig = field(default_factory=StimulusEncoderConfig)
+    # the evolver's last layer starts at zero: z is unchanged at step 0 (the constant model in
+    # latent space), so rollouts start stable
+    zero_init_evolver: bool = False
 
 
 # ------------------------------------------------------------------------ training
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Best weights are kept by `metric` always; the run stops early only with patience > 0."""
+
+    # an epoch-log column: val_loss, or rollout_val_mse_h<H> for H in evaluation.horizons
+    metric: str = "val_loss"
+    patience: int = 0  # validations without an improvement of min_delta before stopping; 0: off
+    min_delta: float = 0.0  # an improvement is a drop of more than this (metric units)
+
+
+@dataclass
+class LRScheduleConfig:
+    """Learning rate by optimizer step: linear warmup from 0, then `name` down from the peak."""
+
+    name: str = "constant"  # constant | cosine (to min_lr_ratio at the last step) | step
+    warmup_epochs: int = 0
+    min_lr_ratio: float = 0.0  # cosine: the last step's rate over training.learning_rate
+    step_every_epochs: int = 100  # step: multiply by gamma every this many epochs
+    gamma: float = 0.5
 
 
 @dataclass
@@ -84,6 +110,10 @@ class TrainingConfig:
     # epochs between checkpoint.pt saves (0: only after the last); a save of the default model
     # (90 MiB with Adam state) takes 0.2-0.6 s, and warning signals checkpoint at the epoch end
     checkpoint_every: int = 10
+    # the first K epochs descend only the reconstruction loss (the evolve loss is still logged)
+    recon_warmup_epochs: int = 0
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 # ---------------------------------------------------------------------------- data
@@ -180,6 +210,24 @@ class HardwareConfig:
     slurm: SlurmRequest = field(default_factory=SlurmRequest)
 
 
+# ---------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvaluationConfig:
+    """Rollout evaluation (latent_evolution/rollout.py): from `starts` start frames s per split,
+    encode x[s] once, evolve with every frame's stimulus, decode each step; MSE vs x[s+h]."""
+
+    starts: int = 64  # start frames per split, drawn with `seed`; rollout_starts.json
+    max_horizon: int = 200  # frames evolved: the curve h = 1..max_horizon (rollout.csv)
+    horizons: list[int] = field(default_factory=lambda: [1, 10, 50, 100, 200])  # metrics.json
+    cell_type_horizons: list[int] = field(default_factory=lambda: [1, 50, 200])
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    every: int = 0  # epochs between rollouts of val during training (0: only at the end)
+    batch_size: int = 256  # starts evolved together
+    seed: int = 0
+
+
 # -------------------------------------------------------------------------- logger
 
 
@@ -199,6 +247,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    # what a sweep minimises (the train command's return value, hydra-optuna-sweeper's
+    # objective): a metrics.json key (run_folder.OBJECTIVE_METRICS)
+    optimized_metric: str = "final_val_loss"
 
 
 # The schema and every default: conf/config.yaml starts from it, and each group's option files

@@ -23,6 +23,12 @@ HYDRA_CONFIG = Path(".hydra") / "config.yaml"  # the composed config: marks a fo
 HYDRA_RUNTIME = Path(".hydra") / "hydra.yaml"  # Hydra's own config (job id, overrides)
 CHECKPOINT = "checkpoint.pt"  # the resume state, rewritten every training.checkpoint_every
 MODEL = "model.pt"  # final weights, a state_dict
+BEST_MODEL = "best_model.pt"  # the weights of the best training.early_stopping.metric so far
+ROLLOUT_STARTS = "rollout_starts.json"  # {"val": [frame, ...], "test": [...]}, absolute frames
+ROLLOUT_CURVE = "rollout.csv"  # split, horizon, mse, constant_mse for h = 1..max_horizon
+ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, mse, constant_mse
+ROLLOUT_PLOT = "rollout.png"  # MSE vs horizon, log scales, the constant model drawn
+EVALUATIONS = "evaluations"  # `evaluate`'s results: <run>/evaluations/<name>/, never the above
 EPOCH_LOG = "training_log.csv"  # one row per epoch (EPOCH_LOG_COLUMNS)
 METRICS = "metrics.json"  # written last: its presence means the run finished (Metrics)
 # in a sweep folder, beside the runs <sweep>/<job number>/ (written by the cluster launchers)
@@ -42,6 +48,11 @@ EPOCH_LOG_COLUMNS = (
 )
 FINAL_LOSSES = ("final_train_loss", "final_val_loss", "final_test_loss")
 SPLITS = ("train", "val", "test")
+
+
+def rollout_key(split: str, horizon: int, constant: bool = False) -> str:
+    """metrics.json's and the epoch log's name of a rollout MSE at a horizon (frames)."""
+    return f"rollout_{split}_{'constant_' if constant else ''}mse_h{horizon}"
 
 
 # -------------------------------------------------------------------------- statuses
