@@ -127,7 +127,7 @@ class LatentModel(nn.Module):
         gradient accumulation between the two uses (the whole step 1.15-1.2x faster at batch
         32 on the CPU, fly size; neutral at 256).
         """
-        if self.batch_norm:  # each batch keeps its own statistics, as in the original
+        if self.batch_norm:  # each of the two batches keeps its own batch-norm statistics
             pairs = zip(latents, targets, strict=True)
             return [LOSS_FUNCTIONS[loss](self.decoder(z).float(), t) for z, t in pairs]
         *hidden_layers, head = self.decoder

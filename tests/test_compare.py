@@ -250,7 +250,7 @@ def test_mixed_metric_sets_and_commits_compare_with_gaps(two_runs, capsys):
 
 
 def test_val_loss_above_constant_while_train_normal_failed_to_generalize(two_runs, capsys):
-    """The notes' batch-size-32 seed 12345: train 0.031628, val 0.213628, test 0.523897."""
+    """The lab's batch-size-32 run, seed 12345: train 0.031628, val 0.213628, test 0.523897."""
     a, b = two_runs
     metrics = json.loads((a / "metrics.json").read_text())
     metrics |= {
@@ -272,7 +272,7 @@ def test_val_loss_above_constant_while_train_normal_failed_to_generalize(two_run
         metrics | {"final_val_loss": 0.026214, "final_test_loss": 0.030967}
     ) == ("ok", "")
     latent1d = {"final_train_loss": 0.1026, "final_val_loss": 0.0570, "final_test_loss": 0.0585}
-    assert compare.classify(metrics | latent1d) == (  # the notes' latent1d: no learning at all
+    assert compare.classify(metrics | latent1d) == (  # a 1-d latent learned nothing
         "ok",
         "no better than the constant model on any split",
     )
@@ -334,7 +334,7 @@ def test_fresh_run_without_metrics_is_running_unless_its_log_ends_in_an_error(tw
 
 
 def test_seed_only_sweep_is_one_repeats_group(sweeps, tmp_path, capsys):
-    """The notes' reproducibility experiments: nothing but the seed differs."""
+    """Reproducibility presets: nothing but the seed differs."""
     for seed in (1, 2):
         run = run_with(sweeps, **{"training.batch_size": 64, "training.seed": seed})
         shutil.copytree(run, tmp_path / "seeds" / str(seed))

@@ -33,7 +33,7 @@ ONE_EPOCH_ON_CPU = (*TINY, "training.epochs=1", "hardware.device=cpu")
 # gpu_type_sweep cut to one job per GPU type (the command line wins over a preset's sweep)
 GPU_TYPES = ("experiment=gpu_type_sweep", "hardware.precision=fp32", *ONE_EPOCH_ON_CPU)
 QUEUES = {"gpu_l4": "8", "gpu_a100": "12", "gpu_h100": "12", "gpu_h200": "12"}  # queue: slots
-# the notes' experiments: (jobs in the sweep, epochs)
+# the lab's experiment presets: (jobs in the sweep, epochs)
 EXPERIMENTS = {
     "batch_size_sweep": (4, 5000),
     "learning_rate_sweep": (4, 5000),

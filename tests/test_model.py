@@ -32,7 +32,7 @@ def test_prediction_and_loss_shapes(latent_dims, time_units):
         assert all(p.shape == () and torch.isfinite(p) for p in parts)
 
 
-def test_mlp_structure_follows_the_design_notes():
+def test_mlp_hidden_blocks_are_linear_batch_norm_activation_then_a_linear():
     mlp = MLP(10, 32, 4, num_hidden_layers=3, activation="relu", use_batch_norm=True)
     kinds = [type(m) for m in mlp]
     assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU] * 3 + [nn.Linear]
@@ -105,7 +105,7 @@ def test_loss_parts_equal_decoding_prediction_and_reconstruction_apart(
 ):
     """One decoder pass on both (no batch norm; the last layer fused with the mse where it
     is wide) or two (batch norm: each batch keeps its own statistics): either way the
-    losses and gradients of the design notes, decoded separately."""
+    losses and gradients of decoding prediction and reconstruction separately."""
     torch.manual_seed(0)
     config = small_model_config(6, use_batch_norm=use_batch_norm)
     model = place_model(LatentModel(config, n_neurons, 4), torch.device("cpu"), "onednn").train()

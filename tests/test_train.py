@@ -16,7 +16,7 @@ from latent_evolution.data import Split, gather_batch
 from latent_evolution.trainer import CompiledStep, Trainer
 from tests.helpers import TINY, run_module
 
-METRIC_NAMES = {  # the names the lab's notes and scripts read (design notes, "Metrics")
+METRIC_NAMES = {  # the names the lab's scripts and tables already read
     "final_train_loss",
     "final_val_loss",
     "final_test_loss",
