@@ -1,12 +1,15 @@
 """Streaming benchmark: memory and speed of streamed against resident splits, and losses.
 
-Writes a fly-sized recording (N 13741, n_input 1736; T 4000 frames, 2.0 GB) to a temp dir
-whose kept splits are several times the stream's chunk budget, then in a fresh process
-per mode (twice each, alternating) trains on it: peak RSS against the budget, train
-steps/s, and the file read rate streaming needs at the resident speed beside the loader's
-achieved rate. `--losses` trains the embedded data set both ways for a few seeds.
+Writes a fly-sized recording (N 13741, n_input 1736; T 4000 frames, 2.0 GB, `--frames` to
+scale it) to a temp dir whose kept splits are several times the stream's chunk budget, then
+in a fresh process per mode (twice each, alternating) trains on it: peak RSS against the
+budget, train steps/s, and the file read rate streaming needs at the resident speed beside
+the loader's achieved rate. Processes on a shared machine differ in speed by up to 4x, so
+the speed ratio is also measured in one process, both modes' epochs interleaved
+(`interleaved_streamed_vs_resident`). `--losses` trains the embedded data set both ways.
 
     python benchmarks/bench_streaming.py --json stream.json
+    python benchmarks/bench_streaming.py --frames 20000 --chunk-frames 1024 --chunks-in-memory 4
     python benchmarks/bench_streaming.py --losses --seeds 3 --epochs 10
 """
 
@@ -24,8 +27,13 @@ from pathlib import Path
 import numpy as np
 
 N_COLUMNS = 9
-SPLITS = {"train": [0, 3200], "val": [3200, 3600], "test": [3600, 4000]}
+SPLIT_SHARES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}  # of T frames
 MODES = ("resident", "streamed")
+
+
+def splits(n_frames: int) -> dict[str, tuple[int, int]]:
+    """The split windows [start, stop) of a T-frame recording."""
+    return {k: (round(a * n_frames), round(b * n_frames)) for k, (a, b) in SPLIT_SHARES.items()}
 
 
 def write_recording(folder: Path, n_frames: int, n_neurons: int) -> Path:
@@ -45,7 +53,7 @@ def overrides(args: argparse.Namespace, folder: Path, mode: str, run_dir: Path) 
         "data=simulation",
         f"data.path={folder}",
         f"data.n_input={args.n_input}",
-        *(f"data.splits.{k}=[{a},{b}]" for k, (a, b) in SPLITS.items()),
+        *(f"data.splits.{k}=[{a},{b}]" for k, (a, b) in splits(args.frames).items()),
         f"data.stream.enabled={'true' if mode == 'streamed' else 'false'}",
         f"data.stream.chunk_frames={args.chunk_frames}",
         f"data.stream.chunks_in_memory={args.chunks_in_memory}",
@@ -57,29 +65,40 @@ def overrides(args: argparse.Namespace, folder: Path, mode: str, run_dir: Path) 
     ]
 
 
-def run_mode(args: argparse.Namespace, folder: Path, mode: str) -> dict:
-    """One mode in this process: timed train epochs, then a whole run to metrics.json."""
-    import torch
+def make_trainer(args: argparse.Namespace, folder: Path, mode: str, run_dir: str):
     from hydra import compose, initialize_config_dir
 
     from latent_evolution.config import to_config
     from latent_evolution.trainer import Trainer
 
     conf = str(Path(__file__).resolve().parent.parent / "conf")
+    with initialize_config_dir(conf, version_base="1.3"):
+        config = to_config(compose("config", overrides=overrides(args, folder, mode, run_dir)))
+    return Trainer(config, Path(run_dir))
+
+
+def timed_epoch(trainer) -> float:
+    """Seconds of one train epoch, the device drained before and after."""
+    import torch
+
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else lambda: None
+    sync()
+    start = time.perf_counter()
+    trainer.train_epoch()
+    sync()
+    return time.perf_counter() - start
+
+
+def run_mode(args: argparse.Namespace, folder: Path, mode: str) -> dict:
+    """One mode in this process: timed train epochs, then a whole run to metrics.json."""
+    import torch
+
     runtime_mb = peak_rss_mb()  # the interpreter, torch and Hydra, before data or model
     with tempfile.TemporaryDirectory() as run_dir:
-        with initialize_config_dir(conf, version_base="1.3"):
-            config = to_config(compose("config", overrides=overrides(args, folder, mode, run_dir)))
-        trainer = Trainer(config, Path(run_dir))
-        sync = torch.cuda.synchronize if trainer.device.type == "cuda" else lambda: None
+        trainer = make_trainer(args, folder, mode, run_dir)
         trainer.train_epoch()  # warm-up
-        seconds = []
-        for _ in range(args.epochs):
-            sync()
-            start = time.perf_counter()
-            trainer.train_epoch()
-            sync()
-            seconds.append(time.perf_counter() - start)
+        seconds = [timed_epoch(trainer) for _ in range(args.epochs)]
+        train_peak_mb = peak_rss_mb()  # training only: chunks, a train batch's activations
         read_s = loader_seconds(trainer) if mode == "streamed" else None
         metrics = trainer.fit()  # one epoch, evaluation of all splits, the run's files
     return {
@@ -88,10 +107,31 @@ def run_mode(args: argparse.Namespace, folder: Path, mode: str) -> dict:
         "steps_per_s": trainer.steps_per_epoch / statistics.median(seconds),
         "epoch_s": statistics.median(seconds),
         "loader_pass_s": read_s,
-        "peak_rss_mb": peak_rss_mb(),
+        "train_peak_rss_mb": train_peak_mb,
+        "peak_rss_mb": peak_rss_mb(),  # the whole run: evaluation batches of every split too
         "runtime_rss_mb": runtime_mb,
         "model_state_mb": 4 * sum(p.numel() for p in trainer.model.parameters()) * 4 / 2**20,
         "threads": torch.get_num_threads(),
+    }
+
+
+def interleaved(args: argparse.Namespace, folder: Path) -> dict:
+    """Both modes in one process, epoch by epoch in turn: steps/s medians and their ratio."""
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        trainers = {"resident": make_trainer(args, folder, "resident", a)}
+        trainers["streamed"] = make_trainer(args, folder, "streamed", b)
+        for trainer in trainers.values():
+            trainer.train_epoch()  # warm-up
+        seconds: dict[str, list[float]] = {m: [] for m in MODES}
+        for _ in range(args.epochs):
+            for mode, trainer in trainers.items():
+                seconds[mode].append(timed_epoch(trainer))
+        steps = trainers["resident"].steps_per_epoch
+    rates = {m: steps / statistics.median(s) for m, s in seconds.items()}
+    return {
+        "steps_per_s": rates,
+        "epoch_s": seconds,
+        "streamed_vs_resident": rates["streamed"] / rates["resident"],
     }
 
 
@@ -114,11 +154,13 @@ def loader_seconds(trainer) -> float:
 def summarize(args: argparse.Namespace, rows: list[dict]) -> dict:
     by = {m: [r for r in rows if r["mode"] == m] for m in MODES}
     n, n_in, frame_bytes = args.n_neurons, args.n_input, args.n_neurons * N_COLUMNS * 4
-    kept = sum(b - a for a, b in SPLITS.values()) * (n + n_in) * 4
+    windows = splits(args.frames)
+    kept = sum(b - a for a, b in windows.values()) * (n + n_in) * 4
     budget = args.chunks_in_memory * args.chunk_frames * (n + n_in) * 4
     peak = {m: statistics.median(r["peak_rss_mb"] for r in by[m]) for m in MODES}
+    train_peak = {m: statistics.median(r["train_peak_rss_mb"] for r in by[m]) for m in MODES}
     fixed = statistics.median(r["runtime_rss_mb"] + r["model_state_mb"] for r in by["streamed"])
-    train_frames = SPLITS["train"][1] - SPLITS["train"][0]
+    train_frames = windows["train"][1] - windows["train"][0]
     resident_epoch = statistics.median(r["epoch_s"] for r in by["resident"])
     loader_s = statistics.median(r["loader_pass_s"] for r in by["streamed"])
     return {
@@ -127,8 +169,10 @@ def summarize(args: argparse.Namespace, rows: list[dict]) -> dict:
         "kept_over_budget": kept / budget,
         "runtime_and_model_state_mb": fixed,  # weights, grads, Adam moments: 4 x params
         "peak_rss_mb": peak,
+        "train_peak_rss_mb": train_peak,
         # what the streamed run added beyond runtime and model state (activations included)
         "streamed_rest_over_budget": (peak["streamed"] - fixed) / (budget / 2**20),
+        "streamed_train_rest_over_budget": (train_peak["streamed"] - fixed) / (budget / 2**20),
         "streamed_vs_resident_steps": statistics.median(r["steps_per_s"] for r in by["streamed"])
         / statistics.median(r["steps_per_s"] for r in by["resident"]),
         "read_needed_gb_s": train_frames * frame_bytes / resident_epoch / 1e9,
@@ -141,7 +185,7 @@ def bench(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         folder = Path(tmp)
         start = time.perf_counter()
-        path = write_recording(folder, SPLITS["test"][1], args.n_neurons)
+        path = write_recording(folder, args.frames, args.n_neurons)
         size = path.stat().st_size
         print(f"wrote {size / 1e9:.2f} GB in {time.perf_counter() - start:.1f} s")
         rows = []
@@ -152,11 +196,26 @@ def bench(args: argparse.Namespace) -> dict:
                 raise SystemExit(f"{mode} run failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]))
-    return {"file_gb": size / 1e9, **summarize(args, rows)}
+        cmd = [sys.executable, __file__, "--child", "interleaved", "--folder", str(folder)]
+        done = subprocess.run(cmd + child_args(args), capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"interleaved run failed:\n{done.stderr[-3000:]}")
+        speed = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps(speed))
+    summary = summarize(args, rows)
+    return {"file_gb": size / 1e9, **summary, "interleaved": speed}
 
 
 def child_args(args: argparse.Namespace) -> list[str]:
-    keys = ("n_neurons", "n_input", "chunk_frames", "chunks_in_memory", "batch_size", "epochs")
+    keys = (
+        "n_neurons",
+        "n_input",
+        "frames",
+        "chunk_frames",
+        "chunks_in_memory",
+        "batch_size",
+        "epochs",
+    )
     flags = [[f"--{k.replace('_', '-')}", str(getattr(args, k))] for k in keys]
     return [*sum(flags, []), "--device", args.device]
 
@@ -204,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-neurons", type=int, default=13741)
     p.add_argument("--n-input", type=int, default=1736)
+    p.add_argument("--frames", type=int, default=4000, help="T of the recording written")
     p.add_argument("--chunk-frames", type=int, default=300)
     p.add_argument("--chunks-in-memory", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=256)
@@ -213,11 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--losses", action="store_true", help="embedded losses, streamed vs resident")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the report here")
-    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=[*MODES, "interleaved"], help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(run_mode(args, args.folder, args.child)))
+        child = interleaved(args, args.folder) if args.child == "interleaved" else None
+        print(json.dumps(child or run_mode(args, args.folder, args.child)))
         return {}
     report = losses(args) if args.losses else bench(args)
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
