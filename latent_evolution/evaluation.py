@@ -17,6 +17,7 @@ from torch import Tensor
 from latent_evolution.data import BatchSource, Split
 from latent_evolution.metrics import GPUStats, commit_hash, peak_flops, torch_memory_stats
 from latent_evolution.model import LatentModel, constant_baseline
+from latent_evolution.rollout import final_rollout
 from latent_evolution.run_folder import LOSS_PARTS, SPLITS, Metrics, RunStatus, classify
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> M
         n_parameters=sum(p.numel() for p in trainer.model.parameters()),
         data_path=str(d.path),
         commit_hash=commit_hash(),
+        rollout=final_rollout(trainer, trainer.run_dir),  # writes the rollout files too
     )
     metrics.status, metrics.status_note = classify(dataclasses.asdict(metrics))
     return metrics
