@@ -49,9 +49,9 @@ def last_finite(history: list[dict[str, Any]], column: str) -> float | None:
     return next((v for v in reversed(values) if math.isfinite(v)), None)
 
 
-def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> Metrics:
-    """Evaluate every split and gather what the run measured; the status by run_folder's rule."""
-    tu, d, history = trainer.config.training.time_units, trainer.data, trainer.history
+def split_losses(trainer: Trainer) -> dict[str, float]:
+    """final_<split>_loss and <split>_loss_constant_model of every split (metrics.json keys)."""
+    tu, d = trainer.config.training.time_units, trainer.data
     splits = {name: getattr(d, name) for name in SPLITS}
     losses = {f"final_{k}_loss": float(trainer.evaluate(s)) for k, s in splits.items()}
     chunk = trainer.config.training.eval_batch_size
@@ -61,6 +61,12 @@ def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> M
         )
         for k, s in splits.items()
     }
+    return losses | baselines
+
+
+def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> Metrics:
+    """Evaluate every split and gather what the run measured; the status by run_folder's rule."""
+    d, history = trainer.data, trainer.history
     last = history[-1] if history else {}
     durations = [r["epoch_duration_seconds"] for r in history]
     epoch_seconds = sum(durations) / len(durations) if durations else None
@@ -69,8 +75,7 @@ def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> M
         diverged_at_epoch=diverged_at,
         last_finite_train_loss=last_finite(history, "train_objective_loss"),
         last_finite_val_loss=last_finite(history, "val_loss"),
-        **losses,
-        **baselines,
+        **split_losses(trainer),
         **{f"final_train_{k}_loss": last.get(f"train_{k}_loss") for k in LOSS_PARTS},
         noise_std=d.noise_std,
         noise_floor_loss=d.noise_std**2 if d.noise_std is not None else None,
