@@ -441,7 +441,8 @@ def _validate_evaluation(ev: EvaluationConfig, splits: SplitsConfig) -> None:
                 list(getattr(ev, key)),
                 f"must lie in 1..evaluation.max_horizon={ev.max_horizon} (not {bad[0]})",
             )
-    for name in sorted(set(ev.splits) | ({"val"} if ev.every else set())):
+    during_training = ["val"] if ev.every and "val" not in ev.splits else []
+    for name in [*ev.splits, *during_training]:
         window = list(getattr(splits, name))
         possible = window[1] - window[0] - ev.max_horizon
         if possible < 1:

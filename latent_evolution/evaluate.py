@@ -13,6 +13,7 @@ weights and data the numbers equal the training's bit for bit: the same code eva
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
 from collections.abc import Sequence
@@ -57,11 +58,14 @@ def _group_options(groups: Sequence[str]) -> DictConfig:
     return OmegaConf.create({n: OmegaConf.to_container(composed[n]) for n in names})
 
 
-def evaluation_name(weights: str, config: Config) -> str:
-    """`<weights>_<data name>`, plus the data folder's name when a path was given."""
+def evaluation_name(weights: str, config: Config, overrides: Sequence[str]) -> str:
+    """`<weights>_<data name>`, plus the data folder's name when a path was given and a short
+    hash of the overrides when there are any (two evaluations never share a folder)."""
     parts = [weights, config.data.name]
     if config.data.path:
         parts.append(Path(config.data.path).name)
+    if overrides:
+        parts.append(hashlib.sha1(" ".join(sorted(overrides)).encode()).hexdigest()[:8])
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts))
 
 
@@ -85,7 +89,7 @@ def load_weights(path: Path) -> dict:
         ) from None
 
 
-def evaluate_run(run: Path, config: Config, weights: str) -> Path:
+def evaluate_run(run: Path, config: Config, weights: str, overrides: Sequence[str] = ()) -> Path:
     """Evaluate one run under `config`; returns the folder its results were written to."""
     from latent_evolution.evaluation import split_losses
     from latent_evolution.metrics import commit_hash
@@ -94,7 +98,7 @@ def evaluate_run(run: Path, config: Config, weights: str) -> Path:
     from latent_evolution.trainer import Trainer
 
     state = load_weights(run / WEIGHTS[weights])
-    out = run / EVALUATIONS / evaluation_name(weights, config)
+    out = run / EVALUATIONS / evaluation_name(weights, config, overrides)
     trainer = Trainer(config, out)
     try:
         trainer.model.load_state_dict(state)
@@ -143,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (run / WEIGHTS[args.weights]).is_file():
                 load_weights(run / WEIGHTS[args.weights])  # raises, naming the file
         for run, config in zip(args.runs, configs, strict=True):
-            print(evaluate_run(run, config, args.weights))
+            print(evaluate_run(run, config, args.weights, args.overrides))
     except INPUT_ERRORS as exc:
         print(f"error: {describe(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
