@@ -142,7 +142,7 @@ def rollout_split(
     sums, const, cell_err, cell_base = rollout_sums(model, split, offsets, ev, device, autocast)
     per_frame = len(offsets) * split.n_neurons
     mse, constant = (sums / per_frame).tolist(), (const / per_frame).tolist()
-    cell_err, cell_base = cell_err.cpu().numpy(), cell_base.cpu().numpy()
+    cell_err, cell_base = cell_err.double().cpu().numpy(), cell_base.double().cpu().numpy()
     rows = []
     for i, h in enumerate(ev.cell_type_horizons):
         for t in np.unique(types).tolist():
