@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -160,6 +161,16 @@ ROLLOUT_METRICS = {
     ),
     rollout_max_key("<split>"): (MSE, "largest model MSE over H = 1..max_horizon (inf: NaN)"),
 }
+
+
+def rollout_pattern(key: str) -> str | None:
+    """The ROLLOUT_METRICS pattern a metrics.json key is an instance of, None if none."""
+    for pattern in ROLLOUT_METRICS:
+        regex = re.escape(pattern).replace("<split>", "[a-z]+").replace("<H>", "[0-9]+")
+        if re.fullmatch(regex, key):
+            return pattern
+    return None
+
 
 METRIC_KEYS = tuple(f.name for f in dataclasses.fields(Metrics) if f.name != "rollout")
 
