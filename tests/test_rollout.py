@@ -74,18 +74,36 @@ def by_hand(run_dir: Path, trainer: Trainer) -> tuple[np.ndarray, dict[str, list
     return np.asarray(x, dtype=np.float64), json.loads((run_dir / ROLLOUT_STARTS).read_text())
 
 
-def test_recorded_starts_reproduce_the_constant_model_mse(tiny_run):
-    trainer, metrics, run_dir = tiny_run
+def check_constant_model_by_hand(trainer: Trainer, metrics: dict, run_dir: Path) -> None:
+    """The recorded starts, read back with the data file, give metrics.json's constant MSE."""
     x, starts = by_hand(run_dir, trainer)
     ev = trainer.config.evaluation
-    assert set(starts) == {"val", "test"}
+    assert set(starts) == set(ev.splits)
     for split, frames in starts.items():
         lo, hi = getattr(trainer.config.data.splits, split)
-        assert len(set(frames)) == ev.starts and all(lo <= s and s + 30 < hi for s in frames)
+        assert len(set(frames)) == ev.starts
+        assert all(lo <= s and s + ev.max_horizon < hi for s in frames)
         s = np.array(frames)
         for h in ev.horizons:
             expected = ((x[s + h] - x[s]) ** 2).mean()
             assert metrics[rollout_key(split, h, constant=True)] == pytest.approx(expected, 1e-5)
+            assert metrics[rollout_key(split, h)] > 0
+
+
+def test_recorded_starts_reproduce_the_constant_model_mse(tiny_run):
+    check_constant_model_by_hand(*tiny_run)
+
+
+@pytest.mark.slow
+def test_the_default_experiment_writes_the_rollout(compose, tmp_path):
+    """conf/config.yaml's defaults (one epoch, on the CPU): every rollout metric and file."""
+    trainer = Trainer(to_config(compose("hardware=cpu", "training.epochs=1")), tmp_path)
+    metrics = trainer.fit()
+    check_constant_model_by_hand(trainer, metrics, tmp_path)
+    for name in (ROLLOUT_STARTS, ROLLOUT_CURVE, ROLLOUT_CELL_TYPES, ROLLOUT_PLOT):
+        assert (tmp_path / name).stat().st_size > 0
+    for split in ("val", "test"):
+        assert {rollout_first_worse_key(split), rollout_max_key(split)} <= set(metrics)
 
 
 def test_model_mse_matches_the_models_own_multi_frame_prediction(tiny_run):
