@@ -169,7 +169,9 @@ def rollout_split(
 
 def stability(r: SplitRollout) -> tuple[int | str, float]:
     """(first horizon where the model's MSE exceeds the constant model's, or "never"; max MSE)."""
-    worse = [h for h, (m, c) in enumerate(zip(r.mse, r.constant_mse, strict=True), 1) if m > c]
+    # NaN counts as worse: a model that blew up is never "never worse"
+    pairs = enumerate(zip(r.mse, r.constant_mse, strict=True), 1)
+    worse = [h for h, (m, c) in pairs if not m <= c]
     finite = [m for m in r.mse if math.isfinite(m)]
     top = max(finite) if len(finite) == len(r.mse) else math.inf
     return (worse[0] if worse else "never"), top

@@ -201,6 +201,8 @@ def test_streamed_splits_give_the_resident_numbers(compose, tmp_path, data_cache
 def test_stability_figures():
     r = SplitRollout([0], [0.1, 0.3, 0.2], [0.2, 0.25, 0.3], [])
     assert stability(r) == (2, 0.3)
+    blew_up = SplitRollout([0], [0.1, float("nan")], [0.2, 0.2], [])
+    assert stability(blew_up) == (2, float("inf"))
     never = SplitRollout([0], [0.1, 0.1], [0.2, 0.2], [])
     assert rollout_metrics({"test": never}, [2]) == {
         rollout_key("test", 2): 0.1,
