@@ -159,7 +159,10 @@ ROLLOUT_METRICS = {
         "frame",
         "first H in 1..max_horizon where the model's MSE exceeds the constant's, or 'never'",
     ),
-    rollout_max_key("<split>"): (MSE, "largest model MSE over H = 1..max_horizon (inf: NaN)"),
+    rollout_max_key("<split>"): (
+        MSE,
+        "largest model MSE over H = 1..max_horizon; null if one is not finite",
+    ),
 }
 
 
