@@ -66,6 +66,7 @@ METRIC_COLUMNS = (
     "test_loss_constant_model",
 )
 FORMATS = ("terminal", "markdown", "csv", "json")
+PLOTS = {"val": report.plot_curves, "rollout": report.plot_rollouts}  # --plot [KIND] PNG
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
 
 
@@ -239,7 +240,13 @@ def _determined_by(name: str, key: str, configs: list[dict[str, Any]]) -> bool:
     return all(seen.setdefault(c.get(name), c.get(key)) == c.get(key) for c in configs)
 
 
-def run_row(run: Run, swept: Sequence[str]) -> dict[str, Any]:
+def rollout_columns(runs: Sequence[Run]) -> list[str]:
+    """The rollout metrics (run_folder.ROLLOUT_METRICS) any run reports, in natural order."""
+    keys = {k for r in runs for k in r.metrics if k.startswith("rollout_")}
+    return sorted(keys, key=lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)])
+
+
+def run_row(run: Run, swept: Sequence[str], rollout: Sequence[str] = ()) -> dict[str, Any]:
     """One table row: this run's parameters, status and metrics, built from the run alone."""
     m = run.metrics
     test, constant = (
@@ -250,6 +257,7 @@ def run_row(run: Run, swept: Sequence[str]) -> dict[str, Any]:
         **{k: run.params.get(k) for k in swept},
         "status": str(run.status),
         **{k: m.get(k) for k in METRIC_COLUMNS},
+        **{k: m.get(k) for k in rollout},
         "improvement_vs_constant_pct": _improvement(test, constant),
         "run_dir": str(run.path),
         "note": run.note,
@@ -264,8 +272,9 @@ def _improvement(test: float | None, constant: float | None) -> float | None:
 def runs_table(runs: Sequence[Run], swept: Sequence[str], sort: str) -> pd.DataFrame:
     """Every run, sorted by `sort` (missing values last, ties in folder order)."""
     # object columns keep each run's own values (ints stay ints, missing stays None)
-    rows = [run_row(r, swept) for r in runs]
-    table = pd.DataFrame(rows, columns=_columns(swept), dtype=object)
+    rollout = rollout_columns(runs)
+    rows = [run_row(r, swept, rollout) for r in runs]
+    table = pd.DataFrame(rows, columns=_columns(swept, rollout), dtype=object)
     if sort not in table.columns:
         raise ConfigError("--sort", sort, f"must be a column: {', '.join(table.columns)}")
     order = _sort_key(table[sort]).sort_values(kind="stable", na_position="last").index
@@ -280,8 +289,8 @@ def _sort_key(column: pd.Series) -> pd.Series:
     return column.map(str, na_action="ignore")
 
 
-def _columns(swept: Sequence[str]) -> list[str]:
-    return [*swept, "status", *METRIC_COLUMNS, "run_dir", "note"]
+def _columns(swept: Sequence[str], rollout: Sequence[str] = ()) -> list[str]:
+    return [*swept, "status", *METRIC_COLUMNS, *rollout, "run_dir", "note"]
 
 
 def repeats_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -350,8 +359,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="KEY",
         help="config key for the repeats table and the plot colour (repeatable)",
     )
-    p.add_argument("--plot", type=Path, metavar="PNG", help="write validation-loss curves here")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--plot",
+        nargs="+",
+        metavar="[KIND] PNG",
+        help="write curves here: validation loss per epoch, or with KIND=rollout the runs' "
+        "rollout MSE vs horizon (rollout.csv) overlaid",
+    )
+    args = p.parse_args(argv)
+    if args.plot is not None:
+        given = ["val", *args.plot] if len(args.plot) == 1 else args.plot
+        args.plot_kind, args.plot = (
+            given[0] if len(given) == 2 else " ".join(given),
+            Path(given[-1]),
+        )
+    return args
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -359,6 +381,8 @@ def check_args(args: argparse.Namespace) -> None:
     for folder in args.folders:
         if not folder.is_dir():
             raise ConfigError("folders", str(folder), "must be an existing folder")
+    if args.plot is not None and args.plot_kind not in PLOTS:
+        raise ConfigError("--plot", args.plot_kind, f"KIND must be one of {', '.join(PLOTS)}")
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ConfigError("--plot", str(args.plot), "must be a .png file path")
 
@@ -380,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         atomic_write_text(args.output, text)
     if args.plot is not None:
-        report.plot_curves(result, args.plot)
+        PLOTS[args.plot_kind](result, args.plot)
     return 0
 
 

@@ -424,6 +424,42 @@ def _validate_hardware(h: HardwareConfig) -> None:
     _positive("hardware.slurm.cpus_per_task", h.slurm.cpus_per_task)
 
 
+def _validate_evaluation(ev: EvaluationConfig, splits: SplitsConfig) -> None:
+    """The rollout's settings: starts need s + max_horizon inside each evaluated split."""
+    for key in ("starts", "max_horizon", "batch_size"):
+        _positive(f"evaluation.{key}", getattr(ev, key))
+    _non_negative("evaluation.every", ev.every)
+    for name in ev.splits:
+        _choice("evaluation.splits", name, ROLLOUT_SPLITS)
+    if len(set(ev.splits)) != len(ev.splits):
+        raise ConfigError("evaluation.splits", list(ev.splits), "must not repeat a split")
+    for key in ("horizons", "cell_type_horizons"):
+        bad = [h for h in getattr(ev, key) if not 1 <= h <= ev.max_horizon]
+        if bad:
+            raise ConfigError(
+                f"evaluation.{key}",
+                list(getattr(ev, key)),
+                f"must lie in 1..evaluation.max_horizon={ev.max_horizon} (not {bad[0]})",
+            )
+    during_training = ["val"] if ev.every and "val" not in ev.splits else []
+    for name in [*ev.splits, *during_training]:
+        window = list(getattr(splits, name))
+        possible = window[1] - window[0] - ev.max_horizon
+        if possible < 1:
+            raise ConfigError(
+                "evaluation.max_horizon",
+                ev.max_horizon,
+                f"must be < the {window[1] - window[0]} frames of data.splits.{name}={window}",
+            )
+        if ev.starts > possible:
+            raise ConfigError(
+                "evaluation.starts",
+                ev.starts,
+                f"must be <= the {possible} start frames s of data.splits.{name}={window} "
+                f"with s + evaluation.max_horizon inside it",
+            )
+
+
 def validate(config: Config) -> None:
     """Raise ConfigError (one line: key, value, what is allowed) on the first bad value."""
     _validate_model(config.model)
@@ -434,6 +470,7 @@ def validate(config: Config) -> None:
         validate_stream(config.data.stream, config.training.time_units, config.training.batch_size)
     _validate_hardware(config.hardware)
     _choice("logger.name", config.logger.name, LOGGERS)
+    _validate_evaluation(config.evaluation, config.data.splits)
     if config.model.use_batch_norm and config.training.batch_size < 2:
         raise ConfigError(
             "training.batch_size",

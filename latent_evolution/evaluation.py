@@ -17,6 +17,7 @@ from torch import Tensor
 from latent_evolution.data import BatchSource, Split
 from latent_evolution.metrics import GPUStats, commit_hash, peak_flops, torch_memory_stats
 from latent_evolution.model import LatentModel, constant_baseline
+from latent_evolution.rollout import final_rollout
 from latent_evolution.run_folder import LOSS_PARTS, SPLITS, Metrics, RunStatus, classify
 
 if TYPE_CHECKING:
@@ -48,9 +49,9 @@ def last_finite(history: list[dict[str, Any]], column: str) -> float | None:
     return next((v for v in reversed(values) if math.isfinite(v)), None)
 
 
-def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> Metrics:
-    """Evaluate every split and gather what the run measured; the status by run_folder's rule."""
-    tu, d, history = trainer.config.training.time_units, trainer.data, trainer.history
+def split_losses(trainer: Trainer) -> dict[str, float]:
+    """final_<split>_loss and <split>_loss_constant_model of every split (metrics.json keys)."""
+    tu, d = trainer.config.training.time_units, trainer.data
     splits = {name: getattr(d, name) for name in SPLITS}
     losses = {f"final_{k}_loss": float(trainer.evaluate(s)) for k, s in splits.items()}
     chunk = trainer.config.training.eval_batch_size
@@ -60,6 +61,12 @@ def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> M
         )
         for k, s in splits.items()
     }
+    return losses | baselines
+
+
+def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> Metrics:
+    """Evaluate every split and gather what the run measured; the status by run_folder's rule."""
+    d, history = trainer.data, trainer.history
     last = history[-1] if history else {}
     durations = [r["epoch_duration_seconds"] for r in history]
     epoch_seconds = sum(durations) / len(durations) if durations else None
@@ -68,8 +75,7 @@ def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> M
         diverged_at_epoch=diverged_at,
         last_finite_train_loss=last_finite(history, "train_objective_loss"),
         last_finite_val_loss=last_finite(history, "val_loss"),
-        **losses,
-        **baselines,
+        **split_losses(trainer),
         **{f"final_train_{k}_loss": last.get(f"train_{k}_loss") for k in LOSS_PARTS},
         noise_std=d.noise_std,
         noise_floor_loss=d.noise_std**2 if d.noise_std is not None else None,
@@ -84,6 +90,7 @@ def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> M
         n_parameters=sum(p.numel() for p in trainer.model.parameters()),
         data_path=str(d.path),
         commit_hash=commit_hash(),
+        rollout=final_rollout(trainer, trainer.run_dir),  # writes the rollout files too
     )
     metrics.status, metrics.status_note = classify(dataclasses.asdict(metrics))
     return metrics

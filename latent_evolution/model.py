@@ -98,18 +98,23 @@ class LatentModel(nn.Module):
             "evolver": cfg.evolver.l1_weight,
         }
 
+    def encode_stimulus(self, stim: Tensor) -> Tensor | None:
+        """stim (B, k, n_input) -> (B, k, S) in one batched pass; None without a stimulus."""
+        if self.stimulus_encoder is None:
+            return None
+        b, k = stim.shape[:2]
+        return self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(b, k, -1)
+
+    def evolve_step(self, z: Tensor, s_enc: Tensor | None) -> Tensor:
+        """One 20 ms frame: z + evolver(cat[z, s_enc]) for latents z (B, L), s_enc (B, S)."""
+        return z + self.evolver(torch.cat([z, s_enc], dim=-1) if s_enc is not None else z)
+
     def rollout(self, z: Tensor, stim: Tensor) -> Tensor:
         """Evolve latents z (B, L) through stim (B, tu, n_input); returns (B, tu, L)."""
-        steps = stim.shape[1]
-        if self.stimulus_encoder is not None:
-            # one batched pass over all tu frames instead of tu small ones
-            s_enc = self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(
-                z.shape[0], steps, -1
-            )
+        s_enc = self.encode_stimulus(stim)  # all tu frames at once instead of tu small passes
         states = []
-        for k in range(steps):
-            inp = torch.cat([z, s_enc[:, k]], dim=-1) if self.stimulus_encoder is not None else z
-            z = z + self.evolver(inp)
+        for k in range(stim.shape[1]):
+            z = self.evolve_step(z, s_enc[:, k] if s_enc is not None else None)
             states.append(z)
         return torch.stack(states, dim=1)
 

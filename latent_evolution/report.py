@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from latent_evolution.epoch_log import read_epoch_log
-from latent_evolution.run_folder import EPOCH_LOG, FINAL_LOSSES, RunStatus
+from latent_evolution.run_folder import EPOCH_LOG, FINAL_LOSSES, ROLLOUT_CURVE, RunStatus
 
 SEED = "training.seed"  # runs that differ only in this key are repeats
 
@@ -259,3 +259,45 @@ def _val_curve(log: Path) -> tuple[list[int], list[float]]:
             epochs.append(epoch)
             losses.append(loss)
     return epochs, losses
+
+
+def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
+    """MSE vs horizon from rollout.csv files (label -> file), log-log: per run and split the
+    model solid and the constant model dashed, in one colour. Missing files are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    from latent_evolution.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    cmap, i = plt.get_cmap("tab10"), 0
+    for label, csv_path in curves.items():
+        if not Path(csv_path).is_file():
+            continue
+        table = pd.read_csv(csv_path)
+        for split, rows in table.groupby("split", sort=False):
+            color = cmap(i % 10)
+            i += 1
+            ax.plot(rows["horizon"], rows["mse"], color=color, label=f"{label} {split}")
+            ax.plot(
+                rows["horizon"],
+                rows["constant_mse"],
+                color=color,
+                linestyle="--",
+                linewidth=1,
+                label=f"{label} {split} constant",
+            )
+    ax.set(xlabel="horizon (frames of 20 ms)", ylabel="rollout MSE", xscale="log", yscale="log")
+    ax.set_title("Rollout MSE vs horizon (dashed: the constant model)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def plot_rollouts(c: Comparison, path: Path) -> Path:
+    """`compare --plot rollout PNG`: every run's rollout.csv overlaid."""
+    return plot_rollout({Path(d).name: Path(d) / ROLLOUT_CURVE for d in c.runs["run_dir"]}, path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -50,9 +52,23 @@ FINAL_LOSSES = ("final_train_loss", "final_val_loss", "final_test_loss")
 SPLITS = ("train", "val", "test")
 
 
-def rollout_key(split: str, horizon: int, constant: bool = False) -> str:
+def rollout_key(split: str, horizon: int | str, constant: bool = False) -> str:
     """metrics.json's and the epoch log's name of a rollout MSE at a horizon (frames)."""
     return f"rollout_{split}_{'constant_' if constant else ''}mse_h{horizon}"
+
+
+def rollout_first_worse_key(split: str) -> str:
+    return f"rollout_{split}_first_worse_horizon"
+
+
+def rollout_max_key(split: str) -> str:
+    return f"rollout_{split}_max_mse"
+
+
+def epoch_log_columns(rollout_horizons: Sequence[int] = ()) -> tuple[str, ...]:
+    """The epoch log's columns: EPOCH_LOG_COLUMNS, then the val rollout's MSE at each horizon
+    of a run that rolls out during training (evaluation.every > 0)."""
+    return EPOCH_LOG_COLUMNS + tuple(rollout_key("val", h) for h in rollout_horizons)
 
 
 # -------------------------------------------------------------------------- statuses
@@ -128,8 +144,38 @@ class Metrics:
     data_path: str | None = _metric("", "folder of the data read")
     commit_hash: str | None = _metric("", "git hash of the code ('-dirty' if modified)")
 
+    # the rollout's keys (ROLLOUT_METRICS' patterns), flattened into metrics.json by as_json
+    rollout: dict[str, Any] = field(
+        default_factory=dict, metadata={"unit": "", "meaning": "see ROLLOUT_METRICS"}
+    )
 
-METRIC_KEYS = tuple(f.name for f in dataclasses.fields(Metrics))
+
+# metrics.json's rollout keys, for <split> in evaluation.splits and <H> in evaluation.horizons
+# (frames of 20 ms after the start frame): pattern -> (unit, meaning)
+ROLLOUT_METRICS = {
+    rollout_key("<split>", "<H>"): (MSE, "model's MSE vs x[s+H], mean over starts and neurons"),
+    rollout_key("<split>", "<H>", constant=True): (MSE, "MSE of x[s] as the prediction of x[s+H]"),
+    rollout_first_worse_key("<split>"): (
+        "frame",
+        "first H in 1..max_horizon where the model's MSE exceeds the constant's, or 'never'",
+    ),
+    rollout_max_key("<split>"): (
+        MSE,
+        "largest model MSE over H = 1..max_horizon; null if one is not finite",
+    ),
+}
+
+
+def rollout_pattern(key: str) -> str | None:
+    """The ROLLOUT_METRICS pattern a metrics.json key is an instance of, None if none."""
+    for pattern in ROLLOUT_METRICS:
+        regex = re.escape(pattern).replace("<split>", "[a-z]+").replace("<H>", "[0-9]+")
+        if re.fullmatch(regex, key):
+            return pattern
+    return None
+
+
+METRIC_KEYS = tuple(f.name for f in dataclasses.fields(Metrics) if f.name != "rollout")
 
 
 def as_number(value: Any) -> float | None:
@@ -185,9 +231,10 @@ def objective(metrics: dict[str, Any]) -> float:
 
 def as_json(metrics: Metrics) -> dict[str, Any]:
     """metrics.json's content, strict JSON: NaN/inf (a diverged model's losses) become null."""
+    flat = dataclasses.asdict(metrics)
+    flat.update(flat.pop("rollout"))
     return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v
-        for k, v in dataclasses.asdict(metrics).items()
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in flat.items()
     }
 
 

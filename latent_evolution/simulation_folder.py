@@ -162,3 +162,12 @@ def read_window(
             _check_finite(x[i : i + rows], column, t, split, window, layout.path)
             _check_finite(stim[i : i + rows], "STIMULUS", t, split, window, layout.path)
     return x, stim
+
+
+def cell_types(layout: NpyLayout) -> np.ndarray:
+    """The CELL_TYPE column (N,) as integers, read from frame 0 (a neuron keeps its type)."""
+    frame = np.empty((1, *layout.shape[1:]), dtype=layout.dtype)
+    with open(layout.path, "rb", buffering=0) as f:
+        f.seek(layout.offset)
+        _read_exact(f, frame)
+    return np.rint(frame[0, :, COLUMNS["CELL_TYPE"]]).astype(np.int64)

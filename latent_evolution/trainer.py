@@ -39,12 +39,15 @@ from latent_evolution.loggers import RunLoggers
 from latent_evolution.metrics import GPUMonitor
 from latent_evolution.model import LatentModel
 from latent_evolution.preemption import DeferredSignals
+from latent_evolution.rollout import epoch_rollout
 from latent_evolution.run_folder import (
     CHECKPOINT,
     EPOCH_LOG,
+    EPOCH_LOG_COLUMNS,
     LOSS_PARTS,
     Metrics,
     as_json,
+    epoch_log_columns,
     write_metrics,
 )
 from latent_evolution.streaming import StreamError
@@ -143,7 +146,10 @@ class Trainer:
         self.epoch = 0
         self.training_seconds = 0.0  # in the epoch loop, over every segment of a resumed run
         self.history: list[dict[str, Any]] = []
-        self.epoch_log = EpochLog(self.run_dir / EPOCH_LOG)
+        ev = config.evaluation
+        self.epoch_log = EpochLog(
+            self.run_dir / EPOCH_LOG, epoch_log_columns(ev.horizons if ev.every else ())
+        )
 
     # ------------------------------------------------------------------ the step
 
@@ -216,7 +222,9 @@ class Trainer:
                 loggers.log_epoch(row)
                 self.training_seconds = time.perf_counter() - started
                 self._report(bar, row)
-                if not all(math.isfinite(v) for v in row.values() if v is not None):
+                # a rollout that blows up is a result, not a diverged training
+                losses = [row[k] for k in EPOCH_LOG_COLUMNS if row[k] is not None]
+                if not all(math.isfinite(v) for v in losses):
                     diverged_at = epoch + 1
                     log.error("Loss is not finite at epoch %d; stopping this run", epoch + 1)
                     break
@@ -242,6 +250,7 @@ class Trainer:
             **{f"train_{k}_loss": v for k, v in zip(LOSS_PARTS, values[:4], strict=True)},
             "val_loss": values[4] if val is not None else None,
             "best_val_loss": self._best_val(values[4] if val is not None else None),
+            **epoch_rollout(self, epoch),  # rollout_val_mse_h<H>, when evaluation.every is due
             "epoch_duration_seconds": time.perf_counter() - epoch_start,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             # the monitor thread's latest NVML sample (None on CPU): no device sync

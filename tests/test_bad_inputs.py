@@ -122,6 +122,29 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ("hardware.timeout_min=-5", rf"^hardware\.timeout_min=-5: {POSITIVE}$"),
     ("hardware.lsf.slots=0", rf"^hardware\.lsf\.slots=0: {POSITIVE}$"),
     ("hardware.slurm.cpus_per_task=0", rf"^hardware\.slurm\.cpus_per_task=0: {POSITIVE}$"),
+    ("evaluation.starts=0", rf"^evaluation\.starts=0: {POSITIVE}$"),
+    ("evaluation.max_horizon=0", rf"^evaluation\.max_horizon=0: {POSITIVE}$"),
+    ("evaluation.batch_size=-1", rf"^evaluation\.batch_size=-1: {POSITIVE}$"),
+    ("evaluation.every=-1", r"^evaluation\.every=-1: must be a finite number >= 0$"),
+    ("evaluation.splits=[train]", r"^evaluation\.splits='train': must be one of val, test$"),
+    ("evaluation.splits=[val,val]", r"^evaluation\.splits=\['val', 'val'\]: must not repeat"),
+    (
+        "evaluation.horizons=[0,10]",
+        r"^evaluation\.horizons=\[0, 10\]: must lie in 1\.\.evaluation\.max_horizon=200 \(not 0\)$",
+    ),
+    (
+        "evaluation.cell_type_horizons=[1,300]",
+        r"^evaluation\.cell_type_horizons=\[1, 300\]: must lie in 1\.\.evaluation\.max_horizon",
+    ),
+    (  # tiny's val window holds 600 frames: a start s needs s + max_horizon inside it
+        "evaluation.max_horizon=600 evaluation.horizons=[1] evaluation.cell_type_horizons=[1]",
+        r"^evaluation\.max_horizon=600: must be < the 600 frames of "
+        r"data\.splits\.val=\[4700, 5300\]$",
+    ),
+    (
+        "evaluation.starts=401",
+        r"^evaluation\.starts=401: must be <= the 400 start frames s of data\.splits\.val=",
+    ),
 ]
 
 

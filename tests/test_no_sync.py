@@ -91,3 +91,32 @@ def test_the_compiled_step_has_no_graph_break(compose, tmp_path, mode):
     assert trainer.step.compiled  # compiled, not the eager fallback
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] >= 1
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("data.stream.enabled=true", "data.stream.chunk_frames=256")],
+    ids=["device-resident", "streamed"],
+)
+def test_a_rollout_waits_for_nothing(compose, tmp_path, extra):
+    """Every start, every step: the sums stay on the device until rollout_split reads them."""
+    from latent_evolution.rollout import draw_starts, rollout_sums
+
+    trainer = trainer_for(
+        compose,
+        tmp_path,
+        "evaluation.max_horizon=40",
+        "evaluation.horizons=[40]",
+        "evaluation.cell_type_horizons=[40]",
+        "evaluation.batch_size=16",
+        *extra,
+    )
+    ev, window = trainer.config.evaluation, list(trainer.config.data.splits.val)
+    offsets = draw_starts(window, ev, "val")
+    args = (trainer.model, trainer.data.val, offsets, ev, trainer.device, trainer.autocast)
+    rollout_sums(*args)  # warm-up
+    with HostWaits() as mode:
+        sums = rollout_sums(*args)
+    assert mode.waits == []
+    assert mode.seen > ev.max_horizon * -(-ev.starts // ev.batch_size) * 5  # saw every step
+    assert all(torch.isfinite(s).all() for s in sums)

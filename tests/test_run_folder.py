@@ -8,7 +8,14 @@ import subprocess
 import sys
 
 from latent_evolution import compare
-from latent_evolution.run_folder import METRIC_KEYS, Metrics, RunStatus, classify
+from latent_evolution.run_folder import (
+    METRIC_KEYS,
+    ROLLOUT_METRICS,
+    Metrics,
+    RunStatus,
+    classify,
+    rollout_pattern,
+)
 from tests.conftest import ROOT
 
 BASE = {
@@ -22,6 +29,7 @@ BASE = {
 def test_every_metric_has_a_unit_and_a_meaning_and_compare_reads_only_those():
     for f in dataclasses.fields(Metrics):
         assert "unit" in f.metadata and f.metadata["meaning"], f.name
+    assert all(meaning for _, meaning in ROLLOUT_METRICS.values())
     derived = {"improvement_vs_constant_pct"}
     assert set(compare.METRIC_COLUMNS) - derived <= set(METRIC_KEYS)
 
@@ -42,7 +50,9 @@ def test_a_trained_run_writes_exactly_the_schemas_keys(compose, tmp_path):
     config = to_config(compose("data=tiny", "model=small", "hardware=cpu", "training.epochs=1"))
     returned = Trainer(config, tmp_path).fit()
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert tuple(on_disk) == tuple(sorted(METRIC_KEYS))
+    rollout = [k for k in on_disk if rollout_pattern(k)]
+    assert {rollout_pattern(k) for k in rollout} == set(ROLLOUT_METRICS)
+    assert tuple(k for k in on_disk if k not in rollout) == tuple(sorted(METRIC_KEYS))
     assert returned.keys() == on_disk.keys()
     assert on_disk["status"] in {s.value for s in RunStatus}
 

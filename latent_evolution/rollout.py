@@ -1,0 +1,263 @@
+"""Rollout evaluation: how the learned latent dynamics hold up over many frames.
+
+From `evaluation.starts` start frames s per split (drawn once with `evaluation.seed`, recorded
+in rollout_starts.json as absolute frames of the data file), x[s] is encoded once and the latent
+evolved frame by frame with that frame's stimulus (LatentModel.evolve_step, as in training),
+decoded at every step h = 1..max_horizon and compared with x[s+h]; the constant model predicts
+x[s] for x[s+h]. All starts of a chunk of `evaluation.batch_size` go through one pass per step;
+squared errors are summed on the device and read once per split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latent_evolution.config import Config, EvaluationConfig
+from latent_evolution.data import Dataset, Split
+from latent_evolution.files import atomic_write_json, atomic_write_text
+from latent_evolution.model import LatentModel
+from latent_evolution.run_folder import (
+    ROLLOUT_CELL_TYPES,
+    ROLLOUT_CURVE,
+    ROLLOUT_PLOT,
+    ROLLOUT_STARTS,
+    rollout_first_worse_key,
+    rollout_key,
+    rollout_max_key,
+)
+from latent_evolution.simulation_folder import DATA_FILE, cell_types, read_layout, read_window
+from latent_evolution.streaming import StreamedSplit
+
+if TYPE_CHECKING:
+    from latent_evolution.trainer import Trainer
+
+
+@dataclass
+class SplitRollout:
+    """One split's rollout: MSE per horizon h = 1..H (index h-1) and per cell type."""
+
+    starts: list[int]  # absolute frames of the data file
+    mse: list[float]
+    constant_mse: list[float]
+    # (horizon, cell type, mse, constant mse) for each evaluation.cell_type_horizons
+    cell_types: list[tuple[int, int, float, float]]
+
+
+def draw_starts(window: list[int], ev: EvaluationConfig, split: str) -> np.ndarray:
+    """`starts` distinct offsets s into the window with s + max_horizon inside it, sorted.
+
+    One generator per split from (seed, split): a split's starts do not depend on which other
+    splits are evaluated."""
+    possible = window[1] - window[0] - ev.max_horizon
+    rng = np.random.default_rng([ev.seed, *split.encode()])
+    return np.sort(rng.choice(possible, size=ev.starts, replace=False))
+
+
+class StartFrames:
+    """Frames s+h of a chunk of starts s on the device, for h = 0..max_horizon, and the
+    stimulus of frames s..s+H-1. A resident split is indexed in place, one frame per step
+    (no (B, H+1, N) copy: 2.8 GB at fly size and 256 starts); a streamed split reads just
+    these windows from the file, once."""
+
+    def __init__(
+        self, split: Split | StreamedSplit, offsets: np.ndarray, horizon: int, device: torch.device
+    ):
+        self.device = device
+        if isinstance(split, StreamedSplit):
+            lo = split.window[0]
+            x, stim = zip(
+                *(
+                    read_window(
+                        split.layout,
+                        split.column,
+                        split.n_input,
+                        split.name,
+                        split.window,
+                        (lo + s, lo + s + horizon + 1),
+                    )
+                    for s in offsets.tolist()
+                ),
+                strict=True,
+            )
+            self.x = torch.from_numpy(np.stack(x)).to(device)  # (B, H+1, N)
+            self.stim = torch.from_numpy(np.stack(stim)[:, :-1]).to(device)
+            return
+        self.split, self.x = split, None
+        self.rows = torch.as_tensor(offsets).to(split.x.device)
+        steps = self.rows.unsqueeze(1) + torch.arange(horizon, device=split.x.device)
+        self.stim = split.stim.index_select(0, steps.flatten()).view(len(offsets), horizon, -1)
+        self.stim = self.stim.to(device)
+
+    def frame(self, h: int) -> Tensor:
+        """x[s+h] for every start s of the chunk, (B, N)."""
+        if self.x is not None:
+            return self.x[:, h]
+        return self.split.x.index_select(0, self.rows + h).to(self.device)
+
+
+@torch.no_grad()
+def rollout_sums(
+    model: LatentModel,
+    split: Split | StreamedSplit,
+    offsets: np.ndarray,
+    ev: EvaluationConfig,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Squared errors summed on the device: model and constant per horizon (H,), and per
+    neuron at the cell-type horizons (len(cell_type_horizons), N), each for model and constant."""
+    model.eval()
+    h_max, cell_h = ev.max_horizon, {h: i for i, h in enumerate(ev.cell_type_horizons)}
+    n = split.n_neurons
+    sums, const = torch.zeros(h_max, device=device), torch.zeros(h_max, device=device)
+    per_neuron = torch.zeros(2, len(cell_h), n, device=device)
+    for chunk in np.array_split(offsets, -(-len(offsets) // ev.batch_size)):
+        frames = StartFrames(split, chunk, h_max, device)
+        x_s = frames.frame(0)
+        with autocast:
+            z = model.encoder(x_s)
+            s_enc = model.encode_stimulus(frames.stim)
+        for h in range(1, h_max + 1):
+            with autocast:
+                z = model.evolve_step(z, s_enc[:, h - 1] if s_enc is not None else None)
+                pred = model.decoder(z)
+            x_h = frames.frame(h)
+            err = (pred.float() - x_h).pow(2)
+            base = (x_s - x_h).pow(2)
+            sums[h - 1] += err.sum()
+            const[h - 1] += base.sum()
+            if h in cell_h:
+                per_neuron[0, cell_h[h]] += err.sum(0)
+                per_neuron[1, cell_h[h]] += base.sum(0)
+    return sums, const, per_neuron[0], per_neuron[1]
+
+
+def rollout_split(
+    model: LatentModel,
+    split: Split | StreamedSplit,
+    name: str,
+    window: list[int],
+    types: np.ndarray,
+    ev: EvaluationConfig,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager,
+) -> SplitRollout:
+    """Evaluate one split; reads the device's sums once."""
+    offsets = draw_starts(window, ev, name)
+    sums, const, cell_err, cell_base = rollout_sums(model, split, offsets, ev, device, autocast)
+    per_frame = len(offsets) * split.n_neurons
+    mse, constant = (sums / per_frame).tolist(), (const / per_frame).tolist()
+    cell_err, cell_base = cell_err.double().cpu().numpy(), cell_base.double().cpu().numpy()
+    rows = []
+    for i, h in enumerate(ev.cell_type_horizons):
+        for t in np.unique(types).tolist():
+            mask, count = types == t, (types == t).sum() * len(offsets)
+            rows.append((h, t, cell_err[i, mask].sum() / count, cell_base[i, mask].sum() / count))
+    starts = (offsets + window[0]).tolist()
+    return SplitRollout(starts, mse, constant, [(h, t, float(a), float(b)) for h, t, a, b in rows])
+
+
+def stability(r: SplitRollout) -> tuple[int | str, float]:
+    """(first horizon where the model's MSE exceeds the constant model's, or "never"; max MSE)."""
+    # NaN counts as worse: a model that blew up is never "never worse"
+    pairs = enumerate(zip(r.mse, r.constant_mse, strict=True), 1)
+    worse = [h for h, (m, c) in pairs if not m <= c]
+    finite = [m for m in r.mse if math.isfinite(m)]
+    top = max(finite) if len(finite) == len(r.mse) else math.inf
+    return (worse[0] if worse else "never"), top
+
+
+def rollout_metrics(results: dict[str, SplitRollout], horizons: list[int]) -> dict[str, Any]:
+    """metrics.json's rollout keys (run_folder.ROLLOUT_METRICS)."""
+    out: dict[str, Any] = {}
+    for split, r in results.items():
+        for h in horizons:
+            out[rollout_key(split, h)] = r.mse[h - 1]
+            out[rollout_key(split, h, constant=True)] = r.constant_mse[h - 1]
+        out[rollout_first_worse_key(split)], out[rollout_max_key(split)] = stability(r)
+    return out
+
+
+def _csv(header: tuple[str, ...], rows: list[tuple]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_rollout_files(folder: Path, results: dict[str, SplitRollout]) -> None:
+    """rollout_starts.json, rollout.csv, rollout_cell_types.csv and rollout.png, atomically."""
+    atomic_write_json(folder / ROLLOUT_STARTS, {s: r.starts for s, r in results.items()})
+    curve = [
+        (s, h, m, c)
+        for s, r in results.items()
+        for h, (m, c) in enumerate(zip(r.mse, r.constant_mse, strict=True), 1)
+    ]
+    atomic_write_text(
+        folder / ROLLOUT_CURVE, _csv(("split", "horizon", "mse", "constant_mse"), curve)
+    )
+    cells = [(s, *row) for s, r in results.items() for row in r.cell_types]
+    header = ("split", "horizon", "cell_type", "mse", "constant_mse")
+    atomic_write_text(folder / ROLLOUT_CELL_TYPES, _csv(header, cells))
+    from latent_evolution.report import plot_rollout
+
+    plot_rollout({folder.name or "run": folder / ROLLOUT_CURVE}, folder / ROLLOUT_PLOT)
+
+
+def run_rollout(
+    model: LatentModel,
+    data: Dataset,
+    config: Config,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager,
+    splits: list[str] | None = None,
+) -> dict[str, SplitRollout]:
+    """The rollout of every split in `splits` (default: evaluation.splits)."""
+    ev = config.evaluation
+    types = cell_types(read_layout(Path(data.path) / DATA_FILE))
+    return {
+        name: rollout_split(
+            model,
+            getattr(data, name),
+            name,
+            list(getattr(config.data.splits, name)),
+            types[: data.n_neurons],
+            ev,
+            device,
+            autocast,
+        )
+        for name in splits or ev.splits
+    }
+
+
+def final_rollout(trainer: Trainer, folder: Path) -> dict[str, Any]:
+    """The end-of-run rollout: its files written into `folder`; returns the metrics' keys."""
+    results = run_rollout(
+        trainer.model, trainer.data, trainer.config, trainer.device, trainer.autocast
+    )
+    write_rollout_files(folder, results)
+    return rollout_metrics(results, trainer.config.evaluation.horizons)
+
+
+def epoch_rollout(trainer: Trainer, epoch: int) -> dict[str, float]:
+    """The val rollout's epoch-log values when evaluation.every says this epoch has one."""
+    every, last = trainer.config.evaluation.every, epoch == trainer.config.training.epochs - 1
+    if every <= 0 or not ((epoch + 1) % every == 0 or last):
+        return {}
+    result = run_rollout(
+        trainer.model, trainer.data, trainer.config, trainer.device, trainer.autocast, ["val"]
+    )
+    return {
+        rollout_key("val", h): result["val"].mse[h - 1] for h in trainer.config.evaluation.horizons
+    }

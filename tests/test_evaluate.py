@@ -1,0 +1,107 @@
+"""`evaluate`: a run rebuilt from its folder reproduces the training's numbers bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from latent_evolution import evaluate
+from latent_evolution.run_folder import (
+    BEST_MODEL,
+    EVALUATIONS,
+    MODEL,
+    ROLLOUT_CURVE,
+    ROLLOUT_STARTS,
+    read_metrics,
+    rollout_key,
+)
+from tests.helpers import run_module
+from tests.test_rollout import trained
+
+NOT_REEVALUATED = {"commit_hash"}  # the tree may change between training and evaluating
+
+
+@pytest.fixture
+def run(compose, tmp_path):
+    trainer, _ = trained(compose, tmp_path / "run")
+    return trainer, tmp_path / "run"
+
+
+def outputs(run_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in run_dir.rglob("*")
+        if p.is_file() and EVALUATIONS not in p.parts
+    }
+
+
+def test_reproduces_the_training_numbers_exactly_and_touches_nothing(run, capsys):
+    _, run_dir = run
+    before = outputs(run_dir)
+    assert evaluate.main([str(run_dir)]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert folder.parent == run_dir / EVALUATIONS
+    trained_m, again = read_metrics(run_dir), read_metrics(folder)
+    compared = {k for k, v in again.items() if v is not None} - NOT_REEVALUATED
+    assert {"final_val_loss", "test_loss_constant_model", rollout_key("test", 30)} <= compared
+    assert {k: again[k] for k in compared} == {k: trained_m[k] for k in compared}
+    for name in (ROLLOUT_STARTS, ROLLOUT_CURVE):
+        assert (folder / name).read_bytes() == (run_dir / name).read_bytes()
+    assert outputs(run_dir) == before
+
+
+def test_best_weights_and_other_data(run, capsys):
+    trainer, run_dir = run
+    torch.manual_seed(5)
+    other = {k: v + 0.01 * torch.randn_like(v) for k, v in trainer.model.state_dict().items()}
+    torch.save(other, run_dir / BEST_MODEL)
+    assert evaluate.main([str(run_dir), "--weights", "best"]) == 0
+    assert evaluate.main([str(run_dir), "data.embedded.seed=7"]) == 0
+    best, other_data = (Path(p) for p in capsys.readouterr().out.split())
+    assert best.name.startswith("best_") and other_data.name.startswith("final_")
+    trained_m = read_metrics(run_dir)
+    assert read_metrics(best)["final_val_loss"] != trained_m["final_val_loss"]
+    # another simulation: other frames, so another constant model; the same starts
+    m = read_metrics(other_data)
+    assert m["val_loss_constant_model"] != trained_m["val_loss_constant_model"]
+    starts = json.loads((other_data / ROLLOUT_STARTS).read_text())
+    assert starts == json.loads((run_dir / ROLLOUT_STARTS).read_text())
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        (None, ["{tmp}"], r"RUN_DIR='.*': is not a run folder \(no \.hydra/config\.yaml\)"),
+        ("run", ["{run}", "--weights", "best"], r"best_model\.pt does not exist: pick the other"),
+        ("truncated", ["{run}"], r"model\.pt cannot be read \(.*\): restore it or retrain$"),
+        ("run", ["{run}", "training.foo=1"], r"^training\.foo: unknown key"),
+        ("run", ["{run}", "data=nope"], r"^data=nope: must be one of"),
+        ("run", ["{run}", "evaluation.starts=0"], r"^evaluation\.starts=0: must be a positive"),
+    ],
+    ids=["not-a-run", "missing-weights", "truncated-weights", "bad-key", "bad-group", "bad-value"],
+)
+def test_bad_input_is_one_line_and_exit_2(compose, tmp_path, capsys, make, args, message):
+    import re
+
+    run_dir = tmp_path / "run"
+    if make:
+        trained(compose, run_dir)
+    if make == "truncated":
+        data = (run_dir / MODEL).read_bytes()
+        (run_dir / MODEL).write_bytes(data[: len(data) // 2])  # a full disk
+    argv = [a.format(tmp=tmp_path, run=run_dir) for a in args]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(message, err[len("error: ") :].strip()), err
+    assert not (run_dir / EVALUATIONS).exists()
+
+
+def test_the_command_line_exits_2_without_a_traceback(tmp_path):
+    done = run_module("evaluate", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: RUN_DIR=") and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1
