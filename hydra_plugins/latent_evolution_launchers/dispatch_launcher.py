@@ -115,10 +115,12 @@ class DispatchLauncher(BaseSubmititLauncher):
             )
         from latent_evolution.run_folder import objective
 
+        assert self.config is not None
+        metric = self.config.optimized_metric  # the same for every job: validated, not swept
         plans = [p for p in planned if p.num not in finished]
         launched = iter(self._launch(plans) if plans else [])
         return [  # in the sweep's order: an optimizing sweeper pairs results with its trials
-            _job_return(p, JobStatus.COMPLETED, objective(finished[p.num]))
+            _job_return(p, JobStatus.COMPLETED, objective(finished[p.num], metric))
             if p.num in finished
             else next(launched)
             for p in planned
