@@ -73,6 +73,11 @@ def test_search_through_lsf_gets_each_trials_value_back(lsf_standin, tmp_path):
     check_search(tmp_path, search(tmp_path, "hydra/launcher=submitit_lsf"))
 
 
+@pytest.mark.slow
+def test_search_through_slurm_gets_each_trials_value_back(slurm_cluster, tmp_path):
+    check_search(tmp_path, search(tmp_path, "hydra/launcher=submitit_slurm"))
+
+
 def check_search(tmp_path: Path, done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {}
