@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_evolution.errors import ConfigError
 from latent_evolution.files import claim_new_dir
+from latent_evolution.run_folder import objective_names
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -249,7 +250,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # what a sweep minimises (the train command's return value, hydra-optuna-sweeper's
-    # objective): a metrics.json key (run_folder.OBJECTIVE_METRICS)
+    # objective): a metrics.json key (run_folder.objective_names)
     optimized_metric: str = "final_val_loss"
 
 
@@ -470,7 +471,9 @@ def validate(config: Config) -> None:
         validate_stream(config.data.stream, config.training.time_units, config.training.batch_size)
     _validate_hardware(config.hardware)
     _choice("logger.name", config.logger.name, LOGGERS)
-    _validate_evaluation(config.evaluation, config.data.splits)
+    e = config.evaluation
+    _validate_evaluation(e, config.data.splits)
+    _choice("optimized_metric", config.optimized_metric, objective_names(e.splits, e.horizons))
     if config.model.use_batch_norm and config.training.batch_size < 2:
         raise ConfigError(
             "training.batch_size",

@@ -218,10 +218,21 @@ def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
     return RunStatus.OK, ""
 
 
-def objective(metrics: dict[str, Any]) -> float:
-    """What a sweep minimises for a finished run: its validation loss, inf once it diverged
-    (an optimizing sweeper ranks such a run last and goes on)."""
-    value = as_number(metrics.get("final_val_loss"))
+# metrics.json keys a sweep may minimise (Config.optimized_metric), besides the rollout MSEs
+# rollout_key(split, h) for each evaluation split and horizon (objective_names)
+BEST_METRIC = "best_metric_value"  # early stopping's best monitored value (the trainer fills it)
+OBJECTIVE = ("final_val_loss", BEST_METRIC)
+
+
+def objective_names(splits: list[str], horizons: list[int]) -> tuple[str, ...]:
+    """Every name Config.optimized_metric may take for these evaluation splits and horizons."""
+    return (*OBJECTIVE, *(rollout_key(s, h) for s in splits for h in horizons))
+
+
+def objective(metrics: dict[str, Any], name: str = "final_val_loss") -> float:
+    """What a sweep minimises for a finished run: metrics[name], inf once it diverged or when
+    the value is missing or not finite (an optimizing sweeper ranks such a run last, goes on)."""
+    value = as_number(metrics.get(name))
     diverged = metrics.get("status") == RunStatus.DIVERGED
     return math.inf if diverged or value is None or not math.isfinite(value) else value
 

@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> float:
             metrics["last_finite_train_loss"],
             run_dir,
         )
-        return objective(metrics)
+        return objective(metrics, config.optimized_metric)
     if metrics["status"] != RunStatus.OK:
         log.warning("Run %s: %s", metrics["status"], metrics.get("status_note", ""))
     test, constant = metrics["final_test_loss"], metrics["test_loss_constant_model"]
@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> float:
         metrics["noise_floor_loss"],
         run_dir,
     )
-    return objective(metrics)
+    return objective(metrics, config.optimized_metric)
 
 
 def train_or_resume(config: Config, run_dir: Path) -> dict[str, Any]:

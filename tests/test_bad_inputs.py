@@ -83,6 +83,11 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ),
     ("hardware.lsf.mem_per=host", r"^hardware\.lsf\.mem_per='host': must be one of job, slot$"),
     ("logger.name=wandb", r"^logger\.name='wandb': must be one of csv, tensorboard$"),
+    (
+        "optimized_metric=val_mse",
+        r"^optimized_metric='val_mse': must be one of final_val_loss, best_metric_value, "
+        r"rollout_val_mse_h1, ",
+    ),
     ("model.activation=swish", r"^model\.activation='swish': must be one of relu, gelu, silu,"),
     ("model=huge", r"^model=huge: must be one of latent, small$"),
     ("hardware=foo", r"^hardware=foo: must be one of a100, auto, cpu, gpu, h100, h200, l4$"),

@@ -52,7 +52,7 @@ class PlannedJob:
     overrides: list[str]
     params: dict[str, Any]  # the launcher's parameters for this job, its own request applied
     job: Any = None  # the submitit Job, once submitted
-    refused: Exception | None = None  # why the scheduler did not take it
+    refused: Exception | None = None  # why the scheduler, or the config check, refused it
 
 
 class DispatchLauncher(BaseSubmititLauncher):
@@ -115,10 +115,12 @@ class DispatchLauncher(BaseSubmititLauncher):
             )
         from latent_evolution.run_folder import objective
 
+        assert self.config is not None
+        metric = self.config.optimized_metric  # the same for every job: validated, not swept
         plans = [p for p in planned if p.num not in finished]
         launched = iter(self._launch(plans) if plans else [])
         return [  # in the sweep's order: an optimizing sweeper pairs results with its trials
-            _job_return(p, JobStatus.COMPLETED, objective(finished[p.num]))
+            _job_return(p, JobStatus.COMPLETED, objective(finished[p.num], metric))
             if p.num in finished
             else next(launched)
             for p in planned
@@ -126,7 +128,7 @@ class DispatchLauncher(BaseSubmititLauncher):
 
     def _launch(self, plans: list[PlannedJob]) -> list[JobReturn]:
         groups: dict[str, list[PlannedJob]] = defaultdict(list)
-        for plan in plans:
+        for plan in (p for p in plans if p.refused is None):
             groups[json.dumps(plan.params, sort_keys=True, default=str)].append(plan)
         if self.params["dry_run"]:
             for group in groups.values():
@@ -198,8 +200,13 @@ class DispatchLauncher(BaseSubmititLauncher):
     def _plan(self, overrides: list[str], num: int) -> PlannedJob:
         """Compose the job's config as the job will, and take its parameters from it."""
         assert self.hydra_context is not None and self.config is not None
+        from latent_evolution.input_errors import INPUT_ERRORS
+
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        return PlannedJob(num, overrides, self.job_params(cfg))
+        try:
+            return PlannedJob(num, overrides, self.job_params(cfg))
+        except INPUT_ERRORS as exc:  # a sampled value (optuna) the config rejects: this job fails
+            return PlannedJob(num, overrides, dict(self.params), refused=exc)
 
     def job_params(self, cfg: Any) -> dict[str, Any]:
         """The launcher's parameters, with this project's `hardware` request where the job has
