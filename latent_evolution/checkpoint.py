@@ -14,7 +14,7 @@ import torch
 
 from latent_evolution.errors import ConfigError
 from latent_evolution.files import atomic_write
-from latent_evolution.run_folder import CHECKPOINT, MODEL
+from latent_evolution.run_folder import BEST_MODEL, CHECKPOINT, MODEL
 
 # config keys a resumed run may change: where it runs and how long, not what it learns
 RESUMABLE_CHANGES = (
@@ -32,6 +32,8 @@ RESUMABLE_CHANGES = (
     "training.epochs",
     "training.checkpoint_every",
     "training.log_every",
+    # how long to wait for an improvement, like training.epochs, not what is learnt
+    "training.early_stopping.patience",
     "logger",
 )
 
@@ -44,6 +46,10 @@ def save_model(run_dir: Path, model: torch.nn.Module) -> Path:
     return atomic_write(Path(run_dir) / MODEL, lambda f: torch.save(model.state_dict(), f))
 
 
+def save_best_model(run_dir: Path, model: torch.nn.Module) -> Path:
+    return atomic_write(Path(run_dir) / BEST_MODEL, lambda f: torch.save(model.state_dict(), f))
+
+
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The run folder's checkpoint (tensors on the CPU), or None if it has none."""
     path = Path(run_dir) / CHECKPOINT
@@ -51,7 +57,12 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
         return None
     for partial in Path(run_dir).glob(".*.tmp"):  # left by a writer that was killed
         partial.unlink(missing_ok=True)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated (a full disk) or not a checkpoint: one line, no trace
+        raise ConfigError(
+            str(path), type(exc).__name__, "cannot be read; restore it, or delete it to start over"
+        ) from exc
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> None:

@@ -324,6 +324,31 @@ def _validate_training(t: TrainingConfig) -> None:
     _choice("training.loss", t.loss, LOSSES)
     _non_negative("training.weight_decay", t.weight_decay)
     _non_negative("training.grad_clip_norm", t.grad_clip_norm)
+    _non_negative("training.recon_warmup_epochs", t.recon_warmup_epochs)
+    s = t.lr_schedule
+    _choice("training.lr_schedule.name", s.name, LR_SCHEDULES)
+    _non_negative("training.lr_schedule.warmup_epochs", s.warmup_epochs)
+    _positive("training.lr_schedule.step_every_epochs", s.step_every_epochs)
+    if not 0 <= s.min_lr_ratio <= 1:
+        raise ConfigError("training.lr_schedule.min_lr_ratio", s.min_lr_ratio, "must be in [0, 1]")
+    if not 0 < s.gamma <= 1:
+        raise ConfigError("training.lr_schedule.gamma", s.gamma, "must be in (0, 1]")
+    _non_negative("training.early_stopping.patience", t.early_stopping.patience)
+    if not 0 <= t.early_stopping.min_delta < math.inf:
+        md = t.early_stopping.min_delta
+        raise ConfigError("training.early_stopping.min_delta", md, "must be finite and >= 0")
+
+
+def _validate_early_stopping_metric(metric: str, e: EvaluationConfig) -> None:
+    """val_loss, or a val rollout horizon measured during training."""
+    from latent_evolution.run_folder import rollout_key
+
+    allowed = ["val_loss"]
+    if e.every > 0 and "val" in e.splits:
+        allowed += [rollout_key("val", h) for h in e.horizons]
+    if metric not in allowed:
+        note = "" if e.every > 0 else " (rollout metrics need evaluation.every > 0)"
+        raise ConfigError("training.early_stopping.metric", metric, f"one of {allowed}{note}")
 
 
 def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
@@ -465,6 +490,7 @@ def validate(config: Config) -> None:
     """Raise ConfigError (one line: key, value, what is allowed) on the first bad value."""
     _validate_model(config.model)
     _validate_training(config.training)
+    _validate_early_stopping_metric(config.training.early_stopping.metric, config.evaluation)
     _validate_data(config.data, config.training.time_units, config.training.batch_size)
     _validate_stream_choice(config.data.stream)
     if stream_mode(config.data.stream) == "true":

@@ -18,7 +18,7 @@ from latent_evolution.data import BatchSource, Split
 from latent_evolution.metrics import GPUStats, commit_hash, peak_flops, torch_memory_stats
 from latent_evolution.model import LatentModel, constant_baseline
 from latent_evolution.rollout import final_rollout
-from latent_evolution.run_folder import LOSS_PARTS, SPLITS, Metrics, RunStatus, classify
+from latent_evolution.run_folder import BEST_MODEL, LOSS_PARTS, SPLITS, Metrics, RunStatus, classify
 
 if TYPE_CHECKING:
     from latent_evolution.trainer import Trainer
@@ -49,6 +49,25 @@ def last_finite(history: list[dict[str, Any]], column: str) -> float | None:
     return next((v for v in reversed(values) if math.isfinite(v)), None)
 
 
+def best_weight_metrics(trainer: Trainer, splits: dict[str, Any]) -> dict[str, Any]:
+    """best_* keys of Metrics: the early-stopping record and best_model.pt's split losses."""
+    es, path = trainer.early_stopping, trainer.run_dir / BEST_MODEL
+    out = {
+        "best_metric_name": trainer.config.training.early_stopping.metric,
+        "best_metric": es.best_value,
+        "best_epoch": es.best_epoch,
+        "stopped_early": es.stop,
+        "stopped_at_epoch": es.stopped_at_epoch,
+    }
+    if es.best_epoch is None or not path.exists():
+        return out
+    last = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    out |= {f"best_{k}_loss": float(trainer.evaluate(s)) for k, s in splits.items()}
+    trainer.model.load_state_dict(last)  # model.pt stays the last weights
+    return out
+
+
 def split_losses(trainer: Trainer) -> dict[str, float]:
     """final_<split>_loss and <split>_loss_constant_model of every split (metrics.json keys)."""
     tu, d = trainer.config.training.time_units, trainer.data
@@ -76,6 +95,7 @@ def final_metrics(trainer: Trainer, diverged_at: int | None, gpu: GPUStats) -> M
         last_finite_train_loss=last_finite(history, "train_objective_loss"),
         last_finite_val_loss=last_finite(history, "val_loss"),
         **split_losses(trainer),
+        **best_weight_metrics(trainer, {name: getattr(d, name) for name in SPLITS}),
         **{f"final_train_{k}_loss": last.get(f"train_{k}_loss") for k in LOSS_PARTS},
         noise_std=d.noise_std,
         noise_floor_loss=d.noise_std**2 if d.noise_std is not None else None,

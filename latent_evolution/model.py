@@ -88,6 +88,9 @@ class LatentModel(nn.Module):
             )
             stim_dims = s.output_dims
         self.evolver = block(cfg.evolver, cfg.latent_dims + stim_dims, cfg.latent_dims)
+        if cfg.zero_init_evolver:  # z + 0 = z at step 0: the constant model in latent space
+            nn.init.zeros_(self.evolver[-1].weight)
+            nn.init.zeros_(self.evolver[-1].bias)
         self.batch_norm = cfg.use_batch_norm
         # the decoder's last layer and the error; the CPU kernels (linear.place_model) may
         # put a fused op here

@@ -117,6 +117,14 @@ class Metrics:
     final_train_loss: float | None = _metric(MSE, "evolve-only MSE over the train split")
     final_val_loss: float | None = _metric(MSE, "evolve-only MSE over the val split")
     final_test_loss: float | None = _metric(MSE, "evolve-only MSE over the test split")
+    best_metric_name: str | None = _metric("", "training.early_stopping.metric: best weights by it")
+    best_metric: float | None = _metric("its unit", "its lowest value (best_model.pt's)")
+    best_epoch: int | None = _metric("epoch", "the epoch of best_metric and best_model.pt")
+    stopped_early: bool | None = _metric("", "whether early stopping ended the run")
+    stopped_at_epoch: int | None = _metric("epoch", "the epoch it stopped at, if it did")
+    best_train_loss: float | None = _metric(MSE, "final_train_loss of best_model.pt")
+    best_val_loss: float | None = _metric(MSE, "final_val_loss of best_model.pt")
+    best_test_loss: float | None = _metric(MSE, "final_test_loss of best_model.pt")
     train_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', train split")
     val_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', val split")
     test_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', test split")
@@ -220,7 +228,7 @@ def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
 
 # metrics.json keys a sweep may minimise (Config.optimized_metric), besides the rollout MSEs
 # rollout_key(split, h) for each evaluation split and horizon (objective_names)
-BEST_METRIC = "best_metric_value"  # early stopping's best monitored value (the trainer fills it)
+BEST_METRIC = "best_metric"  # the best training.early_stopping.metric value (Metrics)
 OBJECTIVE = ("final_val_loss", BEST_METRIC)
 
 

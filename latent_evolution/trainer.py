@@ -27,11 +27,13 @@ from torch import Tensor
 from latent_evolution.checkpoint import (
     check_same_run,
     load_checkpoint,
+    save_best_model,
     save_checkpoint,
     save_model,
 )
 from latent_evolution.config import Config
 from latent_evolution.data import BatchSource, Dataset, Split, load_dataset
+from latent_evolution.early_stopping import EarlyStopping
 from latent_evolution.epoch_log import EpochLog
 from latent_evolution.evaluation import evaluate, final_metrics
 from latent_evolution.linear import keep_optimizer_state_as_nn_linear, place_model
@@ -50,6 +52,7 @@ from latent_evolution.run_folder import (
     epoch_log_columns,
     write_metrics,
 )
+from latent_evolution.schedule import build_scheduler
 from latent_evolution.streaming import StreamError
 
 log = logging.getLogger(__name__)
@@ -135,6 +138,14 @@ class Trainer:
         self.model = place_model(model, self.device, config.hardware.cpu_kernels)
         self.optimizer = build_optimizer(self.model, config)
         keep_optimizer_state_as_nn_linear(self.optimizer, self.model)
+        t = config.training
+        self.scheduler = build_scheduler(
+            self.optimizer, t.lr_schedule, self.steps_per_epoch, t.epochs
+        )
+        # 1: descend evolve + recon + reg; 0 during training.recon_warmup_epochs (a device
+        # tensor, so the compiled step's graph stays the same)
+        self.evolve_weight = torch.ones((), device=self.device)
+        self.early_stopping = EarlyStopping()
         self.autocast = autocast_context(config.hardware.precision, self.device)
         self.step = CompiledStep(
             self._losses, config.hardware.compile, list(self.model.parameters())
@@ -160,7 +171,8 @@ class Trainer:
             evolve, recon, reg = self.model.loss_parts(
                 x_t, stim, targets, t.evolve_multiple_steps, t.loss
             )
-        return torch.stack([evolve + recon + reg, evolve, recon, reg])
+        objective = self.evolve_weight * evolve + recon + reg
+        return torch.stack([objective, evolve, recon, reg])
 
     @property
     def steps_per_epoch(self) -> int:
@@ -173,6 +185,7 @@ class Trainer:
         steps = self.steps_per_epoch
         sums = torch.zeros(len(LOSS_PARTS), device=self.device)
         self.model.train()
+        self.evolve_weight.fill_(0.0 if self.epoch < t.recon_warmup_epochs else 1.0)
         batches = self.batches.random(self.data.train, t.batch_size, steps, t.evolve_multiple_steps)
         for x_t, stim, targets in batches:
             parts = self.step(x_t, stim, targets)  # forward and backward
@@ -181,6 +194,7 @@ class Trainer:
                     self.model.parameters(), t.grad_clip_norm, foreach=True
                 )
             self.optimizer.step()
+            self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             sums += parts
         return sums / steps
@@ -228,7 +242,17 @@ class Trainer:
                     diverged_at = epoch + 1
                     log.error("Loss is not finite at epoch %d; stopping this run", epoch + 1)
                     break
+                if self.early_stopping.update(t.early_stopping, row):
+                    save_best_model(self.run_dir, self.model)
                 self._checkpoint_if_due(signals)
+                if self.early_stopping.stop:
+                    log.info(
+                        "Early stop at epoch %d: best %s at epoch %s",
+                        self.epoch,
+                        t.early_stopping.metric,
+                        self.early_stopping.best_epoch,
+                    )
+                    break
             gpu = monitor.stop()
         metrics = final_metrics(self, diverged_at, gpu)
         self._write_outputs(metrics)
@@ -252,7 +276,7 @@ class Trainer:
             "best_val_loss": self._best_val(values[4] if val is not None else None),
             **epoch_rollout(self, epoch),  # rollout_val_mse_h<H>, when evaluation.every is due
             "epoch_duration_seconds": time.perf_counter() - epoch_start,
-            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "learning_rate": self._last_lr(),
             # the monitor thread's latest NVML sample (None on CPU): no device sync
             "gpu_utilization_percent": monitor.latest_utilization_percent,
             "gpu_memory_mb": monitor.latest_memory_mb,
@@ -260,6 +284,12 @@ class Trainer:
         self.history.append(row)
         self.epoch = epoch + 1
         return row
+
+    def _last_lr(self) -> float:
+        """The rate the epoch's last optimizer step used (the scheduler is one step on)."""
+        t = self.config.training
+        step = max(self.scheduler.last_epoch - 1, 0)
+        return t.learning_rate * self.scheduler.lr_lambdas[0](step)
 
     def _best_val(self, val: float | None) -> float | None:
         """The lowest finite validation loss so far, this epoch's included."""
@@ -272,7 +302,8 @@ class Trainer:
         """Save every checkpoint_every epochs, after the last, and when the cluster warns."""
         t = self.config.training
         every = t.checkpoint_every
-        if self.epoch == t.epochs or signals.requested or (every and self.epoch % every == 0):
+        last = self.epoch == t.epochs or self.early_stopping.stop
+        if last or signals.requested or (every and self.epoch % every == 0):
             save_checkpoint(self.run_dir, self.state_dict())
         signals.pass_on()
 
@@ -321,6 +352,8 @@ class Trainer:
             "epoch": self.epoch,
             "training_seconds": self.training_seconds,
             "history": self.history,
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "batch_rng": self.batch_rng.get_state(),
             "config": dataclasses.asdict(self.config),
@@ -334,6 +367,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.history = state["epoch"], state["history"]
         self.training_seconds = state["training_seconds"]
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.early_stopping.load_state_dict(state["early_stopping"])
         torch.set_rng_state(state["torch_rng"])
         self.batch_rng.set_state(state["batch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":

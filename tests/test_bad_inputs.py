@@ -21,6 +21,18 @@ from tests.helpers import TINY, run_module
 
 POSITIVE = "must be a positive integer"
 BAD_INPUTS = [  # (override, expected one-line message, as a regex)
+    ("training.recon_warmup_epochs=-1", r"^training\.recon_warmup_epochs=-1: .*>= 0"),
+    ("training.lr_schedule.name=linear", r"^training\.lr_schedule\.name='linear': must be one of"),
+    ("training.lr_schedule.warmup_epochs=-1", r"^training\.lr_schedule\.warmup_epochs=-1: "),
+    ("training.lr_schedule.step_every_epochs=0", r"^training\.lr_schedule\.step_every_epochs=0"),
+    ("training.lr_schedule.min_lr_ratio=2", r"^training\.lr_schedule\.min_lr_ratio=2\.0: must be"),
+    ("training.lr_schedule.gamma=0", r"^training\.lr_schedule\.gamma=0\.0: must be in"),
+    ("training.early_stopping.patience=-1", r"^training\.early_stopping\.patience=-1: "),
+    ("training.early_stopping.min_delta=-1", r"^training\.early_stopping\.min_delta=-1\.0: "),
+    (
+        "training.early_stopping.metric=rollout_val_mse_h10",
+        r"^training\.early_stopping\.metric='rollout_val_mse_h10': one of .*evaluation\.every",
+    ),
     ("training.batch_size=0", rf"^training\.batch_size=0: {POSITIVE}$"),
     ("training.batch_size=-4", rf"^training\.batch_size=-4: {POSITIVE}$"),
     ("training.batch_size=abc", r"^training\.batch_size: Value 'abc' .* converted to Integer$"),
@@ -85,7 +97,7 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ("logger.name=wandb", r"^logger\.name='wandb': must be one of csv, tensorboard$"),
     (
         "optimized_metric=val_mse",
-        r"^optimized_metric='val_mse': must be one of final_val_loss, best_metric_value, "
+        r"^optimized_metric='val_mse': must be one of final_val_loss, best_metric, "
         r"rollout_val_mse_h1, ",
     ),
     ("model.activation=swish", r"^model\.activation='swish': must be one of relu, gelu, silu,"),

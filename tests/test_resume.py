@@ -192,3 +192,58 @@ def test_nan_loss_stops_the_run_records_divergence_and_returns(compose, tmp_path
     assert metrics["last_finite_val_loss"] == float(log[1]["val_loss"])
     assert metrics["final_train_objective_loss"] is None and metrics["final_val_loss"] is None
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 2  # not NaN
+
+
+KNOBS = (
+    *TINY,
+    "training.val_every=1",
+    "training.checkpoint_every=1",
+    "training.learning_rate=0.05",
+    "training.early_stopping.patience=50",
+    "training.lr_schedule.name=step",
+    "training.lr_schedule.warmup_epochs=1",
+    "training.lr_schedule.step_every_epochs=2",
+)
+
+
+@pytest.mark.slow
+def test_resume_with_schedule_and_early_stopping_ends_bitwise_equal(compose, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    Trainer(to_config(compose(*KNOBS, "training.epochs=6")), whole).fit()
+    Trainer(to_config(compose(*KNOBS, "training.epochs=3")), split).fit()
+    (split / "metrics.json").unlink()
+    resumed = Trainer(to_config(compose(*KNOBS, "training.epochs=6")), split)
+    assert resumed.resume() and resumed.epoch == 3
+    resumed.fit()
+    for name in ("model.pt", "best_model.pt"):
+        a, b = (torch.load(d / name, weights_only=True) for d in (whole, split))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    keep = ("best_epoch", "best_metric", "best_val_loss", "stopped_early", "final_val_loss")
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, split))
+    assert {k: ma[k] for k in keep} == {k: mb[k] for k in keep}
+    la, lb = read_log(whole), read_log(split)
+    assert [r["learning_rate"] for r in la] == [r["learning_rate"] for r in lb]
+
+
+def test_truncated_checkpoint_is_one_line_naming_the_file(compose, tmp_path):
+    config = to_config(compose(*TINY, "training.epochs=1"))
+    Trainer(config, tmp_path).fit()
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])  # a full disk cut it short
+    with pytest.raises(ConfigError, match=r"checkpoint\.pt.*delete it to start over$"):
+        Trainer(config, tmp_path).resume()
+
+
+def test_a_save_failing_mid_write_leaves_the_last_checkpoint_loadable(compose, tmp_path):
+    from latent_evolution.checkpoint import load_checkpoint, save_checkpoint
+
+    config = to_config(compose(*TINY, "training.epochs=1"))
+    Trainer(config, tmp_path).fit()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise OSError("No space left on device")
+
+    with pytest.raises(Exception, match="No space left"):
+        save_checkpoint(tmp_path, {"epoch": 2, "bad": Unpicklable()})
+    assert load_checkpoint(tmp_path)["epoch"] == 1
