@@ -16,12 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from latent_evolution.config import DataConfig, TrainingConfig
 from latent_evolution.errors import ConfigError
-from latent_evolution.simulation_folder import METADATA_FILE, SPLITS, check_simulation, read_window
+from latent_evolution.simulation_folder import (
+    METADATA_FILE,
+    SPLITS,
+    cell_types,
+    check_simulation,
+    read_window,
+)
 from latent_evolution.simulator import embedded_folder
 from latent_evolution.streaming import StreamedSplit, streamed_splits, streams
 
@@ -63,6 +70,7 @@ class Dataset:
     noise_std: float | None
     metadata: dict[str, Any]
     streamed: bool = False  # splits stay in host memory; batches go to the device one by one
+    cell_types: np.ndarray | None = None  # (N,) the CELL_TYPE column; None: not known
 
     @property
     def n_neurons(self) -> int:
@@ -115,7 +123,14 @@ def load_dataset(
     metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     # the process noise is added to V, so it bounds the loss of the VOLTAGE column only
     noise_std = metadata.get("noise_std", cfg.noise_std) if cfg.column == "VOLTAGE" else None
-    return Dataset(**splits, path=folder, noise_std=noise_std, metadata=metadata, streamed=streamed)
+    return Dataset(
+        **splits,
+        path=folder,
+        noise_std=noise_std,
+        metadata=metadata,
+        streamed=streamed,
+        cell_types=cell_types(layout),
+    )
 
 
 # ------------------------------------------------------------------------- batches

@@ -54,7 +54,9 @@ def one_line_input_errors() -> Iterator[None]:
 
 
 class ValidateBeforeRun(Callback):
-    """Hydra callback: validate a single run's config before its run folder is created.
+    """Hydra callback: validate a single run's config before its run folder is created, and a
+    multirun's fixed overrides before its sweeper starts (a sweeper that samples values, such
+    as optuna's, composes each trial only when it runs; swept keys hold their defaults here).
 
     Hydra turns exceptions raised in callbacks into warnings, so a bad value exits
     here (SystemExit passes through) instead of raising.
@@ -63,3 +65,8 @@ class ValidateBeforeRun(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with one_line_input_errors():
             to_config(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = str(config.hydra.sweeper.get("_target_", ""))
+        if not sweeper.endswith(".ValidatingSweeper"):  # that one checks each job, naming it
+            self.on_run_start(config)

@@ -35,7 +35,7 @@ from latent_evolution.run_folder import (
     rollout_key,
     rollout_max_key,
 )
-from latent_evolution.simulation_folder import DATA_FILE, cell_types, read_layout, read_window
+from latent_evolution.simulation_folder import read_window
 from latent_evolution.streaming import StreamedSplit
 
 if TYPE_CHECKING:
@@ -225,14 +225,15 @@ def run_rollout(
 ) -> dict[str, SplitRollout]:
     """The rollout of every split in `splits` (default: evaluation.splits)."""
     ev = config.evaluation
-    types = cell_types(read_layout(Path(data.path) / DATA_FILE))
+    # a data set built in memory (benchmarks, tests) has no types: one type 0 for every neuron
+    types = data.cell_types if data.cell_types is not None else np.zeros(data.n_neurons, int)
     return {
         name: rollout_split(
             model,
             getattr(data, name),
             name,
             list(getattr(config.data.splits, name)),
-            types[: data.n_neurons],
+            types,
             ev,
             device,
             autocast,

@@ -52,6 +52,16 @@ def test_preset_turns_the_batch_lr_grid_into_a_16_trial_search(compose):
         assert cfg[key] == grid[key]
 
 
+def test_a_bad_fixed_override_is_one_line_before_any_trial(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_module(
+        "train", *OPTUNA, *TINY, "training.epochs=0", f"hydra.sweep.dir={sweep}", timeout=120
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines() == ["error: training.epochs=0: must be a positive integer"]
+    assert not sweep.exists()  # no trial ran
+
+
 def search(tmp_path: Path, *launcher: str) -> subprocess.CompletedProcess:
     """A rejected, a valid and a diverging learning rate, each once: the random sampler's first
     three draws at seed 1 (the grid sampler's end-of-grid stop breaks on a failed last trial)."""
