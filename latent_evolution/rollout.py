@@ -152,8 +152,10 @@ def rollout_split(
     device: torch.device,
     autocast: contextlib.AbstractContextManager,
 ) -> SplitRollout:
-    """Evaluate one split; reads the device's sums once."""
-    offsets = draw_starts(window, ev, name)
+    """Evaluate one split; reads the device's sums once. window[0] numbers its frames in the
+    data file; the split's own length bounds the starts (a data set built in memory may be
+    shorter than the configured window)."""
+    offsets = draw_starts([window[0], window[0] + len(split)], ev, name)
     sums, const, cell_err, cell_base = rollout_sums(model, split, offsets, ev, device, autocast)
     per_frame = len(offsets) * split.n_neurons
     mse, constant = (sums / per_frame).tolist(), (const / per_frame).tolist()

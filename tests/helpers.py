@@ -18,6 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 # the smallest real run: embedded data of 128 neurons, a narrow model, the CPU
 TINY = ("data=tiny", "model=small", "hardware=cpu")
+# a rollout that fits splits of 100 frames (the default evolves 200 frames from 64 starts)
+SHORT_ROLLOUT = (
+    "evaluation.max_horizon=20",
+    "evaluation.horizons=[1,20]",
+    "evaluation.cell_type_horizons=[20]",
+    "evaluation.starts=8",
+)
 
 
 def module_command(module: str, *args: str) -> list[str]:

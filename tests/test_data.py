@@ -26,7 +26,7 @@ from latent_evolution.config import (
 from latent_evolution.data import BatchSource, embedded_folder, gather_batch, load_dataset
 from latent_evolution.simulation_folder import COLUMNS, DATA_FILE, check_simulation
 from latent_evolution.trainer import Trainer
-from tests.helpers import run_module
+from tests.helpers import SHORT_ROLLOUT, run_module
 
 T, N, N_INPUT = 40, 6, 2
 SPLITS = {"train": [2, 20], "val": [22, 30], "test": [32, 40]}
@@ -312,6 +312,7 @@ def train_cli(run_dir: Path, folder: Path, *overrides: str) -> subprocess.Comple
         "data.splits.train=[200,1000]",
         "data.splits.val=[1100,1300]",
         "data.splits.test=[1400,1600]",
+        *SHORT_ROLLOUT,
         "model=small",
         "hardware=cpu",
         "training.epochs=2",

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from latent_evolution.config import Config
 from latent_evolution.run_folder import METRICS
 from tests.conftest import CONF, ROOT
+from tests.helpers import SHORT_ROLLOUT
 
 GROUPS = ("model", "training", "data", "hardware")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
@@ -71,6 +72,7 @@ SHORT = (
     "data.splits.train=[200,300]",
     "data.splits.val=[4700,4800]",
     "data.splits.test=[5400,5500]",
+    *SHORT_ROLLOUT,
 )
 
 

@@ -53,6 +53,15 @@ def test_reproduces_the_training_numbers_exactly_and_touches_nothing(run, capsys
     assert outputs(run_dir) == before
 
 
+def test_best_weights_reproduce_the_trainings_best_losses(run, capsys):
+    _, run_dir = run
+    assert evaluate.main([str(run_dir), "--weights", "best"]) == 0
+    again, trained_m = read_metrics(Path(capsys.readouterr().out.strip())), read_metrics(run_dir)
+    assert trained_m["best_epoch"] is not None
+    for split in ("train", "val", "test"):  # the trainer judged best_model.pt on every split
+        assert again[f"final_{split}_loss"] == trained_m[f"best_{split}_loss"]
+
+
 def test_best_weights_and_other_data(run, capsys):
     trainer, run_dir = run
     torch.manual_seed(5)
@@ -75,7 +84,7 @@ def test_best_weights_and_other_data(run, capsys):
     ("make", "args", "message"),
     [
         (None, ["{tmp}"], r"RUN_DIR='.*': is not a run folder \(no \.hydra/config\.yaml\)"),
-        ("run", ["{run}", "--weights", "best"], r"best_model\.pt does not exist: pick the other"),
+        ("no-best", ["{run}", "--weights", "best"], r"best_model\.pt does not exist: pick the"),
         ("truncated", ["{run}"], r"model\.pt cannot be read \(.*\): restore it or retrain$"),
         ("run", ["{run}", "training.foo=1"], r"^training\.foo: unknown key"),
         ("run", ["{run}", "data=nope"], r"^data=nope: must be one of"),
@@ -89,6 +98,8 @@ def test_bad_input_is_one_line_and_exit_2(compose, tmp_path, capsys, make, args,
     run_dir = tmp_path / "run"
     if make:
         trained(compose, run_dir)
+    if make == "no-best":  # a run from before best weights were kept
+        (run_dir / BEST_MODEL).unlink()
     if make == "truncated":
         data = (run_dir / MODEL).read_bytes()
         (run_dir / MODEL).write_bytes(data[: len(data) // 2])  # a full disk

@@ -116,7 +116,8 @@ class DispatchLauncher(BaseSubmititLauncher):
         from latent_evolution.run_folder import objective
 
         assert self.config is not None
-        metric = self.config.optimized_metric  # the same for every job: validated, not swept
+        # the same for every job (validated, not swept); another app's sweeps minimise nothing
+        metric = self.config.get("optimized_metric", "final_val_loss")
         plans = [p for p in planned if p.num not in finished]
         launched = iter(self._launch(plans) if plans else [])
         return [  # in the sweep's order: an optimizing sweeper pairs results with its trials
@@ -200,12 +201,15 @@ class DispatchLauncher(BaseSubmititLauncher):
     def _plan(self, overrides: list[str], num: int) -> PlannedJob:
         """Compose the job's config as the job will, and take its parameters from it."""
         assert self.hydra_context is not None and self.config is not None
-        from latent_evolution.input_errors import INPUT_ERRORS
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from latent_evolution.errors import ConfigError  # not config.py: no Hydra state touched
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        try:
+        try:  # a sampled value (optuna) the config rejects fails this job; the others run
             return PlannedJob(num, overrides, self.job_params(cfg))
-        except INPUT_ERRORS as exc:  # a sampled value (optuna) the config rejects: this job fails
+        except (ConfigError, HydraException, OmegaConfBaseException) as exc:
             return PlannedJob(num, overrides, dict(self.params), refused=exc)
 
     def job_params(self, cfg: Any) -> dict[str, Any]:
