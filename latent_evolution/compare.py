@@ -12,6 +12,7 @@ Rendering lives in `latent_evolution/report.py`; file names and the metrics sche
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -33,6 +34,7 @@ from latent_evolution.run_folder import (
     HYDRA_CONFIG,
     HYDRA_RUNTIME,
     METRICS,
+    NEVER,
     RunStatus,
     as_number,
     classify,
@@ -283,7 +285,7 @@ def runs_table(runs: Sequence[Run], swept: Sequence[str], sort: str) -> pd.DataF
 
 def _sort_key(column: pd.Series) -> pd.Series:
     """Numbers sort as numbers; anything else (mixed types, text) as text."""
-    numeric = pd.to_numeric(column, errors="coerce")
+    numeric = pd.to_numeric(column.replace(NEVER, math.inf), errors="coerce")
     if numeric.notna().sum() == column.notna().sum():
         return numeric
     return column.map(str, na_action="ignore")

@@ -39,7 +39,9 @@ def run_config(run: Path, overrides: Sequence[str]) -> Config:
             "made by latent_evolution.train",
         )
     cfg = OmegaConf.load(run / HYDRA_CONFIG)
-    groups = [o for o in overrides if "." not in o.split("=", 1)[0]]
+    from latent_evolution.train import conf_dir
+
+    groups = [o for o in overrides if (Path(conf_dir()) / o.split("=", 1)[0]).is_dir()]
     if groups:
         cfg = OmegaConf.merge(cfg, _group_options(groups))
     keys = [o for o in overrides if o not in groups]

@@ -24,9 +24,11 @@ from torch import Tensor
 
 from latent_evolution.config import Config, EvaluationConfig
 from latent_evolution.data import Dataset, Split
+from latent_evolution.errors import ConfigError
 from latent_evolution.files import atomic_write_json, atomic_write_text
 from latent_evolution.model import LatentModel
 from latent_evolution.run_folder import (
+    NEVER,
     ROLLOUT_CELL_TYPES,
     ROLLOUT_CURVE,
     ROLLOUT_PLOT,
@@ -59,6 +61,13 @@ def draw_starts(window: list[int], ev: EvaluationConfig, split: str) -> np.ndarr
     One generator per split from (seed, split): a split's starts do not depend on which other
     splits are evaluated."""
     possible = window[1] - window[0] - ev.max_horizon
+    if possible < ev.starts:  # config.validate checks the configured windows; this, the data's
+        raise ConfigError(
+            "evaluation.starts",
+            ev.starts,
+            f"must be <= the {max(possible, 0)} start frames the {split} split's "
+            f"{window[1] - window[0]} frames leave with evaluation.max_horizon={ev.max_horizon}",
+        )
     rng = np.random.default_rng([ev.seed, *split.encode()])
     return np.sort(rng.choice(possible, size=ev.starts, replace=False))
 
@@ -176,7 +185,7 @@ def stability(r: SplitRollout) -> tuple[int | str, float]:
     worse = [h for h, (m, c) in pairs if not m <= c]
     finite = [m for m in r.mse if math.isfinite(m)]
     top = max(finite) if len(finite) == len(r.mse) else math.inf
-    return (worse[0] if worse else "never"), top
+    return (worse[0] if worse else NEVER), top
 
 
 def rollout_metrics(results: dict[str, SplitRollout], horizons: list[int]) -> dict[str, Any]:

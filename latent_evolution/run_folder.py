@@ -52,6 +52,9 @@ FINAL_LOSSES = ("final_train_loss", "final_val_loss", "final_test_loss")
 SPLITS = ("train", "val", "test")
 
 
+NEVER = "never"  # rollout_<split>_first_worse_horizon when the model never passes the constant's
+
+
 def rollout_key(split: str, horizon: int | str, constant: bool = False) -> str:
     """metrics.json's and the epoch log's name of a rollout MSE at a horizon (frames)."""
     return f"rollout_{split}_{'constant_' if constant else ''}mse_h{horizon}"

@@ -222,7 +222,8 @@ class Trainer:
         t = self.config.training
         started = time.perf_counter() - self.training_seconds  # a resumed run counts on
         diverged_at = None
-        epochs = range(self.epoch, t.epochs)
+        # a run resumed after its early stop (killed before metrics.json) trains no further
+        epochs = range(self.epoch, self.epoch if self.early_stopping.stop else t.epochs)
         self.epoch_log.restart(self.history)  # exactly the checkpoint's epochs (none if fresh)
         loggers = RunLoggers(self.config.logger.name, self.run_dir)
         with (
@@ -242,7 +243,9 @@ class Trainer:
                     diverged_at = epoch + 1
                     log.error("Loss is not finite at epoch %d; stopping this run", epoch + 1)
                     break
-                if self.early_stopping.update(t.early_stopping, row):
+                # warmup epochs do not descend the evolve loss: they are no validations of it
+                warm = self.epoch > t.recon_warmup_epochs
+                if warm and self.early_stopping.update(t.early_stopping, row):
                     save_best_model(self.run_dir, self.model)
                 self._checkpoint_if_due(signals)
                 if self.early_stopping.stop:

@@ -89,8 +89,17 @@ def test_best_weights_and_other_data(run, capsys):
         ("run", ["{run}", "training.foo=1"], r"^training\.foo: unknown key"),
         ("run", ["{run}", "data=nope"], r"^data=nope: must be one of"),
         ("run", ["{run}", "evaluation.starts=0"], r"^evaluation\.starts=0: must be a positive"),
+        ("run", ["{run}", "optimized_metric=nope"], r"^optimized_metric='nope': must be one of"),
     ],
-    ids=["not-a-run", "missing-weights", "truncated-weights", "bad-key", "bad-group", "bad-value"],
+    ids=[
+        "not-a-run",
+        "missing-weights",
+        "truncated-weights",
+        "bad-key",
+        "bad-group",
+        "bad-value",
+        "bad-top-level-value",
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2(compose, tmp_path, capsys, make, args, message):
     import re

@@ -11,9 +11,16 @@ import pytest
 import torch
 
 from latent_evolution import compare
-from latent_evolution.config import to_config
+from latent_evolution.config import EvaluationConfig, to_config
 from latent_evolution.epoch_log import EpochLog, read_epoch_log
-from latent_evolution.rollout import SplitRollout, rollout_metrics, run_rollout, stability
+from latent_evolution.errors import ConfigError
+from latent_evolution.rollout import (
+    SplitRollout,
+    draw_starts,
+    rollout_metrics,
+    run_rollout,
+    stability,
+)
 from latent_evolution.run_folder import (
     EPOCH_LOG,
     HYDRA_CONFIG,
@@ -226,3 +233,11 @@ def test_compare_sorts_by_a_rollout_metric_and_overlays_rollouts(compose, tmp_pa
     assert compare.main([str(tmp_path / "sweep"), "--plot", "rollout", str(png)]) == 0
     assert png.read_bytes().startswith(b"\x89PNG")
     assert compare.main([str(tmp_path / "sweep"), "--plot", "loss", str(png)]) == 2
+
+
+def test_a_split_too_short_for_the_rollout_is_one_line_naming_the_key():
+    """A data set built in memory may be shorter than its configured window."""
+    ev = EvaluationConfig(starts=64, max_horizon=200)
+    assert len(draw_starts([1000, 1264], ev, "val")) == 64  # exactly enough start frames
+    with pytest.raises(ConfigError, match=r"^evaluation\.starts=64: must be <= the 63 start"):
+        draw_starts([1000, 1263], ev, "val")
