@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,6 @@ from latent_evolution.run_folder import (
     rollout_key,
     rollout_max_key,
 )
-from latent_evolution.simulation_folder import read_window
 from latent_evolution.streaming import StreamedSplit
 
 if TYPE_CHECKING:
@@ -73,45 +73,42 @@ def draw_starts(window: list[int], ev: EvaluationConfig, split: str) -> np.ndarr
 
 
 class StartFrames:
-    """Frames s+h of a chunk of starts s on the device, for h = 0..max_horizon, and the
-    stimulus of frames s..s+H-1. A resident split is indexed in place, one frame per step
-    (no (B, H+1, N) copy: 2.8 GB at fly size and 256 starts); a streamed split reads just
-    these windows from the file, once."""
+    """x[s] of a chunk of starts s, then blocks of the rollout's steps h: the stimulus of frames
+    s+h-1 and an accessor of frames s+h. A resident split is one block indexed in place, one
+    frame per step (no (B, H+1, N) copy: 2.8 GB at fly size and 256 starts)."""
 
-    def __init__(
-        self, split: Split | StreamedSplit, offsets: np.ndarray, horizon: int, device: torch.device
-    ):
-        self.device = device
-        if isinstance(split, StreamedSplit):
-            lo = split.window[0]
-            x, stim = zip(
-                *(
-                    read_window(
-                        split.layout,
-                        split.column,
-                        split.n_input,
-                        split.name,
-                        split.window,
-                        (lo + s, lo + s + horizon + 1),
-                    )
-                    for s in offsets.tolist()
-                ),
-                strict=True,
-            )
-            self.x = torch.from_numpy(np.stack(x)).to(device)  # (B, H+1, N)
-            self.stim = torch.from_numpy(np.stack(stim)[:, :-1]).to(device)
-            return
-        self.split, self.x = split, None
+    def __init__(self, split: Split, offsets: np.ndarray, horizon: int, device: torch.device):
+        self.split, self.device, self.horizon = split, device, horizon
         self.rows = torch.as_tensor(offsets).to(split.x.device)
-        steps = self.rows.unsqueeze(1) + torch.arange(horizon, device=split.x.device)
-        self.stim = split.stim.index_select(0, steps.flatten()).view(len(offsets), horizon, -1)
-        self.stim = self.stim.to(device)
+        self.start = self.frame(0)
 
     def frame(self, h: int) -> Tensor:
         """x[s+h] for every start s of the chunk, (B, N)."""
-        if self.x is not None:
-            return self.x[:, h]
         return self.split.x.index_select(0, self.rows + h).to(self.device)
+
+    def blocks(self) -> Iterator[tuple[int, Tensor, Callable[[int], Tensor]]]:
+        """(first step h0, stimulus (B, k, n_input) of frames s+h0-1.., frame accessor)."""
+        steps = self.rows.unsqueeze(1) + torch.arange(self.horizon, device=self.rows.device)
+        stim = self.split.stim.index_select(0, steps.flatten())
+        yield 1, stim.view(len(self.rows), self.horizon, -1).to(self.device), self.frame
+
+
+class StreamedStartFrames:
+    """StartFrames of a streamed split: blocks of k steps read into the stream's chunk slots
+    (frames s+h0-1 .. s+h0+k-1 of every start s), so a rollout holds no frames beyond them."""
+
+    def __init__(self, split: StreamedSplit, offsets: np.ndarray, horizon: int):
+        self.split, self.offsets, self.horizon = split, offsets, horizon
+        self.k = max(1, min(horizon, split.slot_rows // len(offsets) - 1))
+        self.first = split.start_windows(offsets, 0, self.k + 1)
+        self.start = self.first[0][:, 0].clone()  # the slots are refilled by the next block
+
+    def blocks(self) -> Iterator[tuple[int, Tensor, Callable[[int], Tensor]]]:
+        for h0 in range(1, self.horizon + 1, self.k):
+            k = min(self.k, self.horizon - h0 + 1)
+            read = self.split.start_windows
+            x, stim = self.first if h0 == 1 else read(self.offsets, h0 - 1, k + 1)
+            yield h0, stim[:, :k], lambda h, x=x, h0=h0: x[:, h - h0 + 1]
 
 
 @torch.no_grad()
@@ -130,24 +127,32 @@ def rollout_sums(
     n = split.n_neurons
     sums, const = torch.zeros(h_max, device=device), torch.zeros(h_max, device=device)
     per_neuron = torch.zeros(2, len(cell_h), n, device=device)
-    for chunk in np.array_split(offsets, -(-len(offsets) // ev.batch_size)):
-        frames = StartFrames(split, chunk, h_max, device)
-        x_s = frames.frame(0)
+    streamed = isinstance(split, StreamedSplit)
+    per_pass = min(ev.batch_size, split.slot_rows // 2) if streamed else ev.batch_size
+    for chunk in np.array_split(offsets, -(-len(offsets) // per_pass)):
+        frames = (
+            StreamedStartFrames(split, chunk, h_max)
+            if streamed
+            else StartFrames(split, chunk, h_max, device)
+        )
+        x_s = frames.start
         with autocast:
             z = model.encoder(x_s)
-            s_enc = model.encode_stimulus(frames.stim)
-        for h in range(1, h_max + 1):
+        for h0, stim, frame in frames.blocks():
             with autocast:
-                z = model.evolve_step(z, s_enc[:, h - 1] if s_enc is not None else None)
-                pred = model.decoder(z)
-            x_h = frames.frame(h)
-            err = (pred.float() - x_h).pow(2)
-            base = (x_s - x_h).pow(2)
-            sums[h - 1] += err.sum()
-            const[h - 1] += base.sum()
-            if h in cell_h:
-                per_neuron[0, cell_h[h]] += err.sum(0)
-                per_neuron[1, cell_h[h]] += base.sum(0)
+                s_enc = model.encode_stimulus(stim)
+            for h in range(h0, h0 + stim.shape[1]):
+                with autocast:
+                    z = model.evolve_step(z, s_enc[:, h - h0] if s_enc is not None else None)
+                    pred = model.decoder(z)
+                x_h = frame(h)
+                err = (pred.float() - x_h).pow(2)
+                base = (x_s - x_h).pow(2)
+                sums[h - 1] += err.sum()
+                const[h - 1] += base.sum()
+                if h in cell_h:
+                    per_neuron[0, cell_h[h]] += err.sum(0)
+                    per_neuron[1, cell_h[h]] += base.sum(0)
     return sums, const, per_neuron[0], per_neuron[1]
 
 

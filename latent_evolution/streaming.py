@@ -5,7 +5,7 @@ chunk holds those frames plus the time_units after them, so every start frame's 
 t+1..t+tu lie in its own chunk. `chunks_in_memory` chunk slots live in host memory (pinned
 under CUDA) and, under CUDA, as many on the device: that is all the split data a run holds,
 whatever T is. A daemon thread reads chunks into free slots with the windowed reads of
-`simulation_folder` (readinto, 8 MB at a time: a memory map's touched pages would count in
+`simulation_folder` (readinto, 512 KB at a time: a memory map's touched pages would count in
 the process's RSS), `prefetch` chunks ahead of the ones batches are drawn from; under CUDA
 the training thread copies each loaded chunk to its device slot on a side stream.
 
@@ -138,12 +138,36 @@ class ChunkPool:
         self.copied: list[torch.cuda.Event | None] = [None] * s.chunks_in_memory
         self.active: ChunkPass | None = None
 
+    @property
+    def rows(self) -> int:
+        return self.host[0].shape[0]
+
     def begin(self, split: StreamedSplit, chunks: list[tuple[int, int]]) -> ChunkPass:
         """Start loading `chunks` ((first frame, frames) within the split) in this order."""
-        if self.active is not None:
-            self.active.close()  # an abandoned pass: its loader must not write into our slots
+        self._close_active()
         self.active = ChunkPass(self, split, chunks)
         return self.active
+
+    def _close_active(self) -> None:
+        if self.active is not None:
+            self.active.close()  # an abandoned pass: its loader must not write into our slots
+
+    def take(self) -> None:
+        """Make the host slots free to write here: no loader writes them, no copy reads them."""
+        self._close_active()
+        for event in self.copied:
+            if event is not None:
+                event.synchronize()  # a wait only under CUDA, where copies read the host slots
+
+    def copy_rows(self, rows: int) -> None:
+        """Copy host rows [0, rows) to the device slots, in the training stream's order."""
+        if not self.cuda:
+            return
+        for host, dev in zip(self.host, self.on_device, strict=True):
+            dev[:rows].copy_(host[:rows], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        self.copied = [done] * len(self.copied)  # the next writer of any host slot waits for it
 
 
 class ChunkPass:
@@ -295,6 +319,23 @@ class StreamedSplit:
             raise StreamError(
                 self.layout.path, frames, f"changed since the run started ({self.stamp} -> {now})"
             )
+
+    @property
+    def slot_rows(self) -> int:
+        """Frames the chunk slots hold together: chunks_in_memory x chunk_frames."""
+        return self.pool.rows
+
+    def start_windows(self, offsets: np.ndarray, first: int, count: int) -> tuple[Tensor, Tensor]:
+        """Frames s+first .. s+first+count-1 of each start offset s, (B, count, N), and their
+        stimulus (B, count, n_input), on the device, read into the chunk slots (B x count of
+        their rows): valid until the slots are next written."""
+        pool, b = self.pool, len(offsets)
+        pool.take()
+        x, stim = (t[: b * count].view(b, count, -1) for t in pool.host)
+        for i, s in enumerate(offsets.tolist()):
+            self.read((s + first, count), (x[i].numpy(), stim[i].numpy()))
+        pool.copy_rows(b * count)
+        return tuple(t[: b * count].view(b, count, -1) for t in pool.on_device)
 
     def chunk_starts(self, time_units: int) -> np.ndarray:
         """Start frames of each chunk: chunk_frames - time_units, the last one fewer."""

@@ -57,6 +57,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_thread_per_child():
+    """Child processes (runs, sweeps, scheduler jobs) use one OpenMP thread.
+
+    The test Slurm node and the LSF stand-in run several jobs at once on the machine's few
+    cores (the node declares 8-12 CPUs a job), where a real cluster binds each job to its
+    own. Jobs of two OpenMP threads each, spinning at barriers on two shared cores, were
+    ~100x slower (a 4-job Slurm sweep: 172 s; with one thread, 18 s). This test process keeps
+    its threads: torch read the environment when the test modules imported it.
+    """
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    if previous is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generate embedded data once per session, in a temp dir, for in-process and child runs."""
     cache = tmp_path_factory.mktemp("data-cache")

@@ -34,8 +34,7 @@ HOUR_AGO = time.time() - 3600
 
 def train_sweep(sweep_dir: Path, *overrides: str) -> subprocess.Popen:
     args = ("-m", *TRAIN, *overrides, f"hydra.sweep.dir={sweep_dir}")
-    env = child_env(OMP_NUM_THREADS="1")  # two sweeps side by side on few cores
-    return start_module("train", *args, env=env, output=subprocess.PIPE)
+    return start_module("train", *args, env=child_env(), output=subprocess.PIPE)
 
 
 def run_with(root: Path, **params: Any) -> Path:

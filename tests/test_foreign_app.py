@@ -43,7 +43,8 @@ GENERIC = (
     "hydra.launcher.mem_gb=1",
     "hydra.launcher.timeout_min=5",
 )
-FAST_POLL = "hydra.launcher.poll_s=0.5"
+# quick polls, and a job lost without its result file is failed after 1 s instead of 15 s
+FAST_POLL = ("hydra.launcher.poll_s=0.5", "hydra.launcher.result_grace_s=1")
 
 
 def write_app(folder: Path) -> Path:
@@ -157,7 +158,7 @@ def test_jobs_not_found_right_after_bsub_stay_pending_and_finish(
 ):
     monkeypatch.setenv("LSF_STANDIN_NOT_FOUND_POLLS", "3")  # busy mbatchd: dispatched after them
     app = write_app(tmp_path / "app")
-    done = run_app(app, "x=1,2,3", "hydra/launcher=submitit_lsf", FAST_POLL)
+    done = run_app(app, "x=1,2,3", "hydra/launcher=submitit_lsf", *FAST_POLL)
     assert done.returncode == 0, done.stderr
     assert results(app) == ["10", "20", "30"]
     assert not (sweep_dir(app) / "failed_jobs.txt").exists()  # nothing failed, nothing to rerun
@@ -176,7 +177,7 @@ def test_a_job_whose_host_is_lost_fails_after_its_grace_naming_why(
     app = write_app(tmp_path / "app")
     grace = "zombi_grace_s" if state == "ZOMBI" else "unknown_grace_s"
     done = run_app(
-        app, "x=1,2", "hydra/launcher=submitit_lsf", FAST_POLL, f"hydra.launcher.{grace}=2"
+        app, "x=1,2", "hydra/launcher=submitit_lsf", *FAST_POLL, f"hydra.launcher.{grace}=2"
     )
     assert done.returncode != 0
     report = (sweep_dir(app) / "failed_jobs.txt").read_text()
@@ -200,7 +201,7 @@ def test_a_requeued_job_is_not_failed_and_finishes(lsf_standin, tmp_path, monkey
         monkeypatch.setenv(key, value)
     app = write_app(tmp_path / "app")
     command = [sys.executable, "app.py", "-m", "x=1", "hold=true", "hydra/launcher=submitit_lsf"]
-    command += [FAST_POLL, "hydra.launcher.cpus_per_task=2"]
+    command += [*FAST_POLL, "hydra.launcher.cpus_per_task=2"]
     sweep = subprocess.Popen(
         command, cwd=app, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

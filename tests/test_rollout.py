@@ -187,8 +187,10 @@ def test_epoch_log_with_rollout_columns_restarts_and_drops_a_torn_line(tmp_path)
 def test_streamed_splits_give_the_resident_numbers(compose, tmp_path, data_cache):
     cfg = compose(*TINY, *ROLLOUT)
     resident = Trainer(to_config(cfg), tmp_path / "a")
+    # 2 chunk slots of 40 frames: the rollout of 5 starts comes in two blocks of 15 steps
+    small_chunks = ("data.stream.chunk_frames=40", "data.stream.chunks_in_memory=2")
     streamed_cfg = compose(
-        *TINY, *ROLLOUT, "data.stream.enabled=true", "data.stream.chunk_frames=256"
+        *TINY, *ROLLOUT, "training.batch_size=32", "data.stream.enabled=true", *small_chunks
     )
     streamed = Trainer(to_config(streamed_cfg), tmp_path / "b")
     assert streamed.data.val.__class__.__name__ == "StreamedSplit"

@@ -300,6 +300,29 @@ def test_read_error_names_file_and_frames_after_a_checkpoint(
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_a_streamed_rollout_reads_checked_windows_into_the_chunk_slots(
+    compose, tmp_path, tiny_copy, monkeypatch
+):
+    from latent_evolution.rollout import run_rollout
+
+    trainer = streamed_trainer(compose, tmp_path / "run", tiny_copy)
+    host = [t.numpy() for t in trainer.data.val.pool.host]
+    real, into_slots = StreamedSplit.read, []
+
+    def read(self, chunk, out):
+        into_slots.append(all(np.shares_memory(o, h) for o, h in zip(out, host, strict=True)))
+        real(self, chunk, out)
+
+    monkeypatch.setattr(StreamedSplit, "read", read)
+    args = (trainer.model, trainer.data, trainer.config, trainer.device, trainer.autocast)
+    run_rollout(*args)
+    assert into_slots and all(into_slots)  # no frames held beyond the stream's budget
+    path = tiny_copy / DATA_FILE
+    os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(StreamError, match="changed since the run started"):
+        run_rollout(*args)
+
+
 def test_cli_reports_a_stream_fault_in_one_line(tmp_path, tiny_copy):
     """A file truncated before the run is caught from the header; one rewritten after the
     header check but before a chunk is read stops on that chunk."""

@@ -57,6 +57,9 @@ class LSFDispatchConf(BaseQueueConf, SweepOptions):
     not_found_grace_s: float = 300.0
     zombi_grace_s: float = 600.0
     unknown_grace_s: float = 3600.0
+    # how long a job that ended without its result file is given for the file to appear on a
+    # slow shared file system before it counts as failed (submitit's 15 s)
+    result_grace_s: float = 15.0
 
 
 ConfigStore.instance().store(

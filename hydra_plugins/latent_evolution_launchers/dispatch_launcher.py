@@ -71,7 +71,7 @@ class DispatchLauncher(BaseSubmititLauncher):
         raise NotImplementedError
 
     def configure_watcher(self) -> None:
-        """Hand the launcher's polling options to the executor's job watcher."""
+        """Hand the launcher's polling options to the executor's job watcher and jobs."""
 
     def executor(self, params: dict[str, Any], dry_run: bool = False) -> Any:
         """An executor with these parameters, generic ones converted as AutoExecutor does."""
@@ -392,7 +392,13 @@ class LSFDispatchLauncher(DispatchLauncher):
     conf = LSFDispatchConf
     submit_command = "bsub"
     scheduler = "lsf"
-    watcher_keys = ("poll_s", "not_found_grace_s", "zombi_grace_s", "unknown_grace_s")
+    watcher_keys = (
+        "poll_s",
+        "not_found_grace_s",
+        "zombi_grace_s",
+        "unknown_grace_s",
+        "result_grace_s",
+    )
 
     def hardware_request(self, hardware: Any) -> dict[str, Any]:
         q = hardware.lsf
@@ -418,4 +424,6 @@ class LSFDispatchLauncher(DispatchLauncher):
     def configure_watcher(self) -> None:
         from latent_evolution.lsf import LSFJob
 
-        LSFJob.watcher.configure(**{k: self.params[k] for k in self.watcher_keys})
+        options = {k: self.params[k] for k in self.watcher_keys}
+        LSFJob._results_timeout_s = options.pop("result_grace_s")  # read by submitit's Job
+        LSFJob.watcher.configure(**options)
