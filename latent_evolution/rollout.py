@@ -104,9 +104,9 @@ class StreamedStartFrames:
         self.start = self.first[0][:, 0].clone()  # the slots are refilled by the next block
 
     def blocks(self) -> Iterator[tuple[int, Tensor, Callable[[int], Tensor]]]:
+        read = self.split.start_windows
         for h0 in range(1, self.horizon + 1, self.k):
             k = min(self.k, self.horizon - h0 + 1)
-            read = self.split.start_windows
             x, stim = self.first if h0 == 1 else read(self.offsets, h0 - 1, k + 1)
             yield h0, stim[:, :k], lambda h, x=x, h0=h0: x[:, h - h0 + 1]
 

@@ -138,10 +138,6 @@ class ChunkPool:
         self.copied: list[torch.cuda.Event | None] = [None] * s.chunks_in_memory
         self.active: ChunkPass | None = None
 
-    @property
-    def rows(self) -> int:
-        return self.host[0].shape[0]
-
     def begin(self, split: StreamedSplit, chunks: list[tuple[int, int]]) -> ChunkPass:
         """Start loading `chunks` ((first frame, frames) within the split) in this order."""
         self._close_active()
@@ -323,7 +319,7 @@ class StreamedSplit:
     @property
     def slot_rows(self) -> int:
         """Frames the chunk slots hold together: chunks_in_memory x chunk_frames."""
-        return self.pool.rows
+        return self.pool.host[0].shape[0]
 
     def start_windows(self, offsets: np.ndarray, first: int, count: int) -> tuple[Tensor, Tensor]:
         """Frames s+first .. s+first+count-1 of each start offset s, (B, count, N), and their

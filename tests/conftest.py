@@ -63,29 +63,21 @@ def one_thread_per_child():
     The test Slurm node and the LSF stand-in run several jobs at once on the machine's few
     cores (the node declares 8-12 CPUs a job), where a real cluster binds each job to its
     own. Jobs of two OpenMP threads each, spinning at barriers on two shared cores, were
-    ~100x slower (a 4-job Slurm sweep: 172 s; with one thread, 18 s). This test process keeps
+    ~10x slower (a 4-job Slurm sweep: 172 s; with one thread, 18 s). This test process keeps
     its threads: torch read the environment when the test modules imported it.
     """
-    previous = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    if previous is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = previous
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generate embedded data once per session, in a temp dir, for in-process and child runs."""
     cache = tmp_path_factory.mktemp("data-cache")
-    previous = os.environ.get("LATENT_EVOLUTION_CACHE")
-    os.environ["LATENT_EVOLUTION_CACHE"] = str(cache)
-    yield cache
-    if previous is None:
-        os.environ.pop("LATENT_EVOLUTION_CACHE", None)
-    else:
-        os.environ["LATENT_EVOLUTION_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LATENT_EVOLUTION_CACHE", str(cache))
+        yield cache
 
 
 @pytest.fixture
@@ -119,14 +111,10 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
             pytest.fail(reason)
         pytest.skip(reason)
     cluster = SlurmTestCluster(tmp_path_factory.mktemp("slurm"))
-    previous = os.environ.get("SLURM_CONF")
     try:
         cluster.start()
-        os.environ["SLURM_CONF"] = str(cluster.conf)
-        yield cluster
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("SLURM_CONF", str(cluster.conf))
+            yield cluster
     finally:
         cluster.stop()
-        if previous is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = previous
