@@ -13,6 +13,7 @@ interleaved (`interleaved`). `--losses` trains the embedded data set both ways.
 
     python benchmarks/bench_streaming.py --json stream.json
     python benchmarks/bench_streaming.py --frames 20000 --chunk-frames 1024 --chunks-in-memory 4
+    python benchmarks/bench_streaming.py --no-column-cache   # chunks read from x_list_0.npy
     python benchmarks/bench_streaming.py --losses --seeds 3 --epochs 10
 """
 
@@ -79,6 +80,8 @@ def overrides(args: argparse.Namespace, folder: Path, mode: str, run_dir: Path) 
         f"data.stream.enabled={'false' if mode == 'resident' else 'true'}",
         f"data.stream.chunk_frames={chunk_frames}",
         f"data.stream.chunks_in_memory={chunks}",
+        f"data.stream.column_cache={args.column_cache}",
+        f"data.cache_dir={folder / 'cache'}",  # the kept columns go with the temp recording
         "hardware=cpu" if args.device == "cpu" else f"hardware.device={args.device}",
         f"training.batch_size={args.batch_size}",
         # evaluation batches as large as training's in every mode: a streamed evaluation
@@ -183,7 +186,9 @@ def loader_seconds(trainer) -> float:
 def summarize(args: argparse.Namespace, rows: list[dict]) -> dict:
     modes = (*MODES, BASELINE)
     by = {m: [r for r in rows if r["mode"] == m] for m in modes}
-    n, n_in, frame_bytes = args.n_neurons, args.n_input, args.n_neurons * N_COLUMNS * 4
+    n, n_in = args.n_neurons, args.n_input
+    # what the loader reads a frame: the kept columns, or the recording's 9 columns
+    frame_bytes = (n + n_in) * 4 if args.column_cache else n * N_COLUMNS * 4
     windows = splits(args.frames)
     kept = sum(b - a for a, b in windows.values()) * (n + n_in) * 4 / 2**20
     budget = slots_mb(args, "streamed")
@@ -254,7 +259,8 @@ def child_args(args: argparse.Namespace) -> list[str]:
         "epochs",
     )
     flags = [[f"--{k.replace('_', '-')}", str(getattr(args, k))] for k in keys]
-    return [*sum(flags, []), "--device", args.device]
+    cache = [] if args.column_cache else ["--no-column-cache"]
+    return [*sum(flags, []), "--device", args.device, *cache]
 
 
 def losses(args: argparse.Namespace) -> dict:
@@ -276,6 +282,7 @@ def losses(args: argparse.Namespace) -> dict:
                 f"data.stream.enabled={'true' if mode == 'streamed' else 'false'}",
                 f"data.stream.chunk_frames={args.chunk_frames}",
                 f"data.stream.chunks_in_memory={args.chunks_in_memory}",
+                f"data.stream.column_cache={args.column_cache}",
             ]
             with initialize_config_dir(conf, version_base="1.3"):
                 config = to_config(compose("config", overrides=extra))
@@ -306,6 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per run (--losses: trained)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating")
+    p.add_argument(
+        "--no-column-cache",
+        dest="column_cache",
+        action="store_false",
+        help="stream from the recording itself (data.stream.column_cache=false)",
+    )
     p.add_argument("--tmp", help="where the temp recording goes (default: the system's)")
     p.add_argument("--losses", action="store_true", help="embedded losses, streamed vs resident")
     p.add_argument("--seeds", type=int, default=3)

@@ -154,6 +154,9 @@ class StreamConfig:
     chunks_in_memory: int = 4
     prefetch: int = 1  # chunks read ahead while training on the others
     host_budget_gb: float = 16.0  # kept splits above this stream under auto (1e9 bytes)
+    # read chunks from the kept columns written once to cache_dir (column_cache.py), not
+    # from the 9-column recording: 1/8 of the bytes at fly size, no gather
+    column_cache: bool = True
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -73,3 +74,22 @@ def claim_new_dir(path: str | Path) -> str:
             return str(candidate)
         except FileExistsError:
             n += 1
+
+
+def build_folder_once(folder: Path, build: Callable[[Path], Any]) -> Path:
+    """build(tmp) in a temp folder beside `folder`, then rename it to `folder`.
+
+    A reader sees the whole folder or none. Where a concurrent builder renamed its folder
+    first, that one stays and ours is dropped.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        build(tmp)
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.exists():  # not a lost race: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -52,6 +52,20 @@ class NpyLayout:
         return self.shape[1] * self.shape[2] * self.dtype.itemsize
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """What says a file is the one a run started with: size, modification time, inode."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def _bad_file(path: Path, problem: str) -> ConfigError:
     return ConfigError("data.path", str(path.parent), f"{path} {problem}")
 
@@ -108,7 +122,8 @@ def check_simulation(folder: Path, cfg: DataConfig) -> NpyLayout:
     return layout
 
 
-def _read_exact(f: BinaryIO, out: np.ndarray) -> None:
+def read_exact(f: BinaryIO, out: np.ndarray) -> None:
+    """Fill out (C-contiguous) from f's position; OSError at an early end of file."""
     view = memoryview(out).cast("B")
     while view:
         n = f.readinto(view)
@@ -160,7 +175,7 @@ def read_window(
         for t in range(start, stop, chunk):
             rows, i = min(chunk, stop - t), t - start
             f.seek(layout.offset + t * layout.frame_bytes)
-            _read_exact(f, buf[:rows])
+            read_exact(f, buf[:rows])
             x[i : i + rows] = buf[:rows, :, COLUMNS[column]]
             stim[i : i + rows] = buf[:rows, :n_input, COLUMNS["STIMULUS"]]
             _check_finite(x[i : i + rows], column, t, split, window, layout.path)
@@ -173,5 +188,5 @@ def cell_types(layout: NpyLayout) -> np.ndarray:
     frame = np.empty((1, *layout.shape[1:]), dtype=layout.dtype)
     with open(layout.path, "rb", buffering=0) as f:
         f.seek(layout.offset)
-        _read_exact(f, frame)
+        read_exact(f, frame)
     return np.rint(frame[0, :, COLUMNS["CELL_TYPE"]]).astype(np.int64)

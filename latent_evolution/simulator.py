@@ -11,9 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import torch
 from torch import Tensor
 
 from latent_evolution.config import DataConfig, EmbeddedConfig
-from latent_evolution.files import atomic_write_json
+from latent_evolution.files import atomic_write_json, build_folder_once
 from latent_evolution.simulation_folder import COLUMNS, DATA_FILE, METADATA_FILE
 
 log = logging.getLogger(__name__)
@@ -138,15 +135,9 @@ def embedded_folder(cfg: DataConfig) -> Path:
     if (folder / METADATA_FILE).exists():
         return folder
     log.info("Generating embedded data set into %s (first use only)", folder)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-embedded-", dir=cache))
-    try:
+
+    def build(tmp: Path) -> None:
         np.save(tmp / DATA_FILE, simulate(cfg.embedded, cfg.n_input, cfg.noise_std or 0.0))
         atomic_write_json(tmp / METADATA_FILE, {**params, "dt": cfg.embedded.dt})
-        os.rename(tmp, folder)
-    except OSError:
-        if not (folder / METADATA_FILE).exists():  # a concurrent job did not win the race
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return build_folder_once(folder, build)

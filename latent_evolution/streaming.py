@@ -4,10 +4,12 @@ A split's start frames are cut into chunks of `chunk_frames - time_units` start 
 chunk holds those frames plus the time_units after them, so every start frame's targets
 t+1..t+tu lie in its own chunk. `chunks_in_memory` chunk slots live in host memory (pinned
 under CUDA) and, under CUDA, as many on the device: that is all the split data a run holds,
-whatever T is. A daemon thread reads chunks into free slots with the windowed reads of
-`simulation_folder` (readinto, 512 KB at a time: a memory map's touched pages would count in
-the process's RSS), `prefetch` chunks ahead of the ones batches are drawn from; under CUDA
-the training thread copies each loaded chunk to its device slot on a side stream.
+whatever T is. A daemon thread reads chunks into free slots, `prefetch` chunks ahead of the
+ones batches are drawn from: with `column_cache`, two contiguous reads from the kept columns
+written once before training (`column_cache`); otherwise the windowed reads of
+`simulation_folder` from the recording itself (readinto, 512 KB at a time: a memory map's
+touched pages would count in the process's RSS). Under CUDA the training thread copies each
+loaded chunk to its device slot on a side stream.
 
 A training epoch visits the chunks in an order drawn from the batch generator. Its batches
 walk over "units" u = 0 .. K + W - 2 (K chunks, W = chunks_in_memory - prefetch resident):
@@ -27,13 +29,13 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from latent_evolution.column_cache import CompactSplit, compact_splits
 from latent_evolution.config import (
     ConfigError,
     DataConfig,
@@ -42,7 +44,7 @@ from latent_evolution.config import (
     stream_mode,
     validate_stream,
 )
-from latent_evolution.simulation_folder import SPLITS, NpyLayout, read_window
+from latent_evolution.simulation_folder import SPLITS, FileStamp, NpyLayout, read_window
 
 log = logging.getLogger(__name__)
 FLOAT_BYTES = 4
@@ -96,24 +98,24 @@ def streamed_splits(
         s.prefetch,
     )
     pool = ChunkPool(s, layout.shape[1], cfg.n_input, device)
+    stamp = FileStamp.of(layout.path)  # before any read: a change from here on stops the run
+    compact = None
+    if s.column_cache:  # written through the first chunk slot, before it holds any chunk
+        compact = compact_splits(
+            layout, cfg, stamp, tuple(t[: s.chunk_frames].numpy() for t in pool.host)
+        )
     return {
-        name: StreamedSplit(pool, layout, cfg.column, name, list(getattr(cfg.splits, name)))
+        name: StreamedSplit(
+            pool,
+            layout,
+            cfg.column,
+            name,
+            list(getattr(cfg.splits, name)),
+            stamp,
+            compact[name] if compact else None,
+        )
         for name in SPLITS
     }
-
-
-@dataclass(frozen=True)
-class FileStamp:
-    """What says a file is the one a run started with: size, modification time, inode."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, path: Path) -> FileStamp:
-        st = os.stat(path)
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 class ChunkPool:
@@ -281,12 +283,21 @@ class StreamedSplit:
     """A split window read chunk by chunk from the simulation file; holds no frames itself."""
 
     def __init__(
-        self, pool: ChunkPool, layout: NpyLayout, column: str, name: str, window: list[int]
+        self,
+        pool: ChunkPool,
+        layout: NpyLayout,
+        column: str,
+        name: str,
+        window: list[int],
+        stamp: FileStamp,
+        compact: CompactSplit | None = None,
     ):
+        """stamp: the file as the run found it; compact: where the window's kept columns
+        are read from instead of layout's file (column_cache.py)."""
         self.pool, self.layout, self.column = pool, layout, column
         self.name, self.window = name, list(window)
+        self.stamp, self.compact = stamp, compact
         self.n_neurons, self.n_input = pool.host[0].shape[1], pool.host[1].shape[1]
-        self.stamp = FileStamp.of(layout.path)
 
     def __len__(self) -> int:
         return self.window[1] - self.window[0]
@@ -297,14 +308,19 @@ class StreamedSplit:
         frames = (start, start + chunk[1])
         try:
             self._check_unchanged(frames)
-            read_window(self.layout, self.column, self.n_input, self.name, self.window, frames, out)
+            if self.compact is None:
+                w = self.window
+                read_window(self.layout, self.column, self.n_input, self.name, w, frames, out)
+            else:
+                self.compact.read(chunk[0], out)
             self._check_unchanged(frames)  # a change during the read spoils what was read
         except StreamError:
             raise
         except ConfigError as exc:  # a NaN or inf: the message names the frame and neuron
             raise StreamError(self.layout.path, frames, exc.allowed) from None
         except OSError as exc:
-            raise StreamError(self.layout.path, frames, f"read failed: {exc}") from None
+            where = "" if self.compact is None else f" (its columns in {self.compact.folder})"
+            raise StreamError(self.layout.path, frames, f"read failed{where}: {exc}") from None
 
     def _check_unchanged(self, frames: tuple[int, int]) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def stream_config(folder: Path, **stream) -> DataConfig:
         noise_std=None,
         splits=SplitsConfig(**SPLITS),
         stream=StreamConfig(**{"enabled": "true", "chunk_frames": 40, **stream}),
+        cache_dir=str(Path(folder) / "cache"),
     )
 
 
@@ -73,11 +75,13 @@ def source(folder: Path, seed: int = 0, tu: int = 1, **stream) -> tuple[BatchSou
 # ------------------------------------------------------------------------ the frames
 
 
+@pytest.mark.parametrize("column_cache", [True, False], ids=["kept columns", "recording"])
 @pytest.mark.parametrize("every_step", [False, True])
-def test_streamed_batches_hold_the_frames_their_start_names(folder, every_step):
+def test_streamed_batches_hold_the_frames_their_start_names(folder, every_step, column_cache):
     tu = 3
-    batches, data = source(folder, tu=tu)
+    batches, data = source(folder, tu=tu, column_cache=column_cache)
     assert isinstance(data.train, StreamedSplit)
+    assert (data.train.compact is not None) == column_cache
     first = SPLITS["train"][0]
     for x_t, stim, targets in batches.random(data.train, 8, 30, every_step):
         t = frame_of(x_t[:, 0])
@@ -144,6 +148,81 @@ def test_memory_is_the_chunk_slots_whatever_the_window(tmp_path):
         sizes.append(sum(t.nbytes for t in data.train.pool.host))
         assert data.val.pool is data.train.pool is data.test.pool
     assert sizes[0] == sizes[1] == 4 * 40 * (N + N_INPUT) * 4
+
+
+# -------------------------------------------------------------- the kept columns on disk
+
+
+def columns_folders(folder: Path) -> list[Path]:
+    return sorted((folder / "cache").glob("columns-*"))
+
+
+def test_kept_columns_are_written_once_and_read_instead_of_the_recording(folder, monkeypatch):
+    """The second run finds the folder the first wrote; its batches and the recording's are
+    the same, and no chunk of it reads x_list_0.npy."""
+    load_dataset(stream_config(folder), CPU)
+    (written,) = columns_folders(folder)
+    files = {p.name: p.stat().st_mtime_ns for p in written.iterdir()}
+    assert set(files) == {f"{s}.{p}.npy" for s in SPLITS for p in ("x", "stim")}
+    x = np.load(written / "val.x.npy")  # plain .npy files: the window's kept column
+    assert np.array_equal(x, coded()[slice(*SPLITS["val"]), :, COLUMNS["VOLTAGE"]])
+
+    def draw(column_cache: bool) -> list[torch.Tensor]:
+        batches, data = source(folder, seed=5, column_cache=column_cache)
+        drawn = batches.random(data.train, 8, 30, True)
+        return [t.clone() for batch in drawn for t in batch]
+
+    from_recording = draw(column_cache=False)
+    monkeypatch.setattr(simulation_folder, "read_exact", None)  # the recording unreadable
+    assert all(torch.equal(a, b) for a, b in zip(draw(True), from_recording, strict=True))
+    assert columns_folders(folder) == [written]
+    assert {p.name: p.stat().st_mtime_ns for p in written.iterdir()} == files  # not rewritten
+
+
+def test_a_rewritten_recording_gets_new_columns(folder):
+    batches, data = source(folder)
+    first = next(batches.ordered(data.val, 4))[0]
+    np.save(folder / DATA_FILE, coded() + 1)
+    batches, data = source(folder)
+    assert torch.equal(next(batches.ordered(data.val, 4))[0], first + 1)
+    assert len(columns_folders(folder)) == 2
+
+
+def test_without_room_for_the_columns_the_recording_itself_streams(folder, monkeypatch, caplog):
+    from latent_evolution import column_cache
+
+    usage = shutil.disk_usage(folder)
+    monkeypatch.setattr(column_cache.shutil, "disk_usage", lambda path: usage._replace(free=2**30))
+    batches, data = source(folder)
+    assert data.train.compact is None and columns_folders(folder) == []
+    assert "its columns need" in caplog.text and "GB free" in caplog.text
+    seen = torch.cat([frame_of(x[:, 0]) for x, _, _ in batches.ordered(data.val, 7)])
+    assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 1))
+
+
+def test_a_folder_built_by_a_concurrent_job_is_kept(tmp_path):
+    """Two jobs of a sweep build the same folder: the first rename wins, the other's build
+    is dropped without an error, and no temp folder is left."""
+    from latent_evolution.files import build_folder_once
+
+    target = tmp_path / "columns-key"
+
+    def build(tmp: Path) -> None:
+        (tmp / "ours").write_text("late")
+        target.mkdir()  # the other job renames its folder into place meanwhile
+        (target / "theirs").write_text("first")
+
+    assert build_folder_once(target, build) == target
+    assert [p.name for p in tmp_path.iterdir()] == ["columns-key"]
+    assert [p.name for p in target.iterdir()] == ["theirs"]
+
+
+def test_a_nan_in_the_recording_is_one_line_before_any_training(tmp_path):
+    x = coded()
+    x[300, 1, COLUMNS["VOLTAGE"]] = np.nan
+    np.save(tmp_path / DATA_FILE, x)
+    with pytest.raises(ConfigError, match=r"has NaN in VOLTAGE at frame 300, neuron 1$"):
+        load_dataset(stream_config(tmp_path), CPU)
 
 
 # ------------------------------------------------------------------ settings and auto
@@ -230,9 +309,10 @@ def test_streamed_training_finishes_near_resident_training(compose, tmp_path):
 # ----------------------------------------------------------------------------- faults
 
 
-def streamed_trainer(compose, run_dir: Path, folder: Path) -> Trainer:
+def streamed_trainer(compose, run_dir: Path, folder: Path, *extra: str) -> Trainer:
     cfg = to_config(
         compose(
+            *extra,
             *TINY,
             "data=simulation",
             f"data.path={folder}",
@@ -281,11 +361,16 @@ def test_file_changed_under_the_run_stops_it_after_a_checkpoint(compose, tmp_pat
     assert state["epoch"] == 2 and not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("column_cache", [True, False], ids=["kept columns", "recording"])
 def test_read_error_names_file_and_frames_after_a_checkpoint(
-    compose, tmp_path, tiny_copy, monkeypatch
+    compose, tmp_path, tiny_copy, monkeypatch, column_cache
 ):
-    trainer = streamed_trainer(compose, tmp_path / "run", tiny_copy)
-    real = simulation_folder._read_exact
+    from latent_evolution import column_cache as kept_columns
+
+    cache = f"data.stream.column_cache={column_cache}"
+    trainer = streamed_trainer(compose, tmp_path / "run", tiny_copy, cache)
+    disk = kept_columns if column_cache else simulation_folder  # where chunks are read from
+    real = disk.read_exact
     reads = []
 
     def failing_disk(f, out):
@@ -294,8 +379,11 @@ def test_read_error_names_file_and_frames_after_a_checkpoint(
             raise OSError(errno.EIO, "Input/output error")
         real(f, out)
 
-    monkeypatch.setattr(simulation_folder, "_read_exact", failing_disk)
-    with pytest.raises(StreamError, match=r"frames \[\d+, \d+\): read failed: \[Errno 5\] Input/"):
+    monkeypatch.setattr(disk, "read_exact", failing_disk)
+    where = r" \(its columns in .*/columns-\w+\)" if column_cache else ""
+    with pytest.raises(
+        StreamError, match=rf"frames \[\d+, \d+\): read failed{where}: \[Errno 5\] I"
+    ):
         trainer.fit()
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
