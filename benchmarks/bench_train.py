@@ -45,7 +45,7 @@ from latent_evolution.data import Dataset, Split
 from latent_evolution.metrics import peak_flops, torch_memory_stats
 from latent_evolution.trainer import Trainer, autocast_context, resolve_device
 
-TRAIN_FRAMES = 4096  # synthetic frames per split: 225 MB of fly-sized fp32 data
+TRAIN_FRAMES = 4096  # synthetic training frames by default: 225 MB of fly-sized fp32 data
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -83,7 +83,9 @@ def gemm_flops(device: torch.device, precision: str) -> float:
     return 2 * size**3 / best
 
 
-def synthetic_dataset(n_neurons: int, n_input: int, device: torch.device) -> Dataset:
+def synthetic_dataset(
+    n_neurons: int, n_input: int, train_frames: int, device: torch.device
+) -> Dataset:
     """Random fly-sized splits on the device: speed does not depend on the values."""
     g = torch.Generator().manual_seed(0)
 
@@ -91,13 +93,14 @@ def synthetic_dataset(n_neurons: int, n_input: int, device: torch.device) -> Dat
         x = torch.randn(frames, n_neurons, generator=g) * 0.5
         return Split(x.to(device), torch.randn(frames, n_input, generator=g).to(device))
 
-    return Dataset(split(TRAIN_FRAMES + 1), split(1024), split(1024), Path("synthetic"), 0.05, {})
+    splits = (split(train_frames + 1), split(1024), split(1024))
+    return Dataset(*splits, Path("synthetic"), 0.05, {})
 
 
 def make_config(
     args: argparse.Namespace, batch_size: int, compile_mode: str, cpu_kernels: str
 ) -> Config:
-    steps_per_pass = TRAIN_FRAMES // batch_size
+    steps_per_pass = args.train_frames // batch_size
     passes = max(1, math.ceil(args.steps / steps_per_pass))
     hardware = HardwareConfig(
         device=args.device, precision=args.precision, compile=compile_mode, cpu_kernels=cpu_kernels
@@ -289,6 +292,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--n-input", type=int, default=1736)
     p.add_argument("--latent", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="at least this many steps per epoch")
+    p.add_argument("--train-frames", type=int, default=TRAIN_FRAMES, help="frames per epoch pass")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per setting")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
@@ -300,7 +304,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     peak = peak_flops(name, args.precision)
     sheet = f", data-sheet peak {peak / 1e12:.0f} TFLOP/s" if peak else ""
     print(f"device {name}, {torch.get_num_threads()} threads, {args.precision}{sheet}")
-    data = synthetic_dataset(args.n_neurons, args.n_input, device)
+    data = synthetic_dataset(args.n_neurons, args.n_input, args.train_frames, device)
     rows = []
     for mode in args.compile.split(","):
         for batch_size in map(int, args.batch_sizes.split(",")):

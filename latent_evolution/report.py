@@ -8,17 +8,19 @@ every column; JSON holds the runs and repeats with missing values as null.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from latent_evolution.epoch_log import read_epoch_log
 from latent_evolution.run_folder import EPOCH_LOG, FINAL_LOSSES, ROLLOUT_CURVE, RunStatus
+
+if TYPE_CHECKING:  # imported where used: a training job plots its rollout without pandas (0.3 s)
+    import pandas as pd
 
 SEED = "training.seed"  # runs that differ only in this key are repeats
 
@@ -130,6 +132,8 @@ def _split_shared(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def _repeats_view(repeats: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
     view = repeats[[*keys, "n", "n_ok", "failure_rate_pct"]].copy()
     for loss in ("final_val_loss", "final_test_loss"):
         mean, std = repeats[f"{loss}_mean"], repeats[f"{loss}_std"]
@@ -182,6 +186,7 @@ def plot_curves(c: Comparison, path: Path) -> Path:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    import pandas as pd
     from matplotlib.ticker import MaxNLocator
 
     from latent_evolution.files import atomic_write
@@ -276,14 +281,13 @@ def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
     for label, csv_path in curves.items():
         if not Path(csv_path).is_file():
             continue
-        table = pd.read_csv(csv_path)
-        for split, rows in table.groupby("split", sort=False):
+        for split, (horizon, mse, constant_mse) in _rollout_curves(Path(csv_path)).items():
             color = cmap(i % 10)
             i += 1
-            ax.plot(rows["horizon"], rows["mse"], color=color, label=f"{label} {split}")
+            ax.plot(horizon, mse, color=color, label=f"{label} {split}")
             ax.plot(
-                rows["horizon"],
-                rows["constant_mse"],
+                horizon,
+                constant_mse,
                 color=color,
                 linestyle="--",
                 linewidth=1,
@@ -296,6 +300,18 @@ def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
     return path
+
+
+def _rollout_curves(path: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
+    """split -> (horizons, model MSEs, constant-model MSEs) of a rollout.csv, in file order."""
+    curves: dict[str, tuple[list[int], list[float], list[float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            horizon, mse, constant_mse = curves.setdefault(row["split"], ([], [], []))
+            horizon.append(int(row["horizon"]))
+            mse.append(float(row["mse"]))
+            constant_mse.append(float(row["constant_mse"]))
+    return curves
 
 
 def plot_rollouts(c: Comparison, path: Path) -> Path:

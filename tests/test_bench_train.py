@@ -28,7 +28,8 @@ def benchmarks(monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.slow
 def test_bench_train_reports_roofline_floor_split_and_kernel_ratio(benchmarks, tmp_path):
     out = tmp_path / "bench.json"
-    args = [*BENCH_TINY, "--compile", "none", "--steps", "2", "--epochs", "1", "--json", str(out)]
+    epoch = ["--steps", "2", "--train-frames", "32"]  # 2 steps of 16 a pass
+    args = [*BENCH_TINY, *epoch, "--compile", "none", "--epochs", "1", "--json", str(out)]
     benchmarks[0].main(args)
     (row,) = json.loads(out.read_text())["rows"]
     assert row["batch_size"] == 16 and row["compile"] == "none" and not row["compiled"]
