@@ -1,17 +1,23 @@
-"""Atomic file writes: write a temp file beside the target, fsync, rename.
+"""Atomic file writes: write a temp file beside the target, fsync, rename; folders built
+once, in a temp folder renamed into place.
 
 A reader (or a job killed mid-write) sees the old file or the new one, never half.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 def _read_umask() -> int:
@@ -77,19 +83,41 @@ def claim_new_dir(path: str | Path) -> str:
 
 
 def build_folder_once(folder: Path, build: Callable[[Path], Any]) -> Path:
-    """build(tmp) in a temp folder beside `folder`, then rename it to `folder`.
+    """build(tmp) in a temp folder beside `folder`, then rename it to `folder`; once.
 
-    A reader sees the whole folder or none. Where a concurrent builder renamed its folder
-    first, that one stays and ours is dropped.
+    A reader sees the whole folder or none. Builders of one folder take turns on a lock
+    file beside it (the jobs of a sweep: one builds, the others wait and use its folder, so
+    a large build is never run, and stored, several times at once); where the file system
+    has no locks, each builds, the first rename wins and the others' folders are dropped.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    try:
-        build(tmp)
-        os.rename(tmp, folder)
-    except OSError:
-        if not folder.exists():  # not a lost race: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _building(folder):
+        if folder.exists():  # built by the job we waited for
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+        try:
+            build(tmp)
+            os.rename(tmp, folder)
+        except OSError:
+            if not folder.exists():  # not a lost race: a real failure
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+@contextlib.contextmanager
+def _building(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `.<folder>.lock` beside folder; no lock where unsupported."""
+    fd = os.open(folder.with_name(f".{folder.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for another process building %s", folder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # ENOLCK, EOPNOTSUPP: a file system without locks
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -202,9 +203,9 @@ def test_without_room_for_the_columns_the_recording_itself_streams(folder, monke
     assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 1))
 
 
-def test_a_folder_built_by_a_concurrent_job_is_kept(tmp_path):
-    """Two jobs of a sweep build the same folder: the first rename wins, the other's build
-    is dropped without an error, and no temp folder is left."""
+def test_a_folder_renamed_first_by_a_job_without_locks_is_kept(tmp_path):
+    """Where the file system has no locks, two jobs build the same folder: the first rename
+    wins, the other's build is dropped without an error, and no temp folder is left."""
     from latent_evolution.files import build_folder_once
 
     target = tmp_path / "columns-key"
@@ -215,8 +216,36 @@ def test_a_folder_built_by_a_concurrent_job_is_kept(tmp_path):
         (target / "theirs").write_text("first")
 
     assert build_folder_once(target, build) == target
-    assert [p.name for p in tmp_path.iterdir()] == ["columns-key"]
+    assert not list(tmp_path.glob(".tmp-*"))
     assert [p.name for p in target.iterdir()] == ["theirs"]
+
+
+def test_builders_of_one_folder_take_turns_and_build_it_once(tmp_path):
+    """The jobs of a sweep: while one builds, another waits, then uses the folder built."""
+    from latent_evolution.files import build_folder_once
+
+    target, builds = tmp_path / "columns-key", []
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(tmp: Path) -> None:
+        builds.append("first")
+        inside.set()
+        release.wait(60)
+        (tmp / "data").write_text("first")
+
+    first = threading.Thread(target=build_folder_once, args=(target, slow))
+    first.start()
+    assert inside.wait(60)
+    second = threading.Thread(
+        target=build_folder_once, args=(target, lambda tmp: builds.append("second"))
+    )
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waiting for the lock, not building
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert builds == ["first"] and (target / "data").read_text() == "first"
 
 
 def test_a_nan_in_the_recording_is_one_line_before_any_training(tmp_path):
