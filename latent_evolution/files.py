@@ -90,14 +90,19 @@ def build_folder_once(folder: Path, build: Callable[[Path], Any]) -> Path:
     a large build is never run, and stored, several times at once); where the file system
     has no locks, each builds, the first rename wins and the others' folders are dropped.
     """
+    if folder.exists():
+        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _building(folder):
+    lock = folder.with_name(f".{folder.name}.lock")
+    with _locked(lock, folder):
         if folder.exists():  # built by the job we waited for
             return folder
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
         try:
             build(tmp)
             os.rename(tmp, folder)
+            # no longer needed: whoever still waits on it finds the folder built
+            lock.unlink(missing_ok=True)
         except OSError:
             if not folder.exists():  # not a lost race: a real failure
                 raise
@@ -107,9 +112,10 @@ def build_folder_once(folder: Path, build: Callable[[Path], Any]) -> Path:
 
 
 @contextlib.contextmanager
-def _building(folder: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `.<folder>.lock` beside folder; no lock where unsupported."""
-    fd = os.open(folder.with_name(f".{folder.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+def _locked(lock: Path, folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the file `lock`, made if needed, while building folder;
+    no lock where the file system has none."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
