@@ -7,6 +7,8 @@ how fast anything ran: speed is what the benchmarks measure, not what tests asse
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -21,8 +23,9 @@ def benchmarks(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_gemm_shapes
     import bench_train
+    import gpu_check
 
-    return bench_train, bench_gemm_shapes
+    return bench_train, bench_gemm_shapes, gpu_check
 
 
 @pytest.mark.slow
@@ -62,3 +65,35 @@ def test_bench_gemm_shapes_times_every_product_of_both_wide_layers(benchmarks, t
     }
     keys = ("mkl_gflops", "onednn_gflops")
     assert all(r[k] is not None for r in report["rows"] for k in keys)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_and_writes_its_report(benchmarks, tmp_path):
+    """The GPU check's steps at toy sizes on the CPU: every command line it runs is right
+    and its report and README rows are written, before a GPU ever runs it."""
+    gpu_check = benchmarks[2]
+    grid = ["--precisions", "fp32", "--compile", "none", "--batch-sizes", "16"]
+    report = gpu_check.main([str(tmp_path), "--device", "cpu", "--tiny", *grid])
+    steps = [report["cuda_tests"], report["no_sync"], report["bench_streaming"]]
+    assert [s["rc"] for s in steps] == [0, 0, 0], [s["stderr"] for s in steps]
+    assert "passed" in report["no_sync"]["stdout"]  # the no-sync tests ran, not only skips
+    (train,) = report["bench_train"].values()
+    assert train["rc"] == 0 and [r["batch_size"] for r in train["rows"]] == [16]
+    assert report["bench_streaming"]["summary"]["runs"]
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["device"] == "cpu"
+    rows = (tmp_path / "readme_rows.md").read_text()
+    assert "| fp32 | 16 | none |" in rows and "streamed / resident steps/s on cpu" in rows
+
+
+def test_gpu_check_refuses_without_cuda_in_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here: the check would run")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: gpu_check needs a CUDA device; torch.cuda.is_available() is False"
+    ]
