@@ -87,10 +87,10 @@ def compact_splits(
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cfg.cache_dir).expanduser()
     folder = cache / f"columns-{key}"
-    if not folder.exists():
-        frames = sum(stop - start for start, stop in windows.values())
-        need = frames * (layout.shape[1] + cfg.n_input) * 4
-        try:
+    try:
+        if not folder.exists():
+            frames = sum(stop - start for start, stop in windows.values())
+            need = frames * (layout.shape[1] + cfg.n_input) * 4
             cache.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(cache).free
             if free - need < KEEP_FREE_BYTES:
@@ -103,14 +103,12 @@ def compact_splits(
                     free / 1e9,
                 )
                 return None
-            log.info(
-                "Writing the kept columns of %s to %s (%.1f GB)", layout.path, folder, need / 1e9
-            )
+            log.info("Kept columns of %s: %s (%.1f GB)", layout.path, folder, need / 1e9)
             build_folder_once(folder, lambda tmp: _write(tmp, layout, cfg, windows, buffer))
-        except OSError as exc:
-            log.warning("Streaming from %s itself: writing %s failed: %s", layout.path, folder, exc)
-            return None
-    return {name: CompactSplit.open(folder, name) for name in SPLITS}
+        return {name: CompactSplit.open(folder, name) for name in SPLITS}
+    except OSError as exc:  # a cache folder that cannot be written, or read back
+        log.warning("Streaming from %s itself: %s: %s", layout.path, folder, exc)
+        return None
 
 
 def _write(

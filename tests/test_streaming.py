@@ -203,6 +203,16 @@ def test_without_room_for_the_columns_the_recording_itself_streams(folder, monke
     assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 1))
 
 
+def test_a_damaged_columns_folder_leaves_the_recording_to_stream(folder, caplog):
+    load_dataset(stream_config(folder), CPU)
+    (written,) = columns_folders(folder)
+    (written / "val.stim.npy").unlink()  # a user cleaning up by hand
+    batches, data = source(folder)
+    assert data.train.compact is None and f"itself: {written}" in caplog.text
+    seen = torch.cat([frame_of(x[:, 0]) for x, _, _ in batches.ordered(data.val, 7)])
+    assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 1))
+
+
 def test_a_folder_renamed_first_by_a_job_without_locks_is_kept(tmp_path):
     """Where the file system has no locks, two jobs build the same folder: the first rename
     wins, the other's build is dropped without an error, and no temp folder is left."""
