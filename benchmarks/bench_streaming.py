@@ -90,6 +90,7 @@ def overrides(args: argparse.Namespace, folder: Path, mode: str, run_dir: Path) 
         "training.epochs=1",
         "training.checkpoint_every=0",
         f"hydra.run.dir={run_dir}",
+        *args.override,
     ]
 
 
@@ -260,7 +261,8 @@ def child_args(args: argparse.Namespace) -> list[str]:
     )
     flags = [[f"--{k.replace('_', '-')}", str(getattr(args, k))] for k in keys]
     cache = [] if args.column_cache else ["--no-column-cache"]
-    return [*sum(flags, []), "--device", args.device, *cache]
+    extra = [f"--override={o}" for o in args.override]
+    return [*sum(flags, []), "--device", args.device, *cache, *extra]
 
 
 def losses(args: argparse.Namespace) -> dict:
@@ -313,6 +315,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per run (--losses: trained)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a further Hydra override for every run, e.g. --override evaluation.starts=8",
+    )
     p.add_argument(
         "--no-column-cache",
         dest="column_cache",

@@ -12,8 +12,9 @@ Steps, in order (each with its own time limit, so one hung step cannot eat the o
 4. benchmarks/bench_streaming.py on CUDA: streamed against resident steps/s, peak RSS.
 5. OUT_DIR/gpu_check.json (everything) and OUT_DIR/readme_rows.md (the README's CUDA rows).
 Without CUDA it refuses with one line and exit status 2, before doing anything. `--device
-cpu --tiny` runs the same steps on the CPU at toy sizes (tests/test_bench_train.py): every
-step's command line and the report are checked without a GPU.
+cpu --tiny` runs the same steps on the CPU at toy sizes, the two pytest steps only
+collecting their tests (tests/test_bench_train.py): every step's command line and the
+report are checked without a GPU.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ LIMITS_S = {"cuda_tests": 50, "no_sync": 50, "bench_streaming": 70}
 COMPILE_LIMITS_S = {"none": 20, "default": 40, "reduce-overhead": 40}  # per precision, 3 batches
 # --tiny: toy sizes, for checking every step's command line on any machine
 TINY_TRAIN = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--train-frames", "32"]
-TINY_STREAM = ["--n-neurons", "64", "--n-input", "8", "--frames", "4000", "--batch-size", "64"]
-TINY_STREAM += ["--chunk-frames", "128", "--chunks-in-memory", "3"]
+TINY_STREAM = ["--n-neurons", "64", "--n-input", "8", "--batch-size", "64"]
+TINY_STREAM += ["--chunk-frames", "128", "--chunks-in-memory", "3", "--frames", "2000"]
+TINY_STREAM += [f"--override=evaluation.{k}" for k in ("max_horizon=8", "horizons=[1,8]")]
+TINY_STREAM += ["--override=evaluation.cell_type_horizons=[8]", "--override=evaluation.starts=8"]
 
 
 def run(cmd: list[str], limit_s: float, env: dict | None = None) -> dict:
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     report: dict = {"device": device}
     limits = {step: s * args.limit_scale for step, s in LIMITS_S.items()}
+    pytest += ["--collect-only"] if args.tiny else []  # the suite itself runs these tests
     report["cuda_tests"] = run([*pytest, "-m", "cuda", "tests"], limits["cuda_tests"])
     no_sync = [*pytest, "tests/test_no_sync.py", "-k", "wait"]
     report["no_sync"] = run(no_sync, limits["no_sync"])
