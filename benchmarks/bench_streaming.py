@@ -285,6 +285,7 @@ def losses(args: argparse.Namespace) -> dict:
                 f"data.stream.chunk_frames={args.chunk_frames}",
                 f"data.stream.chunks_in_memory={args.chunks_in_memory}",
                 f"data.stream.column_cache={args.column_cache}",
+                *args.override,
             ]
             with initialize_config_dir(conf, version_base="1.3"):
                 config = to_config(compose("config", overrides=extra))

@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per setting")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
-
+    if args.train_frames < max(map(int, args.batch_sizes.split(","))):
+        p.error(f"--train-frames {args.train_frames} is less than a batch of --batch-sizes")
     device = resolve_device(args.device)
     torch.manual_seed(0)
     autocast_context(args.precision, device)  # tf32 on for the ceiling too, as for the trainer

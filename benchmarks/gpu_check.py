@@ -125,7 +125,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("out", nargs="?", type=Path, default=Path("gpu_check"), help="OUT_DIR")
     p.add_argument("--precisions", default=PRECISIONS)
     p.add_argument("--compile", default=COMPILE_MODES, help="compile modes, comma-separated")
-    p.add_argument("--batch-sizes", default=BATCHES)
+    p.add_argument("--batch-sizes", help=f"default {BATCHES}; 16 with --tiny")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: with --tiny
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     args = parse(argv)
+    args.batch_sizes = args.batch_sizes or ("16" if args.tiny else BATCHES)
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "error: gpu_check needs a CUDA device; torch.cuda.is_available() is False",

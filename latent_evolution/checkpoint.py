@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = (
     "hardware.slurm",
     "data.cache_dir",
     "data.device",
+    "data.stream.column_cache",  # where chunks are read from: the same batches either way
     "training.epochs",
     "training.checkpoint_every",
     "training.log_every",

@@ -18,8 +18,6 @@ the run streams from x_list_0.npy with a warning.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -29,13 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from latent_evolution.config import DataConfig
-from latent_evolution.files import build_folder_once
+from latent_evolution.files import build_folder_once, cache_key
 from latent_evolution.simulation_folder import (
-    SPLITS,
     FileStamp,
     NpyLayout,
+    kept_bytes,
+    npy_header,
     read_exact,
     read_window,
+    split_windows,
 )
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,21 @@ class CompactSplit:
     offsets: tuple[int, int]  # where row 0 of each file lies (its .npy header's length)
 
     @classmethod
-    def open(cls, folder: Path, split: str) -> CompactSplit:
+    def open(cls, folder: Path, split: str, rows: int, widths: tuple[int, int]) -> CompactSplit:
+        """The split's files, checked against the (rows, width) each must hold; OSError if
+        one is missing, not such a .npy file, or short."""
         offsets = []
-        for part in PARTS:
-            with open(folder / f"{split}.{part}.npy", "rb") as f:
-                np.lib.format.read_magic(f)
-                np.lib.format.read_array_header_1_0(f)
-                offsets.append(f.tell())
+        for part, width in zip(PARTS, widths, strict=True):
+            path = folder / f"{split}.{part}.npy"
+            try:
+                shape, fortran, dtype, offset = npy_header(path)
+            except ValueError as exc:
+                raise OSError(f"{path}: {exc}") from None
+            if (shape, fortran, dtype.str) != ((rows, width), False, "<f4"):
+                raise OSError(f"{path} holds {shape} {dtype}, not ({rows}, {width}) float32")
+            if path.stat().st_size < offset + rows * width * 4:
+                raise OSError(f"{path} is truncated")
+            offsets.append(offset)
         return cls(folder, split, (offsets[0], offsets[1]))
 
     def read(self, first: int, out: tuple[np.ndarray, np.ndarray]) -> None:
@@ -74,53 +82,55 @@ def compact_splits(
     layout: NpyLayout, cfg: DataConfig, stamp: FileStamp, buffer: tuple[np.ndarray, np.ndarray]
 ) -> dict[str, CompactSplit] | None:
     """Each split's compact columns, written first if needed (through buffer: (rows, N),
-    (rows, n_input)); None, with a warning, where they cannot be written."""
-    windows = {name: list(getattr(cfg.splits, name)) for name in SPLITS}
+    (rows, n_input)); None, with a warning, where they cannot be written or read back."""
+    folder = _folder(layout, cfg, stamp)
+    widths = (layout.shape[1], cfg.n_input)
+
+    def write(tmp: Path) -> None:
+        _check_room(folder.parent, kept_bytes(cfg, layout.shape[1]))
+        log.info("Writing the kept columns of %s to %s", layout.path, folder)
+        _write(tmp, layout, cfg, buffer)
+        if FileStamp.of(layout.path) != stamp:  # mixed frames: never publish them
+            raise OSError(f"{layout.path} changed while its columns were written")
+
+    try:
+        build_folder_once(folder, write)
+        windows = split_windows(cfg).items()
+        return {s: CompactSplit.open(folder, s, b - a, widths) for s, (a, b) in windows}
+    except OSError as exc:  # no room, or a folder that cannot be written or read back
+        log.warning("Streaming from %s itself (data.stream.column_cache): %s", layout.path, exc)
+        return None
+
+
+def _folder(layout: NpyLayout, cfg: DataConfig, stamp: FileStamp) -> Path:
+    """`<data.cache_dir>/columns-<key>`, the key naming the recording as stamped and what
+    is kept of it."""
     params = {
         "format": FORMAT,
         "source": str(layout.path.resolve()),
         **asdict(stamp),
         "column": cfg.column,
         "n_input": cfg.n_input,
-        "windows": windows,
+        "windows": split_windows(cfg),
     }
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(cfg.cache_dir).expanduser()
-    folder = cache / f"columns-{key}"
-    try:
-        if not folder.exists():
-            frames = sum(stop - start for start, stop in windows.values())
-            need = frames * (layout.shape[1] + cfg.n_input) * 4
-            cache.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(cache).free
-            if free - need < KEEP_FREE_BYTES:
-                log.warning(
-                    "Streaming from %s itself: its columns need %.1f GB in %s, which has "
-                    "%.1f GB free (data.stream.column_cache)",
-                    layout.path,
-                    need / 1e9,
-                    cache,
-                    free / 1e9,
-                )
-                return None
-            log.info("Kept columns of %s: %s (%.1f GB)", layout.path, folder, need / 1e9)
-            build_folder_once(folder, lambda tmp: _write(tmp, layout, cfg, windows, buffer))
-        return {name: CompactSplit.open(folder, name) for name in SPLITS}
-    except OSError as exc:  # a cache folder that cannot be written, or read back
-        log.warning("Streaming from %s itself: %s: %s", layout.path, folder, exc)
-        return None
+    return Path(cfg.cache_dir).expanduser() / f"columns-{cache_key(params)}"
+
+
+def _check_room(cache: Path, need: int) -> None:
+    """OSError unless the cache's disk keeps KEEP_FREE_BYTES free after `need` more bytes."""
+    free = shutil.disk_usage(cache).free
+    if free - need < KEEP_FREE_BYTES:
+        raise OSError(
+            f"the columns need {need / 1e9:.1f} GB in {cache}, which has {free / 1e9:.1f} GB free"
+        )
 
 
 def _write(
-    folder: Path,
-    layout: NpyLayout,
-    cfg: DataConfig,
-    windows: dict[str, list[int]],
-    buffer: tuple[np.ndarray, np.ndarray],
+    folder: Path, layout: NpyLayout, cfg: DataConfig, buffer: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """Every window's kept columns, block by block through buffer, each file synced."""
     block = len(buffer[0])
-    for name, (start, stop) in windows.items():
+    for name, (start, stop) in split_windows(cfg).items():
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(open(folder / f"{name}.{p}.npy", "wb")) for p in PARTS]
             for f, rows in zip(files, buffer, strict=True):
@@ -129,15 +139,8 @@ def _write(
                 np.lib.format.write_array_header_1_0(f, header)
             for t in range(start, stop, block):
                 kept = tuple(b[: min(block, stop - t)] for b in buffer)
-                read_window(
-                    layout,
-                    cfg.column,
-                    cfg.n_input,
-                    name,
-                    [start, stop],
-                    (t, t + len(kept[0])),
-                    kept,
-                )
+                frames = (t, t + len(kept[0]))
+                read_window(layout, cfg.column, cfg.n_input, name, [start, stop], frames, kept)
                 for f, rows in zip(files, kept, strict=True):
                     f.write(memoryview(rows).cast("B"))
             for f in files:

@@ -43,7 +43,7 @@ from latent_evolution.run_folder import (
 
 # Differ between runs without being parameters: where each machine caches embedded data.
 # (Presets picked by a swept group, e.g. hardware.lsf.*, are folded into <group>.name below.)
-NOT_PARAMETERS = frozenset({"data.cache_dir"})
+NOT_PARAMETERS = frozenset({"data.cache_dir", "data.stream.column_cache"})
 # A run without metrics.json whose files changed this recently is still running (seconds).
 RUNNING_WINDOW_S = 15 * 60
 LOG_TAIL_BYTES = 64 * 1024  # how much of a log's end to search for the error line

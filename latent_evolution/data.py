@@ -24,10 +24,11 @@ from latent_evolution.config import DataConfig, TrainingConfig
 from latent_evolution.errors import ConfigError
 from latent_evolution.simulation_folder import (
     METADATA_FILE,
-    SPLITS,
     cell_types,
     check_simulation,
+    kept_bytes,
     read_window,
+    split_windows,
 )
 from latent_evolution.simulator import embedded_folder
 from latent_evolution.streaming import StreamedSplit, streamed_splits, streams
@@ -108,15 +109,13 @@ def load_dataset(
     leave them on disk to be streamed (data.stream; training: to check the chunk size)."""
     folder = embedded_folder(cfg) if cfg.source == "embedded" else Path(cfg.path).expanduser()
     layout = check_simulation(folder, cfg)
-    windows = {name: list(getattr(cfg.splits, name)) for name in SPLITS}
-    frames = sum(stop - start for start, stop in windows.values())
-    kept_bytes = frames * (layout.shape[1] + cfg.n_input) * 4  # float32
-    if streams(cfg.stream, kept_bytes):
+    kept = kept_bytes(cfg, layout.shape[1])
+    if streams(cfg.stream, kept):
         splits, streamed = streamed_splits(layout, cfg, device, training), False
     else:
-        where, streamed = _placement(cfg.device, device, kept_bytes)
+        where, streamed = _placement(cfg.device, device, kept)
         splits = {}
-        for name, window in windows.items():
+        for name, window in split_windows(cfg).items():
             x, stim = read_window(layout, cfg.column, cfg.n_input, name, window)
             splits[name] = Split(torch.from_numpy(x).to(where), torch.from_numpy(stim).to(where))
     meta_file = folder / METADATA_FILE

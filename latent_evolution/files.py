@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -82,6 +83,11 @@ def claim_new_dir(path: str | Path) -> str:
             n += 1
 
 
+def cache_key(params: dict[str, Any]) -> str:
+    """A short stable name for what a cached folder holds (params: JSON-able)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def build_folder_once(folder: Path, build: Callable[[Path], Any]) -> Path:
     """build(tmp) in a temp folder beside `folder`, then rename it to `folder`; once.
 
@@ -94,28 +100,33 @@ def build_folder_once(folder: Path, build: Callable[[Path], Any]) -> Path:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = folder.with_name(f".{folder.name}.lock")
-    with _locked(lock, folder):
+    with _locked(lock, folder) as locked:
         if folder.exists():  # built by the job we waited for
             return folder
+        if locked:  # no other builder: temp folders left are from killed builds
+            for stale in folder.parent.glob(f".tmp-{folder.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700: others sharing the cache read it
         try:
             build(tmp)
             os.rename(tmp, folder)
-            # no longer needed: whoever still waits on it finds the folder built
-            lock.unlink(missing_ok=True)
         except OSError:
             if not folder.exists():  # not a lost race: a real failure
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            # whoever still waits on it finds the folder built, or builds it anew
+            lock.unlink(missing_ok=True)
     return folder
 
 
 @contextlib.contextmanager
-def _locked(lock: Path, folder: Path) -> Iterator[None]:
+def _locked(lock: Path, folder: Path) -> Iterator[bool]:
     """Hold an exclusive flock on the file `lock`, made if needed, while building folder;
-    no lock where the file system has none."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+    yields whether it is held (False where the file system has no locks)."""
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)  # read-only: another user's lock too
+    held = True
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,7 +134,7 @@ def _locked(lock: Path, folder: Path) -> Iterator[None]:
             log.info("Waiting for another process building %s", folder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:  # ENOLCK, EOPNOTSUPP: a file system without locks
-            pass
-        yield
+            held = False
+        yield held
     finally:
         os.close(fd)  # releases the lock

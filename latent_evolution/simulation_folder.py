@@ -66,8 +66,30 @@ class FileStamp:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def split_windows(cfg: DataConfig) -> dict[str, list[int]]:
+    """Each split's window [start, stop) of frames."""
+    return {name: list(getattr(cfg.splits, name)) for name in SPLITS}
+
+
+def kept_bytes(cfg: DataConfig, n_neurons: int) -> int:
+    """What the split windows keep: one float32 column of N neurons and n_input stimuli."""
+    frames = sum(stop - start for start, stop in split_windows(cfg).values())
+    return frames * (n_neurons + cfg.n_input) * 4
+
+
 def _bad_file(path: Path, problem: str) -> ConfigError:
     return ConfigError("data.path", str(path.parent), f"{path} {problem}")
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, byte offset of the data) from a .npy file's header;
+    ValueError if it is not one."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        if major not in HEADER_READERS:
+            raise ValueError(f".npy format version {major} is not supported")
+        shape, fortran, dtype = HEADER_READERS[major](f)
+        return shape, fortran, dtype, f.tell()
 
 
 def read_layout(path: Path) -> NpyLayout:
@@ -75,12 +97,7 @@ def read_layout(path: Path) -> NpyLayout:
     if not path.is_file():
         raise _bad_file(path, "does not exist")
     try:
-        with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            if major not in HEADER_READERS:
-                raise ValueError(f".npy format version {major} is not supported")
-            shape, fortran, dtype = HEADER_READERS[major](f)
-            offset = f.tell()
+        shape, fortran, dtype, offset = npy_header(path)
     except ValueError as exc:
         raise _bad_file(path, f"is not a readable .npy file: {exc}") from None
     expected = f"expected (T frames, N neurons, {len(COLUMNS)} columns)"

@@ -8,8 +8,6 @@ dt; written in the real folder layout (`simulation_folder.py`), so the one loade
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +17,7 @@ import torch
 from torch import Tensor
 
 from latent_evolution.config import DataConfig, EmbeddedConfig
-from latent_evolution.files import atomic_write_json, build_folder_once
+from latent_evolution.files import atomic_write_json, build_folder_once, cache_key
 from latent_evolution.simulation_folder import COLUMNS, DATA_FILE, METADATA_FILE
 
 log = logging.getLogger(__name__)
@@ -129,9 +127,7 @@ def embedded_folder(cfg: DataConfig) -> Path:
         "noise_std": cfg.noise_std,
         **asdict(cfg.embedded),
     }
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    cache = Path(cfg.cache_dir).expanduser()
-    folder = cache / f"embedded-{key}"
+    folder = Path(cfg.cache_dir).expanduser() / f"embedded-{cache_key(params)}"
     if (folder / METADATA_FILE).exists():
         return folder
     log.info("Generating embedded data set into %s (first use only)", folder)

@@ -5,8 +5,8 @@ chunk holds those frames plus the time_units after them, so every start frame's 
 t+1..t+tu lie in its own chunk. `chunks_in_memory` chunk slots live in host memory (pinned
 under CUDA) and, under CUDA, as many on the device: that is all the split data a run holds,
 whatever T is. A daemon thread reads chunks into free slots, `prefetch` chunks ahead of the
-ones batches are drawn from: with `column_cache`, two contiguous reads from the kept columns
-written once before training (`column_cache`); otherwise the windowed reads of
+ones batches are drawn from: with data.stream.column_cache, two contiguous reads from the
+kept columns written once before training (column_cache.py); otherwise the windowed reads of
 `simulation_folder` from the recording itself (readinto, 512 KB at a time: a memory map's
 touched pages would count in the process's RSS). Under CUDA the training thread copies each
 loaded chunk to its device slot on a side stream.
@@ -309,8 +309,8 @@ class StreamedSplit:
         try:
             self._check_unchanged(frames)
             if self.compact is None:
-                w = self.window
-                read_window(self.layout, self.column, self.n_input, self.name, w, frames, out)
+                args = (self.layout, self.column, self.n_input, self.name, self.window)
+                read_window(*args, frames, out)
             else:
                 self.compact.read(chunk[0], out)
             self._check_unchanged(frames)  # a change during the read spoils what was read

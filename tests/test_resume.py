@@ -7,7 +7,9 @@ uninterrupted run (bitwise: eager CPU training is deterministic).
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import json
 import random
 import signal
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from latent_evolution.checkpoint import check_same_run
 from latent_evolution.config import ConfigError, to_config
 from latent_evolution.epoch_log import read_epoch_log
 from latent_evolution.preemption import DeferredSignals
@@ -247,3 +250,17 @@ def test_a_save_failing_mid_write_leaves_the_last_checkpoint_loadable(compose, t
     with pytest.raises(Exception, match="No space left"):
         save_checkpoint(tmp_path, {"epoch": 2, "bad": Unpicklable()})
     assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_a_checkpoint_from_before_the_column_cache_resumes_with_it_on_or_off(compose):
+    """Where chunks are read from is not what is learnt: a checkpoint without the key, or
+    with the other value, resumes."""
+    current = dataclasses.asdict(to_config(compose(*TINY)))
+    saved = copy.deepcopy(current)
+    del saved["data"]["stream"]["column_cache"]
+    check_same_run(saved, current)
+    current["data"]["stream"]["column_cache"] = False
+    check_same_run(saved, current)
+    current["data"]["stream"]["chunk_frames"] += 1  # what is learnt: refused
+    with pytest.raises(ConfigError, match=r"^data\.stream\.chunk_frames="):
+        check_same_run(saved, current)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from latent_evolution.simulation_folder import COLUMNS, DATA_FILE
 from latent_evolution.streaming import StreamedSplit, StreamError
 from latent_evolution.trainer import Trainer
 from tests.conftest import ROOT
+from tests.helpers import wait_for
 
 T, N, N_INPUT = 600, 5, 2
 SPLITS = {"train": [10, 410], "val": [420, 500], "test": [510, 600]}
@@ -180,12 +182,16 @@ def test_kept_columns_are_written_once_and_read_instead_of_the_recording(folder,
     assert all(torch.equal(a, b) for a, b in zip(draw(True), from_recording, strict=True))
     assert columns_folders(folder) == [written]
     assert {p.name: p.stat().st_mtime_ns for p in written.iterdir()} == files  # not rewritten
+    assert [p.name for p in (folder / "cache").iterdir()] == [written.name]  # no lock, no temp
 
 
 def test_a_rewritten_recording_gets_new_columns(folder):
     batches, data = source(folder)
     first = next(batches.ordered(data.val, 4))[0]
-    np.save(folder / DATA_FILE, coded() + 1)
+    path = folder / DATA_FILE
+    stamp = path.stat().st_mtime_ns
+    np.save(path, coded() + 1)
+    os.utime(path, ns=(time.time_ns(), stamp + 10**9))  # whatever the clock's granularity
     batches, data = source(folder)
     assert torch.equal(next(batches.ordered(data.val, 4))[0], first + 1)
     assert len(columns_folders(folder)) == 2
@@ -198,17 +204,39 @@ def test_without_room_for_the_columns_the_recording_itself_streams(folder, monke
     monkeypatch.setattr(column_cache.shutil, "disk_usage", lambda path: usage._replace(free=2**30))
     batches, data = source(folder)
     assert data.train.compact is None and columns_folders(folder) == []
-    assert "its columns need" in caplog.text and "GB free" in caplog.text
+    assert "the columns need" in caplog.text and "GB free" in caplog.text
     seen = torch.cat([frame_of(x[:, 0]) for x, _, _ in batches.ordered(data.val, 7)])
     assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 1))
 
 
-def test_a_damaged_columns_folder_leaves_the_recording_to_stream(folder, caplog):
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "not npy"])
+def test_a_damaged_columns_folder_leaves_the_recording_to_stream(folder, caplog, damage):
     load_dataset(stream_config(folder), CPU)
     (written,) = columns_folders(folder)
-    (written / "val.stim.npy").unlink()  # a user cleaning up by hand
+    path = written / "val.stim.npy"
+    if damage == "deleted":
+        path.unlink()  # a user cleaning up by hand
+    else:
+        os.truncate(path, 0 if damage == "not npy" else path.stat().st_size - 4)
     batches, data = source(folder)
-    assert data.train.compact is None and f"itself: {written}" in caplog.text
+    assert data.train.compact is None
+    (warning,) = [r.getMessage() for r in caplog.records if "column_cache" in r.getMessage()]
+    assert warning.startswith("Streaming from ") and str(path) in warning
+    seen = torch.cat([frame_of(x[:, 0]) for x, _, _ in batches.ordered(data.val, 7)])
+    assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 1))
+
+
+def test_a_failed_write_leaves_no_columns_and_the_recording_streams(folder, monkeypatch):
+    from latent_evolution import column_cache
+
+    def full_disk(tmp: Path, *args) -> None:
+        (tmp / "train.x.npy").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(column_cache, "_write", full_disk)
+    batches, data = source(folder)
+    assert data.train.compact is None
+    assert list((folder / "cache").iterdir()) == []  # no columns, temp folder or lock
     seen = torch.cat([frame_of(x[:, 0]) for x, _, _ in batches.ordered(data.val, 7)])
     assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 1))
 
@@ -230,10 +258,11 @@ def test_a_folder_renamed_first_by_a_job_without_locks_is_kept(tmp_path):
     assert [p.name for p in target.iterdir()] == ["theirs"]
 
 
-def test_builders_of_one_folder_take_turns_and_build_it_once(tmp_path):
+def test_builders_of_one_folder_take_turns_and_build_it_once(tmp_path, caplog):
     """The jobs of a sweep: while one builds, another waits, then uses the folder built."""
     from latent_evolution.files import build_folder_once
 
+    caplog.set_level(logging.INFO, logger="latent_evolution.files")
     target, builds = tmp_path / "columns-key", []
     inside, release = threading.Event(), threading.Event()
 
@@ -250,12 +279,13 @@ def test_builders_of_one_folder_take_turns_and_build_it_once(tmp_path):
         target=build_folder_once, args=(target, lambda tmp: builds.append("second"))
     )
     second.start()
-    second.join(0.5)
-    assert second.is_alive()  # waiting for the lock, not building
+    wait_for(lambda: "Waiting for another process building" in caplog.text, "the second's wait")
+    assert second.is_alive() and builds == ["first"]  # waiting for the lock, not building
     release.set()
     first.join(60)
     second.join(60)
     assert builds == ["first"] and (target / "data").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["columns-key"]  # the lock file gone too
 
 
 def test_a_nan_in_the_recording_is_one_line_before_any_training(tmp_path):
@@ -264,6 +294,7 @@ def test_a_nan_in_the_recording_is_one_line_before_any_training(tmp_path):
     np.save(tmp_path / DATA_FILE, x)
     with pytest.raises(ConfigError, match=r"has NaN in VOLTAGE at frame 300, neuron 1$"):
         load_dataset(stream_config(tmp_path), CPU)
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written left
 
 
 # ------------------------------------------------------------------ settings and auto

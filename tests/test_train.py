@@ -215,3 +215,19 @@ def test_cpu_training_keeps_freed_host_memory_for_the_next_step():
     assert mapped_before >= 64 * 2**20  # by default glibc maps it fresh and unmaps it on free
     assert mapped_after == 0  # now from the heap ...
     assert free_kept >= 64 * 2**20  # ... and kept there once freed, for the next step
+
+
+def test_a_training_job_imports_no_pandas(tmp_path):
+    """pandas is compare's (0.3 s a process): a training job, which plots its rollout,
+    starts without it."""
+    code = (
+        "import sys, pathlib\n"
+        "from latent_evolution import rollout, train, trainer\n"
+        "from latent_evolution.report import plot_rollout\n"
+        "d = pathlib.Path(sys.argv[1])\n"
+        "(d / 'rollout.csv').write_text('split,horizon,mse,constant_mse\\nval,1,0.1,0.2\\n')\n"
+        "plot_rollout({'run': d / 'rollout.csv'}, d / 'rollout.png')\n"
+        "assert 'pandas' not in sys.modules, sorted(m for m in sys.modules if 'pandas' in m)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
+    assert (tmp_path / "rollout.png").stat().st_size > 0
