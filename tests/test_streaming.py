@@ -241,6 +241,21 @@ def test_a_failed_write_leaves_no_columns_and_the_recording_streams(folder, monk
     assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 1))
 
 
+def test_a_recording_changed_while_its_columns_are_written_gets_none(folder, monkeypatch):
+    from latent_evolution import column_cache
+
+    write = column_cache._write
+
+    def rewritten_meanwhile(tmp: Path, layout, *args) -> None:
+        write(tmp, layout, *args)
+        os.utime(layout.path, ns=(time.time_ns(), layout.path.stat().st_mtime_ns + 10**9))
+
+    monkeypatch.setattr(column_cache, "_write", rewritten_meanwhile)
+    _, data = source(folder)
+    assert data.train.compact is None
+    assert list((folder / "cache").iterdir()) == []  # mixed frames never published
+
+
 def test_a_folder_renamed_first_by_a_job_without_locks_is_kept(tmp_path):
     """Where the file system has no locks, two jobs build the same folder: the first rename
     wins, the other's build is dropped without an error, and no temp folder is left."""
