@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.limit_scale = 20 if args.tiny else 1
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"]
     report: dict = {"device": device}
     limits = {step: s * args.limit_scale for step, s in LIMITS_S.items()}
     pytest += ["--collect-only"] if args.tiny else []  # the suite itself runs these tests

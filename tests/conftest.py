@@ -33,6 +33,22 @@ def restore_hydra_singletons():
     Singleton.set_state(state)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per CPU this process may run on (with psutil installed, xdist
+    would count physical cores: one on a 2-vCPU machine)."""
+    return len(os.sched_getaffinity(0))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker's torch threads share the CPUs with the other workers: OpenMP threads
+    spinning at barriers on oversubscribed cores are many times slower (one_thread_per_child)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
