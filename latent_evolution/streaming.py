@@ -23,11 +23,13 @@ its slot is refilled by the loader. Validation and test read the chunks in order
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,6 +188,7 @@ class ChunkPass:
         self.waited: set[int] = set()  # slots whose copy the training stream already waits on
         self.thread = threading.Thread(target=self._load_all, name="chunk-loader", daemon=True)
         self.thread.start()
+        _LOADING.add(self)
 
     # ------------------------------------------------------------ the loader thread
 
@@ -277,6 +280,20 @@ class ChunkPass:
         self.thread.join()
         if self.pool.active is self:
             self.pool.active = None
+
+
+# passes whose loader may still run: the loader thread holds its pass while it runs
+_LOADING: weakref.WeakSet[ChunkPass] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_loaders() -> None:
+    """Stop the loaders of passes left unfinished (an exception or exit mid-epoch) before the
+    interpreter finalizes. A daemon thread that then takes the GIL is ended by pthread_exit,
+    whose unwinding through torch's C++ (freeing a slot's view) aborts the process with
+    SIGABRT, and the exit status the run meant to give is lost."""
+    for run in list(_LOADING):
+        run.close()
 
 
 class StreamedSplit:
