@@ -33,10 +33,11 @@ def restore_hydra_singletons():
     Singleton.set_state(state)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent with `-p no:xdist`
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: a worker per CPU this process may run on (with psutil installed, xdist
-    would count physical cores: one on a 2-vCPU machine)."""
-    return len(os.sched_getaffinity(0))
+    """`-n auto`: $PYTEST_XDIST_AUTO_NUM_WORKERS, else a worker per CPU this process may run
+    on (with psutil installed, xdist would count physical cores: one on a 2-vCPU machine)."""
+    return int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or len(os.sched_getaffinity(0)))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,8 +80,9 @@ def one_thread_per_child():
     The test Slurm node and the LSF stand-in run several jobs at once on the machine's few
     cores (the node declares 8-12 CPUs a job), where a real cluster binds each job to its
     own. Jobs of two OpenMP threads each, spinning at barriers on two shared cores, were
-    ~10x slower (a 4-job Slurm sweep: 172 s; with one thread, 18 s). This test process keeps
-    its threads: torch read the environment when the test modules imported it.
+    ~10x slower (a 4-job Slurm sweep: 172 s; with one thread, 18 s). The test processes
+    keep their threads (torch read the environment when the test modules imported it): all
+    the CPUs in one process, or each xdist worker its share (pytest_configure).
     """
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OMP_NUM_THREADS", "1")

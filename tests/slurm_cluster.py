@@ -106,11 +106,25 @@ class SlurmTestCluster:
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start the daemons; on fresh ports again if one died: between choosing a port and a
+        daemon binding it, another process (another xdist worker's cluster) may take it."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start()
+            except RuntimeError:
+                died = any(p.poll() is not None for p in self.procs.values())
+                self._end_daemons()
+                (self.root / "munge" / "munge.socket.2").unlink(missing_ok=True)
+                if not died or attempt == attempts:
+                    raise
+
+    def _start(self) -> None:
         for sub in ("munge", "state", "spool"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "munge").chmod(0o755)  # munged refuses a socket folder others can write
         key = self.root / "munge" / "munge.key"
+        key.unlink(missing_ok=True)  # read-only from an earlier attempt
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         self.conf.write_text(slurm_conf(self.root, *_free_ports(2)))
@@ -176,11 +190,14 @@ class SlurmTestCluster:
                 self.run("scancel", f"--user={USER}", check=False)
                 self._wait_for(lambda: not self.run("squeue", "-h", check=False), "empty queue")
         finally:
-            for proc in reversed(list(self.procs.values())):
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            self.procs.clear()
+            self._end_daemons()
+
+    def _end_daemons(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()

@@ -32,8 +32,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     environment's, appended to its path so that nothing is downloaded."""
     root = tmp_path_factory.mktemp("install")
     source, wheels = root / "source", root / "wheels"
-    # a clean copy: setuptools would reuse a checkout's stale build/ folder
-    untracked = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "outputs", "multirun")
+    # a clean copy: setuptools would reuse a checkout's stale build/ folder; bytecode is left
+    # out, since another xdist worker may be renaming a fresh .pyc into place meanwhile
+    untracked = shutil.ignore_patterns(
+        ".*", "build", "dist", "*.egg-info", "outputs", "multirun", "__pycache__", "*.pyc"
+    )
     shutil.copytree(ROOT, source, ignore=untracked)
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
         "-w", wheels, source)  # fmt: skip
