@@ -292,11 +292,8 @@ def _stop_loaders() -> None:
     interpreter finalizes. A daemon thread that then takes the GIL is ended by pthread_exit,
     whose unwinding through torch's C++ (freeing a slot's view) aborts the process with
     SIGABRT, and the exit status the run meant to give is lost."""
-    runs = list(_LOADING)
-    for run in runs:
-        run.stop.set()  # all at once: each ends within one chunk's read
-    for run in runs:
-        run.thread.join()
+    for run in list(_LOADING):
+        run.close()  # each loader ends within one chunk's read
 
 
 class StreamedSplit:
