@@ -25,8 +25,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from latent_evolution import compare
-from latent_evolution.config import Config
+from latent_evolution.cli import compare
+from latent_evolution.config.schema import Config
 
 BATCH_SIZES = (32, 128, 512, 2048)
 LEARNING_RATES = (1e-3, 1e-4, 1e-5, 1e-6)

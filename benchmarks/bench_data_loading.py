@@ -5,7 +5,7 @@ of fly_N9_62_1, splits scaled from its [4000, 34000) / [40000, 50000) / [54000, 
 64000 frames), then loads VOLTAGE + stimulus of the three splits with each method, each in
 a fresh child process, from a cold page cache (posix_fadvise DONTNEED):
 
-  windows   latent_evolution.simulation_folder.read_window (what training uses)
+  windows   latent_evolution.data.simulation_folder.read_window (what training uses)
   mmap      np.load(mmap_mode="r") and slicing the windows out of the map
   np.load   np.load of the whole file, then slicing (the plain way)
 
@@ -69,7 +69,7 @@ def _status_kb(field: str) -> int:
 
 def _load(method: str, path: Path, splits: dict[str, list[int]]) -> list[np.ndarray]:
     if method == "windows":
-        from latent_evolution.simulation_folder import read_layout, read_window
+        from latent_evolution.data.simulation_folder import read_layout, read_window
 
         layout = read_layout(path)
         return [a for k, w in splits.items() for a in read_window(layout, "VOLTAGE", N_INPUT, k, w)]
@@ -84,7 +84,7 @@ def _load(method: str, path: Path, splits: dict[str, list[int]]) -> list[np.ndar
 def child(method: str, path: Path, splits: dict[str, list[int]]) -> None:
     """Run in a fresh process: load once, print seconds and memory as JSON."""
     if method == "windows":
-        import latent_evolution.simulation_folder  # noqa: F401  (imports are not loading)
+        import latent_evolution.data.simulation_folder  # noqa: F401  (imports are not loading)
     rss_before = _status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from latent_evolution.config import to_config
-from latent_evolution.epoch_log import EpochLog
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.compose import to_config
+from latent_evolution.runs.epoch_log import EpochLog
+from latent_evolution.training.trainer import Trainer
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 TARGET = 0.01

@@ -1,12 +1,12 @@
 """Each product of the model's wide layers through MKL and through oneDNN, in GFLOP/s.
 
-This is the measurement behind latent_evolution/linear.py: for the encoder's first layer
+This is the measurement behind latent_evolution/model/cpu_kernels.py: for the encoder's first layer
 (N -> hidden, on the batch's rows) and the decoder's last (hidden -> N, on twice the rows:
 prediction and reconstruction are decoded together), it times the forward, the input
 gradient and the weight gradient through MKL with nn.Linear's weight layout (what plain
-PyTorch runs) and through oneDNN with linear.OneDNNLinear's layout and calls, the two
+PyTorch runs) and through oneDNN with cpu_kernels.OneDNNLinear's layout and calls, the two
 interleaved, beside bench_train's square-GEMM ceiling (the encoder's input gradient is
-never needed, its input being data; it is shown for completeness). linear.py's routing
+never needed, its input being data; it is shown for completeness). cpu_kernels.py's routing
 was chosen on an AMD EPYC; run this on a new CPU before trusting it there:
 
     python benchmarks/bench_gemm_shapes.py --batch-sizes 32,256
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from bench_train import gemm_flops, timed
 
-from latent_evolution import linear
+from latent_evolution.model import cpu_kernels
 
 Product = Callable[[], torch.Tensor]
 
@@ -31,20 +31,26 @@ Product = Callable[[], torch.Tensor]
 def products(d_in: int, d_out: int, rows: int) -> dict[str, tuple[Product, Product]]:
     """{product: (MKL call, oneDNN call)} for one layer, as nn.Linear and OneDNNLinear run it."""
     plain = torch.nn.Linear(d_in, d_out)
-    ours = linear.OneDNNLinear.from_linear(torch.nn.Linear(d_in, d_out))
+    ours = cpu_kernels.OneDNNLinear.from_linear(torch.nn.Linear(d_in, d_out))
     w, b = plain.weight.detach(), plain.bias.detach()
     w_ours = ours.weight.detach()
     x, g = torch.randn(rows, d_in), torch.randn(rows, d_out)
     ones = torch.ones(rows, 1)
     return {
-        "forward": (lambda: torch.addmm(b, x, w.t()), lambda: linear.onednn_linear(x, w_ours, b)),
-        "input grad": (lambda: g @ w, lambda: linear.onednn_linear(g, w_ours.t(), None)),
+        "forward": (
+            lambda: torch.addmm(b, x, w.t()),
+            lambda: cpu_kernels.onednn_linear(x, w_ours, b),
+        ),
+        "input grad": (
+            lambda: g @ w,
+            lambda: cpu_kernels.onednn_linear(g, w_ours.t(), None),
+        ),
         "weight grad": (
             lambda: g.t() @ x,
             # stored transposed: the bias gradient comes with it, as in the train step
-            (lambda: linear.onednn_weight_grads(x, g, ones))
+            (lambda: cpu_kernels.onednn_weight_grads(x, g, ones))
             if ours.transposed
-            else (lambda: linear.onednn_linear(g.t(), x.t(), None)),
+            else (lambda: cpu_kernels.onednn_linear(g.t(), x.t(), None)),
         ),
     }
 
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
-    if not linear.ONEDNN_AVAILABLE:
+    if not cpu_kernels.ONEDNN_AVAILABLE:
         raise SystemExit("this PyTorch has no oneDNN: every product runs on MKL")
 
     ceiling = gemm_flops(torch.device("cpu"), "fp32") / 1e9

@@ -2,7 +2,7 @@
 
 Trains the default experiment (conf/config.yaml's defaults: embedded data, model=latent)
 for `--epochs` of its training.epochs, times the end-of-run rollout (every split of
-evaluation.splits, its files included: rollout.py final_rollout), and reports the rollout
+evaluation.splits, its files included: final_metrics.final_rollout), and reports the rollout
 seconds against the training seconds extrapolated to the full run (epochs scale linearly:
 the same steps each epoch). With `--epochs` equal to training.epochs nothing is extrapolated.
 
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from latent_evolution.config import to_config
-from latent_evolution.rollout import final_rollout
-from latent_evolution.train import conf_dir
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.compose import conf_dir, to_config
+from latent_evolution.training.final_metrics import final_rollout
+from latent_evolution.training.trainer import Trainer
 
 
 def synchronize(device: torch.device) -> None:

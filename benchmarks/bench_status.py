@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench_compare import make_runs
 
-from latent_evolution import status
+from latent_evolution.cli import status
 
 TARGET_S = 2.0
 

@@ -97,8 +97,8 @@ def overrides(args: argparse.Namespace, folder: Path, mode: str, run_dir: Path) 
 def make_trainer(args: argparse.Namespace, folder: Path, mode: str, run_dir: str):
     from hydra import compose, initialize_config_dir
 
-    from latent_evolution.config import to_config
-    from latent_evolution.trainer import Trainer
+    from latent_evolution.config.compose import to_config
+    from latent_evolution.training.trainer import Trainer
 
     conf = str(Path(__file__).resolve().parent.parent / "conf")
     with initialize_config_dir(conf, version_base="1.3"):
@@ -269,8 +269,8 @@ def losses(args: argparse.Namespace) -> dict:
     """Final losses on the embedded data set, resident and streamed, same seeds."""
     from hydra import compose, initialize_config_dir
 
-    from latent_evolution.config import to_config
-    from latent_evolution.trainer import Trainer
+    from latent_evolution.config.compose import to_config
+    from latent_evolution.training.trainer import Trainer
 
     conf = str(Path(__file__).resolve().parent.parent / "conf")
     keys = ("final_train_loss", "final_val_loss", "final_test_loss")

@@ -31,9 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from latent_evolution import linear
-from latent_evolution.checkpoint import save_checkpoint
-from latent_evolution.config import (
+from latent_evolution.config.schema import (
     CPU_KERNELS,
     Config,
     DataConfig,
@@ -41,9 +39,13 @@ from latent_evolution.config import (
     ModelConfig,
     TrainingConfig,
 )
-from latent_evolution.data import Dataset, Split
-from latent_evolution.metrics import peak_flops, torch_memory_stats
-from latent_evolution.trainer import Trainer, autocast_context, resolve_device
+from latent_evolution.data.dataset import Dataset
+from latent_evolution.data.resident import ResidentSplit
+from latent_evolution.model import cpu_kernels
+from latent_evolution.model.device import autocast_context, resolve_device
+from latent_evolution.training.checkpoint import save_checkpoint
+from latent_evolution.training.gpu_monitor import peak_flops, torch_memory_stats
+from latent_evolution.training.trainer import Trainer
 
 TRAIN_FRAMES = 4096  # synthetic training frames by default: 225 MB of fly-sized fp32 data
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -68,14 +70,14 @@ def gemm_flops(device: torch.device, precision: str) -> float:
     """Measured FLOP/s of a large square matmul through the fastest library on the device.
 
     That is the practical ceiling of this workload: cuBLAS on CUDA; on the CPU the better of
-    MKL (PyTorch's matmul) and oneDNN (what latent_evolution.linear uses for wide layers).
+    MKL (PyTorch's matmul) and oneDNN (what model.cpu_kernels uses for wide layers).
     """
     size = 8192 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device, dtype=DTYPES[precision])
     b = torch.randn(size, size, device=device, dtype=DTYPES[precision])
     products = [lambda: a @ b]
-    if device.type == "cpu" and linear.ONEDNN_AVAILABLE and precision != "bf16":
-        products.append(lambda: linear.onednn_linear(a, b, None))
+    if device.type == "cpu" and cpu_kernels.ONEDNN_AVAILABLE and precision != "bf16":
+        products.append(lambda: cpu_kernels.onednn_linear(a, b, None))
     best = math.inf
     for product in products:
         timed(product, device, repeats=2)  # warm up kernels and thread pools
@@ -89,9 +91,10 @@ def synthetic_dataset(
     """Random fly-sized splits on the device: speed does not depend on the values."""
     g = torch.Generator().manual_seed(0)
 
-    def split(frames: int) -> Split:
+    def split(frames: int) -> ResidentSplit:
         x = torch.randn(frames, n_neurons, generator=g) * 0.5
-        return Split(x.to(device), torch.randn(frames, n_input, generator=g).to(device))
+        stim = torch.randn(frames, n_input, generator=g)
+        return ResidentSplit(x.to(device), stim.to(device), device)
 
     splits = (split(train_frames + 1), split(1024), split(1024))
     return Dataset(*splits, Path("synthetic"), 0.05, {})
@@ -168,7 +171,9 @@ def matmul_floor(trainer: Trainer, repeats: int = 3) -> tuple[float, int]:
     trainer (compile "none"): the recorder sees ops as they run, not inside compiled graphs.
     """
     t = trainer.config.training
-    batch = trainer.batches.random(trainer.data.train, t.batch_size, 1, t.evolve_multiple_steps)
+    batch = trainer.data.train.random(
+        t.batch_size, 1, t.evolve_multiple_steps, trainer.batch_rng, t.time_units
+    )
     with MatmulRecorder() as recorder:
         trainer.step(*next(iter(batch)))  # the train step's forward and backward, eager
 
@@ -246,7 +251,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
                 vs_floor.append(train[-1] / steps / floor_s)
                 floor_fractions.append(floor_flops / floor_s / ceilings[-1])
         train_s = statistics.median(train)
-        val_s = timed(lambda: trainer.evaluate(data.val), device)
+        val_s = timed(lambda: trainer.split_loss(data.val), device)
         torch_ratio = torch_kernels_ratio(trainer, Path(run_dir), args.epochs) if eager else None
         # the full loop over val_every epochs: the default cadence's one validation included
         loop_s, in_steps_s = fit_split(trainer, t.val_every)

@@ -10,7 +10,8 @@ Steps, in order (each with its own time limit, so one hung step cannot eat the o
    reduce-overhead, batch 32 / 256 / 2048, with TORCH_LOGS=cudagraphs: the logs' CUDA-graph
    skip reasons are collected, and NVML samples the GPU's utilisation while it runs.
 4. benchmarks/bench_streaming.py on CUDA: streamed against resident steps/s, peak RSS.
-5. OUT_DIR/gpu_check.json (everything) and OUT_DIR/readme_rows.md (the README's CUDA rows).
+5. OUT_DIR/gpu_check.json (everything) and OUT_DIR/readme_rows.md (rows for the CUDA
+   tables of docs/performance.md).
 Without CUDA it refuses with one line and exit status 2, before doing anything. `--device
 cpu --tiny` runs the same steps on the CPU at toy sizes, the two pytest steps only
 collecting their tests (tests/test_bench_train.py): every step's command line and the
@@ -77,7 +78,7 @@ def bench_train(args: argparse.Namespace, precision: str, mode: str) -> dict:
     """One precision and compile mode at each batch size, NVML sampling the GPU meanwhile."""
     import torch
 
-    from latent_evolution.metrics import GPUMonitor
+    from latent_evolution.training.gpu_monitor import GPUMonitor
 
     target = args.out / f"bench_train_{precision}_{mode}.json"
     cmd = [sys.executable, "benchmarks/bench_train.py", "--device", args.device]

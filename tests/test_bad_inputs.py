@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from latent_evolution.config import ConfigError, to_config, validate
-from latent_evolution.input_errors import INPUT_ERRORS, describe
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.input_errors import INPUT_ERRORS, describe
+from latent_evolution.config.schema import validate
+from latent_evolution.errors import ConfigError
 from tests.helpers import TINY, run_module
 
 POSITIVE = "must be a positive integer"

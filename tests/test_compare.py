@@ -24,7 +24,10 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from latent_evolution import compare
+from latent_evolution.analysis import compare
+from latent_evolution.cli import compare as compare_cli
+from latent_evolution.runs.metrics import classify
+from latent_evolution.runs.reading import Run
 from tests.helpers import child_env, run_module, start_module
 
 TRAIN = ["data=tiny", "model=small", "training.epochs=3", "training.val_every=1"]
@@ -74,7 +77,7 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> Path:
 
 
 def compare_json(capsys: pytest.CaptureFixture, *args: str) -> dict[str, Any]:
-    assert compare.main([*args, "--format", "json"]) == 0
+    assert compare_cli.main([*args, "--format", "json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -153,15 +156,14 @@ def test_repeats_table_matches_statistics_computed_from_the_files(sweeps, capsys
 
 def test_text_formats_show_every_run_and_write_atomically(sweeps, capsys, tmp_path):
     n = 7
-    assert compare.main([str(sweeps)]) == 0
+    assert compare_cli.main([str(sweeps)]) == 0
     terminal = capsys.readouterr().out
     assert terminal.startswith(f"{n} runs: 4 ok, 1 diverged, 1 failed, 1 running\n")
     assert "Runs, sorted by final_val_loss:" in terminal and "Repeats:" in terminal
     for folder in sweeps.rglob(".hydra"):
         assert terminal.count(str(folder.parent)) == 1
-    assert (
-        compare.main([str(sweeps), "--format", "markdown", "--output", str(tmp_path / "r.md")]) == 0
-    )
+    markdown = ["--format", "markdown", "--output", str(tmp_path / "r.md")]
+    assert compare_cli.main([str(sweeps), *markdown]) == 0
     markdown = (tmp_path / "r.md").read_text()
     assert capsys.readouterr().out == ""
     runs_section = markdown.split("### Runs, sorted by final_val_loss")[1].split("###")[0]
@@ -172,7 +174,7 @@ def test_text_formats_show_every_run_and_write_atomically(sweeps, capsys, tmp_pa
 
 
 def test_csv_holds_one_row_per_run_with_every_column(sweeps, capsys):
-    assert compare.main([str(sweeps), "--format", "csv"]) == 0
+    assert compare_cli.main([str(sweeps), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 7
     assert list(rows[0])[:4] == [
@@ -195,7 +197,7 @@ def test_csv_holds_one_row_per_run_with_every_column(sweeps, capsys):
 def test_plot_writes_a_png_of_the_curves(sweeps, capsys, tmp_path):
     png = tmp_path / "curves.png"
     args = [str(sweeps), "--group-by", "training.batch_size", "--plot", str(png)]
-    assert compare.main(args) == 0
+    assert compare_cli.main(args) == 0
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
@@ -241,7 +243,7 @@ def test_mixed_metric_sets_and_commits_compare_with_gaps(two_runs, capsys):
     assert rows[str(a)]["noise_floor_loss"] is None
     assert rows[str(a)]["improvement_vs_constant_pct"] is None
     assert rows[str(b)]["noise_floor_loss"] == 0.0025000000000000005
-    assert compare.main([str(a.parent)]) == 0
+    assert compare_cli.main([str(a.parent)]) == 0
     terminal = capsys.readouterr().out
     header = terminal.split("Runs, sorted by final_val_loss:\n\n")[1].splitlines()[0]
     assert "commit_hash" in header  # two commits: a column, not the shared header line
@@ -267,11 +269,12 @@ def test_val_loss_above_constant_while_train_normal_failed_to_generalize(two_run
         "val loss 0.213628 > constant 0.035517 while train loss 0.031628 <= constant 0.035541"
     )
     assert rows[str(b)]["status"] == "ok"  # a real 3-epoch run: train loss above its baseline
-    assert compare.classify(
-        metrics | {"final_val_loss": 0.026214, "final_test_loss": 0.030967}
-    ) == ("ok", "")
+    assert classify(metrics | {"final_val_loss": 0.026214, "final_test_loss": 0.030967}) == (
+        "ok",
+        "",
+    )
     latent1d = {"final_train_loss": 0.1026, "final_val_loss": 0.0570, "final_test_loss": 0.0585}
-    assert compare.classify(metrics | latent1d) == (  # a 1-d latent learned nothing
+    assert classify(metrics | latent1d) == (  # a 1-d latent learned nothing
         "ok",
         "no better than the constant model on any split",
     )
@@ -372,8 +375,8 @@ def test_swept_parameters_skip_cache_paths_and_fold_presets():
             "training.batch_size": 64,
         },
     ]
-    runs = [compare.Run(Path(str(i)), params=c) for i, c in enumerate(configs)]
-    runs.append(compare.Run(Path("broken"), status="failed"))  # no config: not compared
+    runs = [Run(Path(str(i)), params=c) for i, c in enumerate(configs)]
+    runs.append(Run(Path("broken"), status="failed"))  # no config: not compared
     # queue follows the preset (folded into hardware.name); slots varies within a100 (kept)
     assert compare.swept_parameters(runs) == [
         "hardware.name",
@@ -403,7 +406,7 @@ def test_bad_input_is_one_line_naming_the_option(two_runs, tmp_path, capsys, arg
     empty = tmp_path / "empty"
     empty.mkdir()
     argv = [a.format(sweep=two_runs[0].parent, empty=empty) for a in args]
-    assert compare.main(argv) == 2
+    assert compare_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert re.match("error: " + message, err), err

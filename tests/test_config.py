@@ -6,7 +6,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from latent_evolution.config import Config, ConfigError, to_config
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.schema import Config
+from latent_evolution.errors import ConfigError
 from tests.conftest import CONF
 
 GROUP_OPTIONS = [

@@ -1,4 +1,4 @@
-"""The CUDA paths: streamed batches wait for their copies, device-resident batches, NVML
+"""The CUDA paths: host-staged batches wait for their copies, device-resident batches, NVML
 by UUID. Marked `cuda`: they run wherever a GPU is and are reported as not run elsewhere
 (tests/conftest.py)."""
 
@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_evolution.config import Config, DataConfig, HardwareConfig, ModelConfig
-from latent_evolution.data import BatchSource, Dataset, Split, gather_batch
-from latent_evolution.metrics import GPUMonitor
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.schema import Config, DataConfig, HardwareConfig, ModelConfig
+from latent_evolution.data.batches import gather_batch
+from latent_evolution.data.dataset import Dataset
+from latent_evolution.data.resident import ResidentSplit
+from latent_evolution.training.gpu_monitor import GPUMonitor
+from latent_evolution.training.trainer import Trainer
 from tests.helpers import child_env, wait_for
 
 pytestmark = pytest.mark.cuda
@@ -23,18 +25,21 @@ CUDA = torch.device("cuda")
 N, N_INPUT, TU = 64, 8, 2
 
 
-def host_dataset(streamed: bool) -> Dataset:
+def host_dataset(staged: bool) -> Dataset:
+    """Splits in host memory; staged: for a CUDA run, batches copied through staging buffers."""
     g = torch.Generator().manual_seed(0)
+    device = CUDA if staged else torch.device("cpu")
 
-    def split(frames: int) -> Split:
-        return Split(torch.randn(frames, N, generator=g), torch.randn(frames, N_INPUT, generator=g))
+    def split(frames: int) -> ResidentSplit:
+        x = torch.randn(frames, N, generator=g)
+        return ResidentSplit(x, torch.randn(frames, N_INPUT, generator=g), device, staged)
 
-    return Dataset(split(300), split(60), split(60), Path("synthetic"), 0.05, {}, streamed)
+    return Dataset(split(300), split(60), split(60), Path("synthetic"), 0.05, {})
 
 
 def on_device(data: Dataset) -> Dataset:
-    def moved(s: Split) -> Split:
-        return Split(s.x.to(CUDA), s.stim.to(CUDA))
+    def moved(s: ResidentSplit) -> ResidentSplit:
+        return ResidentSplit(s.x.to(CUDA), s.stim.to(CUDA), CUDA)
 
     return replace(data, train=moved(data.train), val=moved(data.val), test=moved(data.test))
 
@@ -43,40 +48,39 @@ def reference(data: Dataset, seed: int, steps: int, batch: int) -> list:
     starts = torch.randint(
         len(data.train) - TU, (steps, batch), generator=torch.Generator().manual_seed(seed)
     )
-    return [gather_batch(data.train, s, TU, True) for s in starts]
+    return [gather_batch(data.train.x, data.train.stim, s, TU, True) for s in starts]
 
 
-def test_streamed_batches_wait_for_their_copy_before_the_step_reads_them(monkeypatch):
+def test_host_staged_batches_wait_for_their_copy_before_the_step_reads_them(monkeypatch):
     """Each copy starts late (a GPU sleep on the side stream first): a training stream that
     did not wait for it would read the batch's memory before the copy wrote it."""
-    copy = BatchSource._copy
+    copy = ResidentSplit._copy
 
-    def late_copy(self: BatchSource, host: tuple, stream: torch.cuda.Stream | None) -> tuple:
+    def late_copy(self: ResidentSplit, host: tuple, stream: torch.cuda.Stream | None) -> tuple:
         with torch.cuda.stream(stream):
             torch.cuda._sleep(50_000_000)  # GPU cycles: some 25 ms at 2 GHz
         return copy(self, host, stream)
 
-    monkeypatch.setattr(BatchSource, "_copy", late_copy)
-    data = host_dataset(streamed=True)
-    source = BatchSource(data, CUDA, TU, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(ResidentSplit, "_copy", late_copy)
+    data = host_dataset(staged=True)
+    batches = data.train.random(16, 6, True, torch.Generator().manual_seed(3), TU)
     # clone() runs on the training stream at once, as a step's first kernel would
-    got = [tuple(t.clone() for t in b) for b in source.random(data.train, 16, 6, True)]
+    got = [tuple(t.clone() for t in b) for b in batches]
     for batch, want in zip(got, reference(data, 3, 6, 16), strict=True):
         assert all(t.is_cuda for t in batch)
         assert all(torch.equal(u.cpu(), v) for u, v in zip(batch, want, strict=True))
 
 
 def test_device_resident_batches_are_gathered_on_the_device():
-    host = host_dataset(streamed=False)
+    host = host_dataset(staged=False)
     data = on_device(host)
-    source = BatchSource(data, CUDA, TU, torch.Generator().manual_seed(5))
-    got = list(source.random(data.train, 16, 4, True))
+    got = list(data.train.random(16, 4, True, torch.Generator().manual_seed(5), TU))
     for batch, want in zip(got, reference(host, 5, 4, 16), strict=True):
         assert all(t.device.type == "cuda" for t in batch)
         assert all(torch.equal(u.cpu(), v) for u, v in zip(batch, want, strict=True))
 
 
-def test_streamed_and_device_resident_data_train_alike_on_the_gpu(tmp_path):
+def test_host_staged_and_device_resident_data_train_alike_on_the_gpu(tmp_path):
     config = Config(
         model=ModelConfig(latent_dims=8),
         data=DataConfig(n_input=N_INPUT),
@@ -86,18 +90,18 @@ def test_streamed_and_device_resident_data_train_alike_on_the_gpu(tmp_path):
     runs = {}
     for name, data in (
         ("resident", on_device(host_dataset(False))),
-        ("streamed", host_dataset(True)),
+        ("host_staged", host_dataset(True)),
     ):
         trainer = Trainer(config, tmp_path / name, data=data)
         assert all(p.is_cuda for p in trainer.model.parameters())
         runs[name] = trainer.fit()
     for key in ("final_train_loss", "final_val_loss", "final_test_loss"):
-        assert runs["streamed"][key] == pytest.approx(runs["resident"][key], rel=1e-5), key
+        assert runs["host_staged"][key] == pytest.approx(runs["resident"][key], rel=1e-5), key
 
 
 NVML_PROBE = """
 import pynvml, torch
-from latent_evolution.metrics import GPUMonitor
+from latent_evolution.training.gpu_monitor import GPUMonitor
 with GPUMonitor(torch.device("cuda:0"), interval_s=0.01) as monitor:
     uuid = pynvml.nvmlDeviceGetUUID(monitor._handle)
 print(uuid.decode() if isinstance(uuid, bytes) else uuid, monitor.stats.gpu_type, sep="\\n")

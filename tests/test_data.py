@@ -13,19 +13,21 @@ import numpy as np
 import pytest
 import torch
 
-from latent_evolution import simulation_folder
-from latent_evolution.config import (
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.schema import (
     Config,
-    ConfigError,
     DataConfig,
     SplitsConfig,
     TrainingConfig,
-    to_config,
     validate,
 )
-from latent_evolution.data import BatchSource, embedded_folder, gather_batch, load_dataset
-from latent_evolution.simulation_folder import COLUMNS, DATA_FILE, check_simulation
-from latent_evolution.trainer import Trainer
+from latent_evolution.data import simulation_folder
+from latent_evolution.data.batches import gather_batch
+from latent_evolution.data.dataset import load_dataset
+from latent_evolution.data.simulation_folder import COLUMNS, DATA_FILE, check_simulation
+from latent_evolution.data.simulator import embedded_folder
+from latent_evolution.errors import BadFileError, ConfigError
+from latent_evolution.training.trainer import Trainer
 from tests.helpers import SHORT_ROLLOUT, run_module
 
 T, N, N_INPUT = 40, 6, 2
@@ -79,7 +81,7 @@ def test_bad_file_is_one_line_naming_the_file(tmp_path, array, match):
         folder_with(tmp_path, array)
     where = re.escape(str(tmp_path))
     prefix = rf"^data\.path='{where}': {where}/x_list_0\.npy "
-    with pytest.raises(ConfigError, match=prefix + match) as exc:
+    with pytest.raises(BadFileError, match=prefix + match) as exc:
         check_simulation(tmp_path, sim_config(tmp_path))
     one_line(exc)
 
@@ -87,7 +89,7 @@ def test_bad_file_is_one_line_naming_the_file(tmp_path, array, match):
 def test_truncated_file_is_caught_from_its_size(tmp_path):
     path = folder_with(tmp_path, hand_made()) / DATA_FILE
     os.truncate(path, path.stat().st_size - 1)
-    with pytest.raises(ConfigError, match=r"is truncated: \d+ bytes, its header needs \d+$"):
+    with pytest.raises(BadFileError, match=r"is truncated: \d+ bytes, its header needs \d+$"):
         check_simulation(tmp_path, sim_config(tmp_path))
 
 
@@ -154,7 +156,7 @@ def test_non_finite_selected_frames_name_split_and_frame(
     x = hand_made()
     x[frame, neuron, COLUMNS[column]] = value
     folder_with(tmp_path, x)
-    with pytest.raises(ConfigError, match=match) as exc:
+    with pytest.raises(BadFileError, match=match) as exc:
         load_dataset(sim_config(tmp_path), CPU)
     one_line(exc)
 
@@ -188,7 +190,7 @@ def test_column_and_stimulus_of_each_split_are_the_selected_frames(tmp_path, mon
         split = getattr(data, name)
         assert np.array_equal(split.x.numpy(), x[start:stop, :, COLUMNS[column]])
         assert np.array_equal(split.stim.numpy(), x[start:stop, :N_INPUT, COLUMNS["STIMULUS"]])
-    assert data.noise_std is None and not data.streamed
+    assert data.noise_std is None and not data.train.host_staged
 
 
 def test_embedded_and_simulation_folders_load_through_one_reader(compose, tmp_path):
@@ -242,19 +244,21 @@ def test_fly_preset_holds_the_lab_numbers_and_guards_the_shape(compose, monkeypa
 
 
 def batches(data, seed: int, every_step: bool) -> list:
-    source = BatchSource(data, CPU, 3, torch.Generator().manual_seed(seed))
-    drawn = [tuple(t.clone() for t in b) for b in source.random(data.train, 4, 5, every_step)]
-    return drawn + [tuple(t.clone() for t in b) for b in source.ordered(data.val, 3)]
+    drawn = data.train.random(4, 5, every_step, torch.Generator().manual_seed(seed), 3)
+    got = [tuple(t.clone() for t in b) for b in drawn]  # a staged batch lives until the next
+    return got + [tuple(t.clone() for t in b) for b in data.val.ordered(3, 3)]
+
+
+def gather(split, starts, every_step: bool) -> tuple:
+    return gather_batch(split.x, split.stim, starts, 3, every_step)
 
 
 @pytest.mark.parametrize("every_step", [True, False])
-def test_streamed_batches_equal_resident_ones_and_the_reference_gather(tmp_path, every_step):
+def test_host_staged_batches_equal_resident_ones_and_the_reference_gather(tmp_path, every_step):
     folder_with(tmp_path, hand_made())
-    resident, streamed = (
-        load_dataset(sim_config(tmp_path, device=d), CPU) for d in ("auto", "cpu")
-    )
-    assert streamed.streamed and not resident.streamed
-    got = batches(streamed, 1, every_step)
+    resident, staged = (load_dataset(sim_config(tmp_path, device=d), CPU) for d in ("auto", "cpu"))
+    assert staged.train.host_staged and not resident.train.host_staged
+    got = batches(staged, 1, every_step)
     assert len(got) == 5 + 2  # val has 8 frames: 5 start frames, in batches of 3 and 2
     for a, b in zip(got, batches(resident, 1, every_step), strict=True):
         assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
@@ -262,7 +266,7 @@ def test_streamed_batches_equal_resident_ones_and_the_reference_gather(tmp_path,
     for k, s in enumerate(starts):
         assert all(
             torch.equal(u, v)
-            for u, v in zip(got[k], gather_batch(resident.train, s, 3, every_step), strict=True)
+            for u, v in zip(got[k], gather(resident.train, s, every_step), strict=True)
         )
     x_t, stim, targets = got[0]
     assert (
@@ -289,7 +293,7 @@ def test_data_on_host_trains_bitwise_like_device_resident_data(compose, tmp_path
         trainer = Trainer(
             to_config(compose(*overrides, f"data.device={device}")), tmp_path / device
         )
-        assert trainer.data.streamed == (device == "cpu")
+        assert trainer.data.train.host_staged == (device == "cpu")
         runs[device] = (trainer.fit(), trainer.history)
     (m_auto, h_auto), (m_cpu, h_cpu) = runs["auto"], runs["cpu"]
     strip = [{k: v for k, v in row.items() if k != "epoch_duration_seconds"} for row in h_auto]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from latent_evolution.config import Config
-from latent_evolution.run_folder import METRICS
+from latent_evolution.config.schema import Config
+from latent_evolution.runs.folder import METRICS
 from tests.conftest import CONF, ROOT
 from tests.helpers import SHORT_ROLLOUT
 
@@ -97,6 +97,6 @@ def test_a_sweep_preset_without_dash_m_checks_every_job_first(tmp_path):
 
 
 def test_conf_dir_is_the_checkouts_conf():
-    from latent_evolution.train import conf_dir
+    from latent_evolution.config.compose import conf_dir
 
     assert Path(conf_dir()) == ROOT / "conf"

@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from latent_evolution.config import to_config
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.compose import to_config
+from latent_evolution.training.trainer import Trainer
 from tests.helpers import TINY
 
 
@@ -34,4 +34,4 @@ def test_patience_stops_early_and_keeps_loadable_best_weights(compose, tmp_path)
     assert metrics["best_metric_name"] == "val_loss"
     state = torch.load(tmp_path / "best_model.pt", weights_only=True)
     t.model.load_state_dict(state)
-    assert float(t.evaluate(t.data.val)) == metrics["best_val_loss"] == best
+    assert float(t.split_loss(t.data.val)) == metrics["best_val_loss"] == best

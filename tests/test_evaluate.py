@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_evolution import evaluate
-from latent_evolution.run_folder import (
+from latent_evolution.cli import evaluate
+from latent_evolution.runs.folder import (
     BEST_MODEL,
     EVALUATIONS,
     MODEL,
     ROLLOUT_CURVE,
     ROLLOUT_STARTS,
-    read_metrics,
     rollout_key,
 )
+from latent_evolution.runs.metrics import read_metrics
 from tests.helpers import run_module
 from tests.test_rollout import trained
 
@@ -90,6 +90,7 @@ def test_best_weights_and_other_data(run, capsys):
         ("run", ["{run}", "data=nope"], r"^data=nope: must be one of"),
         ("run", ["{run}", "evaluation.starts=0"], r"^evaluation\.starts=0: must be a positive"),
         ("run", ["{run}", "optimized_metric=nope"], r"^optimized_metric='nope': must be one of"),
+        ("run", ["{run}", "evaluation.seed=1,2"], r"gives several values \(a sweep\)"),
     ],
     ids=[
         "not-a-run",
@@ -99,6 +100,7 @@ def test_best_weights_and_other_data(run, capsys):
         "bad-group",
         "bad-value",
         "bad-top-level-value",
+        "a-sweep",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(compose, tmp_path, capsys, make, args, message):
@@ -125,3 +127,52 @@ def test_the_command_line_exits_2_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: RUN_DIR=") and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------- arguments, Hydra's parser
+
+
+def test_a_run_folder_named_like_an_override_is_a_run(run, tmp_path, capsys):
+    """Hydra's `${hydra.job.override_dirname}` sub-folders look like overrides."""
+    _, run_dir = run
+    named = tmp_path / "lr=0.1,seed=2"
+    run_dir.rename(named)
+    assert evaluate.main([str(named), "evaluation.seed=1"]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert folder.parent == named / EVALUATIONS and read_metrics(folder)["final_val_loss"]
+
+
+def test_overrides_are_read_by_hydras_parser(run):
+    """`~key` takes a key back to the schema's default, `++key=v` sets it, a value keeps its
+    type as Hydra reads it."""
+    _, run_dir = run
+    config = evaluate.run_config(
+        run_dir, ["~evaluation.starts", "++evaluation.seed=3", "evaluation.horizons=[1,5]"]
+    )
+    assert (config.evaluation.starts, config.evaluation.seed) == (64, 3)
+    assert config.evaluation.horizons == [1, 5]
+    assert config.evaluation.max_horizon == 30  # the run's own value, untouched
+    # with a group choice: only the group is composed by Hydra, the keys apply to the run's
+    with_group = evaluate.run_config(run_dir, ["data=tiny", "++evaluation.seed=3", "~data.path"])
+    assert (with_group.data.name, with_group.evaluation.seed) == ("tiny", 3)
+
+
+def test_a_group_option_on_the_runs_searchpath_is_found(run, tmp_path):
+    """A site's config groups, on the run's hydra.searchpath, are options like conf/'s."""
+    from omegaconf import OmegaConf
+
+    _, run_dir = run
+    site = tmp_path / "site"
+    (site / "data").mkdir(parents=True)
+    (site / "data" / "site_sim.yaml").write_text(
+        "name: site_sim\nsource: embedded\nn_input: 32\nembedded:\n  n_neurons: 128\n"
+    )
+    OmegaConf.save({"hydra": {"searchpath": [f"file://{site}"]}}, run_dir / ".hydra/hydra.yaml")
+    config = evaluate.run_config(run_dir, ["data=site_sim"])
+    assert (config.data.name, config.data.embedded.n_neurons) == ("site_sim", 128)
+
+
+def test_an_argument_that_is_neither_a_folder_nor_an_override_is_one_line(capsys, tmp_path):
+    assert evaluate.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "neither an existing run folder nor an override" in err

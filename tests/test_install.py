@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from latent_evolution.run_folder import HYDRA_CONFIG, METRICS, RunStatus
+from latent_evolution.runs.folder import HYDRA_CONFIG, METRICS, RunStatus
 from tests.conftest import ROOT
 
 TINY = ("data=tiny", "model=small", "hardware=cpu", "training.epochs=1")

@@ -21,9 +21,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from latent_evolution.config import to_config
+from latent_evolution.cluster.scheduler import lsf_element
+from latent_evolution.config.compose import to_config
 from latent_evolution.files import claim_new_dir
-from latent_evolution.lsf import lsf_element
 from tests.conftest import CONF
 from tests.test_search import SEARCH_PRESETS
 
@@ -293,7 +293,7 @@ def test_a_failing_job_lets_the_others_finish_and_is_named_with_its_rerun(slurm_
 
 
 def test_status_joins_squeue_with_the_runs_of_a_detached_slurm_sweep(slurm_cluster, tmp_path):
-    from latent_evolution import status
+    from latent_evolution.cli import status
 
     done = sweep(
         tmp_path,
@@ -307,7 +307,7 @@ def test_status_joins_squeue_with_the_runs_of_a_detached_slurm_sweep(slurm_clust
     )
     assert done.returncode == 0, done.stderr  # returned at once: the jobs are queued
     folder = the_sweep_dir(tmp_path)
-    first = status.job_rows([folder])  # a job takes seconds to start: squeue still lists it
+    first = status.rows([folder])  # a job takes seconds to start: squeue still lists it
     assert [(j.num, j.scheduler) for j in first] == [(0, "slurm"), (1, "slurm")]
     assert {j.scheduler_id for j in first} == {r["job_id"] for r in submitted(tmp_path)}
     assert all(j.scheduler_state in ("PENDING", "RUNNING", "COMPLETING") for j in first)

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from latent_evolution.config import ModelConfig, to_config
-from latent_evolution.linear import OneDNNLinear, place_model
-from latent_evolution.model import LatentModel, head_errors
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.schema import ModelConfig
+from latent_evolution.model.cpu_kernels import OneDNNLinear, place_model
+from latent_evolution.model.latent import LatentModel, head_errors
+from latent_evolution.training.trainer import Trainer
 from tests.helpers import TINY
 
 WIDE_IN, WIDE_OUT = (700, 32), (32, 700)

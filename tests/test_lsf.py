@@ -16,8 +16,7 @@ import pytest
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from latent_evolution.config import ConfigError
-from latent_evolution.lsf import (
+from latent_evolution.cluster.lsf import (
     FINISHED_STATES,
     PENDING_STATES,
     RUNNING_STATES,
@@ -25,13 +24,17 @@ from latent_evolution.lsf import (
     LSFExecutor,
     LSFJob,
     is_finished,
-    lsf_element,
     make_bsub_script,
+    parse_submit_output,
+)
+from latent_evolution.cluster.scheduler import (
+    lsf_element,
+    lsf_report_name,
     parse_bjobs_output,
     parse_not_found,
-    parse_submit_output,
     submitit_id,
 )
+from latent_evolution.errors import ConfigError
 
 if TYPE_CHECKING:  # imported by pytest_plugins below (an earlier import skips assert rewriting)
     from tests.lsf_standin import StandIn
@@ -178,6 +181,12 @@ def test_array_ids_map_lsf_one_based_to_submitit_zero_based() -> None:
     assert submitit_id("123", 0) == "123"  # LSB_JOBINDEX=0: not an array
     assert submitit_id("123", 4) == "123_3"
     assert all(lsf_element(submitit_id("77", i)) == f"77[{i}]" for i in range(1, 5))
+    # LSF's -o file of each (%J_%I), and none for another launcher's job id
+    assert [lsf_report_name(i) for i in ("123", "123_0", "my_app_3")] == [
+        "123_lsf.out",
+        "123_1_lsf.out",
+        None,
+    ]
 
 
 def test_parse_submit_output() -> None:

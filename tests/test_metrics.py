@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from latent_evolution.config import ModelConfig
-from latent_evolution.metrics import GPUMonitor, commit_hash, peak_flops
-from latent_evolution.model import LatentModel
+from latent_evolution.config.schema import ModelConfig
+from latent_evolution.model.latent import LatentModel
+from latent_evolution.runs.metrics import commit_hash
+from latent_evolution.training.gpu_monitor import GPUMonitor, peak_flops
 from tests.helpers import ROOT
 
 

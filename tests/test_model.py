@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from latent_evolution.config import LOSSES, MLPConfig, ModelConfig, StimulusEncoderConfig
-from latent_evolution.linear import place_model
-from latent_evolution.model import LOSS_FUNCTIONS, MLP, LatentModel, constant_baseline, l1_penalty
+from latent_evolution.config.schema import LOSSES, MLPConfig, ModelConfig, StimulusEncoderConfig
+from latent_evolution.data.batches import constant_baseline
+from latent_evolution.model.cpu_kernels import place_model
+from latent_evolution.model.latent import LOSS_FUNCTIONS, MLP, LatentModel, l1_penalty
 
 
 def small_model_config(latent_dims: int, **kw) -> ModelConfig:

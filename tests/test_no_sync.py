@@ -15,8 +15,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from latent_evolution.config import COMPILE_MODES, to_config
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.schema import COMPILE_MODES
+from latent_evolution.training.trainer import Trainer
 
 TINY = ("data=tiny", "model=small", "hardware=cpu", "data.splits.train=[200,1200]")
 aten = torch.ops.aten
@@ -66,14 +67,14 @@ def trainer_for(compose, tmp_path, *extra: str) -> Trainer:
 @pytest.mark.parametrize(
     "extra",
     [(), ("data.device=cpu",), ("data.stream.enabled=true", "data.stream.chunk_frames=256")],
-    ids=["device-resident", "host-resident", "streamed"],
+    ids=["device-resident", "host-staged", "streamed"],
 )
 def test_an_epoch_and_a_validation_wait_for_nothing(compose, tmp_path, extra):
     trainer = trainer_for(compose, tmp_path, "training.grad_clip_norm=1.0", *extra)
     trainer.train_epoch()  # warm-up: lazily created optimizer state, allocator, kernels
     with HostWaits() as mode:
         parts = trainer.train_epoch()
-        val = trainer.evaluate(trainer.data.val)
+        val = trainer.split_loss(trainer.data.val)
     assert mode.waits == []
     assert mode.seen > trainer.steps_per_epoch * 20  # it saw the steps' ops
     assert torch.isfinite(torch.cat([parts, val.view(1)])).all()  # read after the region
@@ -86,7 +87,7 @@ def test_the_compiled_step_has_no_graph_break(compose, tmp_path, mode):
     torch._dynamo.reset()
     counters.clear()
     trainer = trainer_for(compose, tmp_path, f"hardware.compile={mode}")
-    batch = next(iter(trainer.batches.random(trainer.data.train, 32, 1, False)))
+    batch = next(trainer.data.train.random(32, 1, False, trainer.batch_rng, 1))
     trainer.step(*batch)
     assert trainer.step.compiled  # compiled, not the eager fallback
     assert dict(counters["graph_break"]) == {}
@@ -100,7 +101,7 @@ def test_the_compiled_step_has_no_graph_break(compose, tmp_path, mode):
 )
 def test_a_rollout_waits_for_nothing(compose, tmp_path, extra):
     """Every start, every step: the sums stay on the device until rollout_split reads them."""
-    from latent_evolution.rollout import draw_starts, rollout_sums
+    from latent_evolution.evaluation.rollout import draw_starts, rollout_sums
 
     trainer = trainer_for(
         compose,
@@ -113,7 +114,7 @@ def test_a_rollout_waits_for_nothing(compose, tmp_path, extra):
     )
     ev, window = trainer.config.evaluation, list(trainer.config.data.splits.val)
     offsets = draw_starts(window, ev, "val")
-    args = (trainer.model, trainer.data.val, offsets, ev, trainer.device, trainer.autocast)
+    args = (trainer.model, trainer.data.val, offsets, ev, trainer.autocast)
     rollout_sums(*args)  # warm-up
     with HostWaits() as mode:
         sums = rollout_sums(*args)

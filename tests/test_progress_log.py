@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from latent_evolution.config import to_config
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.compose import to_config
+from latent_evolution.training.trainer import Trainer
 
 
 class Terminal(io.StringIO):

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_evolution.checkpoint import check_same_run
-from latent_evolution.config import ConfigError, to_config
-from latent_evolution.epoch_log import read_epoch_log
-from latent_evolution.preemption import DeferredSignals
-from latent_evolution.train import train_or_resume
-from latent_evolution.trainer import Trainer
+from latent_evolution.cli.train import train_or_resume
+from latent_evolution.config.compose import to_config
+from latent_evolution.errors import BadFileError, ConfigError
+from latent_evolution.runs.epoch_log import read_epoch_log
+from latent_evolution.training.checkpoint import check_same_run
+from latent_evolution.training.preemption import DeferredSignals
+from latent_evolution.training.trainer import Trainer
 from tests.helpers import TINY, run_module, start_module, wait_for
 
 EPOCHS = 12
@@ -153,7 +154,7 @@ def test_finished_run_is_returned_not_trained_again(compose, tmp_path, monkeypat
     def no_training(*args):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("latent_evolution.trainer.Trainer", no_training)
+    monkeypatch.setattr("latent_evolution.training.trainer.Trainer", no_training)
     assert train_or_resume(config, tmp_path) == json.loads(json.dumps(first))
 
 
@@ -233,12 +234,12 @@ def test_truncated_checkpoint_is_one_line_naming_the_file(compose, tmp_path):
     Trainer(config, tmp_path).fit()
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:100])  # a full disk cut it short
-    with pytest.raises(ConfigError, match=r"checkpoint\.pt.*delete it to start over$"):
+    with pytest.raises(BadFileError, match=r"checkpoint\.pt.*delete it to start over$"):
         Trainer(config, tmp_path).resume()
 
 
 def test_a_save_failing_mid_write_leaves_the_last_checkpoint_loadable(compose, tmp_path):
-    from latent_evolution.checkpoint import load_checkpoint, save_checkpoint
+    from latent_evolution.training.checkpoint import load_checkpoint, save_checkpoint
 
     config = to_config(compose(*TINY, "training.epochs=1"))
     Trainer(config, tmp_path).fit()
@@ -263,4 +264,17 @@ def test_a_checkpoint_from_before_the_column_cache_resumes_with_it_on_or_off(com
     check_same_run(saved, current)
     current["data"]["stream"]["chunk_frames"] += 1  # what is learnt: refused
     with pytest.raises(ConfigError, match=r"^data\.stream\.chunk_frames="):
+        check_same_run(saved, current)
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_at_that_keys_default(compose):
+    """A key added to the schema after the checkpoint was written (here model.zero_init_evolver,
+    deleted from the saved config): at its default the run is the one the checkpoint holds;
+    set away from it, it is another run."""
+    current = dataclasses.asdict(to_config(compose(*TINY)))
+    saved = copy.deepcopy(current)
+    del saved["model"]["zero_init_evolver"]
+    check_same_run(saved, current)
+    current["model"]["zero_init_evolver"] = True
+    with pytest.raises(ConfigError, match=r"^model\.zero_init_evolver=True: this run folder"):
         check_same_run(saved, current)

@@ -10,18 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from latent_evolution import compare
-from latent_evolution.config import EvaluationConfig, to_config
-from latent_evolution.epoch_log import EpochLog, read_epoch_log
+from latent_evolution.analysis import compare
+from latent_evolution.analysis.report import draw_rollout
+from latent_evolution.cli import compare as compare_cli
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.schema import EvaluationConfig
+from latent_evolution.data.simulation_folder import COLUMNS, DATA_FILE
 from latent_evolution.errors import ConfigError
-from latent_evolution.rollout import (
+from latent_evolution.evaluation.rollout import (
     SplitRollout,
     draw_starts,
     rollout_metrics,
     run_rollout,
     stability,
 )
-from latent_evolution.run_folder import (
+from latent_evolution.runs.epoch_log import EpochLog, read_epoch_log
+from latent_evolution.runs.folder import (
     EPOCH_LOG,
     HYDRA_CONFIG,
     ROLLOUT_CELL_TYPES,
@@ -29,13 +33,12 @@ from latent_evolution.run_folder import (
     ROLLOUT_PLOT,
     ROLLOUT_STARTS,
     epoch_log_columns,
-    read_metrics,
     rollout_first_worse_key,
     rollout_key,
     rollout_max_key,
 )
-from latent_evolution.simulation_folder import COLUMNS, DATA_FILE
-from latent_evolution.trainer import Trainer
+from latent_evolution.runs.metrics import read_metrics
+from latent_evolution.training.trainer import Trainer
 from tests.helpers import TINY
 
 # a short rollout: tiny's val and test windows hold 600 frames
@@ -55,6 +58,7 @@ def trained(compose, run_dir: Path, *extra: str) -> tuple[Trainer, dict]:
     cfg = compose(*TINY, "training.epochs=2", *ROLLOUT, *extra)
     trainer = Trainer(to_config(cfg), run_dir)
     metrics = trainer.fit()
+    draw_rollout(run_dir)  # as the train command does after fit
     (run_dir / HYDRA_CONFIG).parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / HYDRA_CONFIG)
     return trainer, metrics
@@ -106,6 +110,7 @@ def test_the_default_experiment_writes_the_rollout(compose, tmp_path):
     """conf/config.yaml's defaults (one epoch, on the CPU): every rollout metric and file."""
     trainer = Trainer(to_config(compose("hardware=cpu", "training.epochs=1")), tmp_path)
     metrics = trainer.fit()
+    draw_rollout(tmp_path)  # as the train command does after fit
     check_constant_model_by_hand(trainer, metrics, tmp_path)
     for name in (ROLLOUT_STARTS, ROLLOUT_CURVE, ROLLOUT_CELL_TYPES, ROLLOUT_PLOT):
         assert (tmp_path / name).stat().st_size > 0
@@ -195,12 +200,8 @@ def test_streamed_splits_give_the_resident_numbers(compose, tmp_path, data_cache
     streamed = Trainer(to_config(streamed_cfg), tmp_path / "b")
     assert streamed.data.val.__class__.__name__ == "StreamedSplit"
     streamed.model.load_state_dict(resident.model.state_dict())
-    a = run_rollout(
-        resident.model, resident.data, resident.config, resident.device, resident.autocast
-    )
-    b = run_rollout(
-        streamed.model, streamed.data, streamed.config, streamed.device, streamed.autocast
-    )
+    a = run_rollout(resident.model, resident.data, resident.config, resident.autocast)
+    b = run_rollout(streamed.model, streamed.data, streamed.config, streamed.autocast)
     for split in ("val", "test"):
         assert a[split].starts == b[split].starts
         assert a[split].mse == b[split].mse
@@ -232,9 +233,9 @@ def test_compare_sorts_by_a_rollout_metric_and_overlays_rollouts(compose, tmp_pa
     assert list(result.runs[key]) == values == sorted(m[key] for m in runs.values())
     assert key in result.runs.columns and rollout_first_worse_key("test") in result.runs.columns
     png = tmp_path / "rollouts.png"
-    assert compare.main([str(tmp_path / "sweep"), "--plot", "rollout", str(png)]) == 0
+    assert compare_cli.main([str(tmp_path / "sweep"), "--plot", "rollout", str(png)]) == 0
     assert png.read_bytes().startswith(b"\x89PNG")
-    assert compare.main([str(tmp_path / "sweep"), "--plot", "loss", str(png)]) == 2
+    assert compare_cli.main([str(tmp_path / "sweep"), "--plot", "loss", str(png)]) == 2
 
 
 def test_a_split_too_short_for_the_rollout_is_one_line_naming_the_key():

@@ -7,12 +7,12 @@ import json
 import subprocess
 import sys
 
-from latent_evolution import compare
-from latent_evolution.run_folder import (
+from latent_evolution.analysis import compare
+from latent_evolution.runs.folder import RunStatus
+from latent_evolution.runs.metrics import (
     METRIC_KEYS,
     ROLLOUT_METRICS,
     Metrics,
-    RunStatus,
     classify,
     rollout_pattern,
 )
@@ -44,8 +44,8 @@ def test_one_status_each_for_not_finite_and_not_generalizing():
 
 
 def test_a_trained_run_writes_exactly_the_schemas_keys(compose, tmp_path):
-    from latent_evolution.config import to_config
-    from latent_evolution.trainer import Trainer
+    from latent_evolution.config.compose import to_config
+    from latent_evolution.training.trainer import Trainer
 
     config = to_config(compose("data=tiny", "model=small", "hardware=cpu", "training.epochs=1"))
     returned = Trainer(config, tmp_path).fit()
@@ -59,9 +59,9 @@ def test_a_trained_run_writes_exactly_the_schemas_keys(compose, tmp_path):
 
 def test_importing_lsf_touches_no_hydra_state():
     probe = (
-        "import sys, latent_evolution.lsf\n"
+        "import sys, latent_evolution.cluster.lsf\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'torch')]\n"
-        "heavy += [m for m in sys.modules if m == 'latent_evolution.config']\n"
+        "heavy += [m for m in sys.modules if m == 'latent_evolution.config.schema']\n"
         "from hydra.core.config_store import ConfigStore\n"
         "from omegaconf import OmegaConf\n"
         # Hydra's own entries: its 'hydra' group and an empty placeholder config

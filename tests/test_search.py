@@ -16,7 +16,8 @@ import pytest
 import yaml
 from hydra.types import RunMode
 
-from latent_evolution.run_folder import METRICS, RunStatus, objective, rollout_key
+from latent_evolution.runs.folder import METRICS, RunStatus, rollout_key
+from latent_evolution.runs.metrics import objective
 from tests.helpers import TINY, run_module
 
 SEARCH_PRESETS = ("batch_and_lr_optuna",)  # optuna searches, composed here, not as grids

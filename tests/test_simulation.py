@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from latent_evolution.config import DataConfig, EmbeddedConfig
-from latent_evolution.simulation_folder import COLUMNS, DATA_FILE, METADATA_FILE
-from latent_evolution.simulator import embedded_folder, simulate
+from latent_evolution.config.schema import DataConfig, EmbeddedConfig
+from latent_evolution.data.simulation_folder import COLUMNS, DATA_FILE, METADATA_FILE
+from latent_evolution.data.simulator import embedded_folder, simulate
 
 SMALL = EmbeddedConfig(n_neurons=40, n_frames=300, n_cell_types=5, seed=3)
 

@@ -17,21 +17,21 @@ import numpy as np
 import pytest
 import torch
 
-from latent_evolution import simulation_folder
-from latent_evolution.config import (
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.schema import (
     Config,
-    ConfigError,
     DataConfig,
     SplitsConfig,
     StreamConfig,
     TrainingConfig,
-    to_config,
     validate,
 )
-from latent_evolution.data import BatchSource, load_dataset
-from latent_evolution.simulation_folder import COLUMNS, DATA_FILE
-from latent_evolution.streaming import StreamedSplit, StreamError
-from latent_evolution.trainer import Trainer
+from latent_evolution.data import simulation_folder
+from latent_evolution.data.dataset import load_dataset
+from latent_evolution.data.simulation_folder import COLUMNS, DATA_FILE
+from latent_evolution.data.streaming import StreamedSplit, StreamError
+from latent_evolution.errors import BadFileError, ConfigError
+from latent_evolution.training.trainer import Trainer
 from tests.conftest import ROOT
 from tests.helpers import wait_for
 
@@ -70,9 +70,22 @@ def frame_of(values: torch.Tensor) -> torch.Tensor:
     return torch.round((values - 0.03) / 10).long()
 
 
-def source(folder: Path, seed: int = 0, tu: int = 1, **stream) -> tuple[BatchSource, object]:
+class Batches:
+    """A split's batches with one generator and time_units, as the trainer asks for them."""
+
+    def __init__(self, seed: int, tu: int):
+        self.generator, self.tu = torch.Generator().manual_seed(seed), tu
+
+    def random(self, split, batch_size: int, steps: int, every_step: bool):
+        return split.random(batch_size, steps, every_step, self.generator, self.tu)
+
+    def ordered(self, split, batch_size: int):
+        return split.ordered(batch_size, self.tu)
+
+
+def source(folder: Path, seed: int = 0, tu: int = 1, **stream) -> tuple[Batches, object]:
     data = load_dataset(stream_config(folder, **stream), CPU)
-    return BatchSource(data, CPU, tu, torch.Generator().manual_seed(seed)), data
+    return Batches(seed, tu), data
 
 
 # ------------------------------------------------------------------------ the frames
@@ -176,7 +189,7 @@ def test_kept_columns_are_written_once_and_read_instead_of_the_recording(folder,
         return [t.clone() for batch in drawn for t in batch]
 
     from_recording = draw(column_cache=False)
-    from latent_evolution import streaming
+    from latent_evolution.data import streaming
 
     monkeypatch.setattr(streaming, "read_window", None)  # no chunk read from the recording
     assert all(torch.equal(a, b) for a, b in zip(draw(True), from_recording, strict=True))
@@ -198,7 +211,7 @@ def test_a_rewritten_recording_gets_new_columns(folder):
 
 
 def test_without_room_for_the_columns_the_recording_itself_streams(folder, monkeypatch, caplog):
-    from latent_evolution import column_cache
+    from latent_evolution.data import column_cache
 
     usage = shutil.disk_usage(folder)
     monkeypatch.setattr(column_cache.shutil, "disk_usage", lambda path: usage._replace(free=2**30))
@@ -227,7 +240,7 @@ def test_a_damaged_columns_folder_leaves_the_recording_to_stream(folder, caplog,
 
 
 def test_a_failed_write_leaves_no_columns_and_the_recording_streams(folder, monkeypatch):
-    from latent_evolution import column_cache
+    from latent_evolution.data import column_cache
 
     def full_disk(tmp: Path, *args) -> None:
         (tmp / "train.x.npy").write_bytes(b"half")
@@ -242,7 +255,7 @@ def test_a_failed_write_leaves_no_columns_and_the_recording_streams(folder, monk
 
 
 def test_a_recording_changed_while_its_columns_are_written_gets_none(folder, monkeypatch):
-    from latent_evolution import column_cache
+    from latent_evolution.data import column_cache
 
     write = column_cache._write
 
@@ -307,7 +320,7 @@ def test_a_nan_in_the_recording_is_one_line_before_any_training(tmp_path):
     x = coded()
     x[300, 1, COLUMNS["VOLTAGE"]] = np.nan
     np.save(tmp_path / DATA_FILE, x)
-    with pytest.raises(ConfigError, match=r"has NaN in VOLTAGE at frame 300, neuron 1$"):
+    with pytest.raises(BadFileError, match=r"has NaN in VOLTAGE at frame 300, neuron 1$"):
         load_dataset(stream_config(tmp_path), CPU)
     assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written left
 
@@ -418,7 +431,7 @@ def streamed_trainer(compose, run_dir: Path, folder: Path, *extra: str) -> Train
 
 @pytest.fixture
 def tiny_copy(compose, tmp_path) -> Path:
-    from latent_evolution.data import embedded_folder
+    from latent_evolution.data.simulator import embedded_folder
 
     folder = tmp_path / "sim"
     folder.mkdir()
@@ -452,7 +465,7 @@ def test_file_changed_under_the_run_stops_it_after_a_checkpoint(compose, tmp_pat
 def test_read_error_names_file_and_frames_after_a_checkpoint(
     compose, tmp_path, tiny_copy, monkeypatch, column_cache
 ):
-    from latent_evolution import column_cache as kept_columns
+    from latent_evolution.data import column_cache as kept_columns
 
     cache = f"data.stream.column_cache={column_cache}"
     trainer = streamed_trainer(compose, tmp_path / "run", tiny_copy, cache)
@@ -478,7 +491,7 @@ def test_read_error_names_file_and_frames_after_a_checkpoint(
 def test_a_streamed_rollout_reads_checked_windows_into_the_chunk_slots(
     compose, tmp_path, tiny_copy, monkeypatch
 ):
-    from latent_evolution.rollout import run_rollout
+    from latent_evolution.evaluation.rollout import run_rollout
 
     trainer = streamed_trainer(compose, tmp_path / "run", tiny_copy)
     host = [t.numpy() for t in trainer.data.val.pool.host]
@@ -489,7 +502,7 @@ def test_a_streamed_rollout_reads_checked_windows_into_the_chunk_slots(
         real(self, chunk, out)
 
     monkeypatch.setattr(StreamedSplit, "read", read)
-    args = (trainer.model, trainer.data, trainer.config, trainer.device, trainer.autocast)
+    args = (trainer.model, trainer.data, trainer.config, trainer.autocast)
     run_rollout(*args)
     assert into_slots and all(into_slots)  # no frames held beyond the stream's budget
     path = tiny_copy / DATA_FILE
@@ -565,11 +578,10 @@ def test_abandoned_pass_does_not_keep_the_process_alive(folder):
         "        os._exit(4)\n"
         "atexit.register(check)\n"
         "import sys, torch\n"
-        "from latent_evolution.data import BatchSource, load_dataset\n"
+        "from latent_evolution.data.dataset import load_dataset\n"
         "from tests.test_streaming import stream_config\n"
         "data = load_dataset(stream_config(sys.argv[1]), torch.device('cpu'))\n"
-        "b = BatchSource(data, torch.device('cpu'), 1, torch.Generator().manual_seed(0))\n"
-        "it = b.random(data.train, 8, 50, False)\n"
+        "it = data.train.random(8, 50, False, torch.Generator().manual_seed(0), 1)\n"
         "next(it)\n"
         "sys.exit(3)\n"
     )

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_evolution.config import to_config
-from latent_evolution.data import Split, gather_batch
-from latent_evolution.trainer import CompiledStep, Trainer
+from latent_evolution.config.compose import to_config
+from latent_evolution.data.batches import gather_batch
+from latent_evolution.training.trainer import CompiledStep, Trainer
 from tests.helpers import TINY, run_module
 
 METRIC_NAMES = {  # the names the lab's scripts and tables already read
@@ -149,9 +149,9 @@ def test_cli_multirun_writes_two_complete_run_folders(tmp_path):
 @pytest.mark.parametrize("every_step", [False, True])
 def test_batches_pair_frame_t_with_the_stimulus_that_drives_t_plus_1(every_step):
     frames = torch.arange(50.0)
-    split = Split(x=frames[:, None].repeat(1, 4), stim=(1000 + frames)[:, None].repeat(1, 2))
+    x, stim = frames[:, None].repeat(1, 4), (1000 + frames)[:, None].repeat(1, 2)
     starts = torch.tensor([0, 7, 46])
-    x_t, stim, targets = gather_batch(split, starts, 3, every_step)
+    x_t, stim, targets = gather_batch(x, stim, starts, 3, every_step)
     assert torch.equal(x_t[:, 0], starts.float())
     # frame t holds the stimulus driving t+1: steps t..t+2 use stimuli t..t+2 to reach t+3
     assert torch.equal(stim[:, :, 0], 1000.0 + starts[:, None] + torch.arange(3))
@@ -170,7 +170,7 @@ def test_evaluation_covers_every_start_frame_and_baselines_match_their_splits(co
             for t in range(len(val) - 2)
         ]
     brute_force = torch.cat(errors).mean().item()
-    assert trainer.evaluate(val).item() == pytest.approx(brute_force, rel=1e-5)
+    assert trainer.split_loss(val).item() == pytest.approx(brute_force, rel=1e-5)
     metrics = trainer.fit()
     for name in ("train", "val", "test"):
         x = getattr(trainer.data, name).x
@@ -181,9 +181,10 @@ def test_evaluation_covers_every_start_frame_and_baselines_match_their_splits(co
 KEPT_MEMORY_PROBE = """
 import ctypes, tempfile, torch
 from pathlib import Path
-from latent_evolution.config import Config, DataConfig, HardwareConfig
-from latent_evolution.data import Dataset, Split
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.schema import Config, DataConfig, HardwareConfig
+from latent_evolution.data.dataset import Dataset
+from latent_evolution.data.resident import ResidentSplit
+from latent_evolution.training.trainer import Trainer
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
@@ -195,7 +196,7 @@ def mapped_for_a_tensor():
     t = torch.ones(16 * 2**20)  # 64 MiB, twice glibc's largest mmap threshold
     return libc.mallinfo2().hblkhd - already
 def split(frames):
-    return Split(torch.randn(frames, 16), torch.randn(frames, 4))
+    return ResidentSplit(torch.randn(frames, 16), torch.randn(frames, 4), torch.device('cpu'))
 before = mapped_for_a_tensor()
 data = Dataset(split(64), split(16), split(16), Path("synthetic"), 0.05, {})
 config = Config(data=DataConfig(n_input=4), hardware=HardwareConfig(device="cpu"))
@@ -222,11 +223,12 @@ def test_a_training_job_imports_no_pandas(tmp_path):
     starts without it."""
     code = (
         "import sys, pathlib\n"
-        "from latent_evolution import rollout, train, trainer\n"
-        "from latent_evolution.report import plot_rollout\n"
+        "from latent_evolution.analysis.report import draw_rollout\n"
+        "from latent_evolution.evaluation import rollout\n"
+        "from latent_evolution.training import trainer\n"
         "d = pathlib.Path(sys.argv[1])\n"
         "(d / 'rollout.csv').write_text('split,horizon,mse,constant_mse\\nval,1,0.1,0.2\\n')\n"
-        "plot_rollout({'run': d / 'rollout.csv'}, d / 'rollout.png')\n"
+        "draw_rollout(d)\n"
         "assert 'pandas' not in sys.modules, sorted(m for m in sys.modules if 'pandas' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)

@@ -6,8 +6,9 @@ import math
 
 import torch
 
-from latent_evolution.config import LRScheduleConfig, to_config
-from latent_evolution.trainer import Trainer
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.schema import LRScheduleConfig
+from latent_evolution.training.trainer import Trainer
 from tests.helpers import TINY
 
 
@@ -32,7 +33,7 @@ def test_recon_warmup_leaves_the_evolver_alone_while_the_encoder_learns(compose,
 
 def test_zero_init_evolver_first_prediction_is_the_reconstruction(compose, tmp_path):
     t = trainer(compose, tmp_path, "model.zero_init_evolver=true", "training.time_units=3")
-    x_t, stim, _ = next(iter(t.batches.random(t.data.train, 8, 1, False)))
+    x_t, stim, _ = next(t.data.train.random(8, 1, False, t.batch_rng, 3))
     t.model.eval()
     with torch.no_grad():
         assert torch.equal(t.model(x_t, stim), t.model.decoder(t.model.encoder(x_t)))

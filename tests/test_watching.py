@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from latent_evolution import status
-from latent_evolution.config import to_config
-from latent_evolution.epoch_log import EpochLog, read_epoch_log, tail_epoch_log
-from latent_evolution.trainer import Trainer
+from latent_evolution.analysis import status
+from latent_evolution.cli import status as status_cli
+from latent_evolution.config.compose import to_config
+from latent_evolution.runs.epoch_log import EpochLog, read_epoch_log, tail_epoch_log
+from latent_evolution.training.trainer import Trainer
 from tests.conftest import ROOT
 
 TINY = ("data=tiny", "model=small", "hardware=cpu")
@@ -162,7 +163,7 @@ def write_run(run_dir: Path, compose, epochs: int, done: int, *, finished: bool)
 def test_status_of_a_local_sweep_from_its_run_folders(compose, tmp_path, capsys):
     write_run(tmp_path / "0", compose, epochs=10, done=10, finished=True)
     write_run(tmp_path / "1", compose, epochs=10, done=4, finished=False)
-    jobs = status.job_rows([tmp_path])
+    jobs = status_cli.rows([tmp_path])
     assert [(j.num, j.state, j.epoch, j.epochs) for j in jobs] == [
         (0, "ok", 10, 10),
         (1, "running", 4, 10),
@@ -173,10 +174,23 @@ def test_status_of_a_local_sweep_from_its_run_folders(compose, tmp_path, capsys)
     assert running.epochs_per_minute == pytest.approx(30.0)  # 2 s an epoch
     assert running.eta_seconds == pytest.approx(6 * 2.0)
     assert running.gpu_utilization_percent == 71.5
-    assert status.main([str(tmp_path)]) == 0
+    assert status_cli.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "training.seed" in out and "4/10" in out
     assert out.strip().splitlines()[-1] == "2 jobs: 1 running, 1 ok"
+
+
+def test_status_reads_overrides_with_hydras_parser(compose, tmp_path, capsys):
+    """`+key=v` and `~key` are the keys they name; a job folder named like an override (Hydra's
+    `${hydra.job.override_dirname}` sub-folders) is a job."""
+    for name, given in (("lr=0.1,seed=2", "+training.x=0.1"), ("lr=0.2,seed=3", "~training.x")):
+        write_run(tmp_path / name, compose, epochs=10, done=10, finished=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- '{given}'\n- 'a=b=c'\n")
+    jobs = status_cli.rows([tmp_path])  # the unreadable a=b=c is left out, not the others
+    assert [j.params for j in jobs] == [{"training.x": "0.1"}, {"training.x": "~"}]
+    assert status_cli.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "training.x" in out and "lr=0.1,seed=2" in out and "+training" not in out
 
 
 def test_pending_cluster_jobs_are_listed_and_an_unreachable_scheduler_is_unknown(
@@ -190,7 +204,7 @@ def test_pending_cluster_jobs_are_listed_and_an_unreachable_scheduler_is_unknown
     ]  # fmt: skip
     (tmp_path / "submitted_jobs.json").write_text(json.dumps(record))
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no bjobs
-    assert status.main([str(tmp_path), "--format", "json"]) == 0
+    assert status_cli.main([str(tmp_path), "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
     states = [(j["num"], j["state"], j["note"]) for j in result["jobs"]]
     assert states == [(0, "ok", ""), (1, "unknown", "bjobs is not on PATH")]
@@ -213,11 +227,11 @@ def test_scheduler_states_join_the_run_folders(compose, tmp_path):
 
 
 def test_status_refuses_a_folder_that_is_not_a_sweep(tmp_path, capsys):
-    assert status.main([str(tmp_path)]) == 2
+    assert status_cli.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: SWEEP_DIR=") and "is not a sweep" in err
     assert "\n" not in err
-    assert status.main([str(tmp_path / "missing")]) == 2
+    assert status_cli.main([str(tmp_path / "missing")]) == 2
 
 
 def test_status_follows_a_running_local_sweep_until_it_ends(tmp_path):
@@ -231,7 +245,7 @@ def test_status_follows_a_running_local_sweep_until_it_ends(tmp_path):
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if sweep.is_dir() and any(sweep.iterdir()):
-            jobs = status.job_rows([sweep])
+            jobs = status_cli.rows([sweep])
             seen = next(
                 (j for j in jobs if j.state == "running" and j.epoch and j.epoch < 12), seen
             )
@@ -255,7 +269,8 @@ def test_compare_plots_a_running_sweep_with_running_runs_dashed(compose, tmp_pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from latent_evolution import compare, report
+    from latent_evolution.analysis import compare, report
+    from latent_evolution.cli import compare as compare_cli
 
     write_run(tmp_path / "0", compose, epochs=10, done=10, finished=True)
     write_run(tmp_path / "1", compose, epochs=10, done=4, finished=False)
@@ -270,5 +285,5 @@ def test_compare_plots_a_running_sweep_with_running_runs_dashed(compose, tmp_pat
     assert list(running.get_xdata()) == [2, 4]  # the epochs so far with a validation
     assert marker.get_label() == "running: curve so far"
     plt.close(fig)
-    assert compare.main([str(tmp_path), "--plot", str(tmp_path / "curves.png")]) == 0
+    assert compare_cli.main([str(tmp_path), "--plot", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").stat().st_size > 0

@@ -52,7 +52,7 @@ class LSFDispatchConf(BaseQueueConf, SweepOptions):
     array_parallelism: int = 256
     setup: list[str] | None = None  # shell lines run before python in each job
     # bjobs polling: seconds between polls once jobs run a while (submitit's delay_s), and how
-    # long a job may stay "not found" / ZOMBI / UNKWN before it is judged (see latent_evolution.lsf)
+    # long a job may stay "not found" / ZOMBI / UNKWN before it is judged (cluster.lsf)
     poll_s: float = 30.0
     not_found_grace_s: float = 300.0
     zombi_grace_s: float = 600.0

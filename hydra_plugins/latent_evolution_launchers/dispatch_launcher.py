@@ -60,7 +60,7 @@ class DispatchLauncher(BaseSubmititLauncher):
 
     conf: type  # the launcher's config dataclass: its defaults tell set fields from unset ones
     submit_command: str  # the scheduler's submission command, which must be on PATH
-    scheduler: str  # its name in submitted_jobs.json, for latent_evolution.status
+    scheduler: str  # its name in submitted_jobs.json, for latent_evolution.analysis.status
     watcher_keys: tuple[str, ...] = ()  # launcher options for the executor's job watcher
 
     def hardware_request(self, hardware: Any) -> dict[str, Any]:
@@ -113,7 +113,7 @@ class DispatchLauncher(BaseSubmititLauncher):
                 len(planned),
                 self.sweep_dir,
             )
-        from latent_evolution.run_folder import objective
+        from latent_evolution.runs.metrics import objective
 
         assert self.config is not None
         # the same for every job (validated, not swept); another app's sweeps minimise nothing
@@ -168,7 +168,7 @@ class DispatchLauncher(BaseSubmititLauncher):
     def _finished(self, plan: PlannedJob) -> dict[str, Any] | None:
         """The metrics of this job's finished run in the sweep folder, if the run there was
         made with the same overrides (a changed sweep does not reuse another job's run)."""
-        from latent_evolution.run_folder import read_metrics
+        from latent_evolution.runs.metrics import read_metrics
 
         run_dir = self.sweep_dir / str(plan.num)
         try:
@@ -204,7 +204,7 @@ class DispatchLauncher(BaseSubmititLauncher):
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from latent_evolution.errors import ConfigError  # not config.py: no Hydra state touched
+        from latent_evolution.errors import ConfigError  # standard library only
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         try:  # a sampled value (optuna) the config rejects fails this job; the others run
@@ -215,11 +215,13 @@ class DispatchLauncher(BaseSubmititLauncher):
     def job_params(self, cfg: Any) -> dict[str, Any]:
         """The launcher's parameters, with this project's `hardware` request where the job has
         one; a launcher field set away from its default stays the user's choice for every job."""
+        from latent_evolution.config.schema import HardwareConfig  # standard library only
+
         hardware = cfg.get("hardware")
         kind = OmegaConf.get_type(hardware) if OmegaConf.is_config(hardware) else None
-        if getattr(kind, "__module__", None) != "latent_evolution.config":
+        if kind is not HardwareConfig:
             return dict(self.params)  # any other app: the launcher config, as upstream
-        from latent_evolution.config import to_config
+        from latent_evolution.config.compose import to_config
 
         defaults = OmegaConf.to_container(OmegaConf.structured(self.conf))
         assert isinstance(defaults, dict)
@@ -269,7 +271,7 @@ class DispatchLauncher(BaseSubmititLauncher):
     def _record(self, plans: list[PlannedJob]) -> Path:
         """Which scheduler job runs which sweep job, with its log and run folder."""
         from latent_evolution.files import atomic_write_json
-        from latent_evolution.run_folder import SUBMITTED_JOBS
+        from latent_evolution.runs.folder import SUBMITTED_JOBS
 
         path = self.sweep_dir / SUBMITTED_JOBS
         new = {
@@ -291,7 +293,7 @@ class DispatchLauncher(BaseSubmititLauncher):
     def _report_failures(self, failed: list[tuple[PlannedJob, JobReturn]], n_jobs: int) -> None:
         """Log the report, write it beside the runs; Hydra ends the sweep on the first failure."""
         from latent_evolution.files import atomic_write_text
-        from latent_evolution.run_folder import FAILED_JOBS
+        from latent_evolution.runs.folder import FAILED_JOBS
 
         report = failure_report(failed, n_jobs, self.sweep_dir, self.rerun_command())
         path = atomic_write_text(self.sweep_dir / FAILED_JOBS, report + "\n")
@@ -417,12 +419,12 @@ class LSFDispatchLauncher(DispatchLauncher):
         return ("queue", "cpus_per_task", "gpu", "mem_gb", "timeout_min")
 
     def executor_class(self) -> type:
-        from latent_evolution.lsf import LSFExecutor
+        from latent_evolution.cluster.lsf import LSFExecutor
 
         return LSFExecutor
 
     def configure_watcher(self) -> None:
-        from latent_evolution.lsf import LSFJob
+        from latent_evolution.cluster.lsf import LSFJob
 
         options = {k: self.params[k] for k in self.watcher_keys}
         LSFJob._results_timeout_s = options.pop("result_grace_s")  # read by submitit's Job

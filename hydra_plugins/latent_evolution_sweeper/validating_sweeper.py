@@ -15,8 +15,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from latent_evolution.config import to_config
-from latent_evolution.input_errors import INPUT_ERRORS, describe
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.input_errors import INPUT_ERRORS, describe
 
 
 @dataclass

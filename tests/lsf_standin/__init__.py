@@ -5,7 +5,7 @@ Use it from any test module:
     pytest_plugins = ["tests.lsf_standin"]  # provides the lsf_standin fixture
 
     def test_x(lsf_standin, tmp_path):
-        executor = latent_evolution.lsf.LSFExecutor(folder=tmp_path / "jobs")
+        executor = latent_evolution.cluster.lsf.LSFExecutor(folder=tmp_path / "jobs")
         ...
         assert lsf_standin.submissions()[0]["options"]["q"] == "gpu_a100"
 """

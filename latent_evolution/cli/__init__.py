@@ -1,0 +1,2 @@
+"""The four commands (train, compare, status, evaluate) and the one-line error wrapper they
+share (errors)."""

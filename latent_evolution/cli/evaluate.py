@@ -1,0 +1,208 @@
+"""Re-evaluate trained runs: `python -m latent_evolution.evaluate RUN_DIR... [OVERRIDE...]`.
+
+Each run is rebuilt from its `.hydra/config.yaml` and its weights (`model.pt`, or
+`best_model.pt` with `--weights best`; loaded with weights_only=True): the model and the data,
+no optimizer and no training step. It is judged as at the end of training: the final split
+losses, the constant baselines and the rollout. Overrides, read by Hydra's own parser, change
+what it is judged on, e.g. `data=fly_N9_62_1 data.path=/other/simulation` (cross-validation
+on another simulation): a group choice (`data=NAME`, from conf/ or the run's
+`hydra.searchpath`) replaces the run's whole group with that option, then keys are set
+(`key=v`, `+key=v`, `~key`). An argument that is an existing folder is a run, whatever its
+name (Hydra's `key=value` sub-folders included). Results go to
+`<run>/evaluations/<weights>_<data name>/` (metrics.json and the rollout files); the run's own
+outputs are never touched. For the same weights and data the numbers equal the training's bit
+for bit: the same code evaluates both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from latent_evolution.analysis.report import draw_rollout
+from latent_evolution.cli.errors import command
+from latent_evolution.config.compose import conf_dir, parse_overrides, to_config
+from latent_evolution.config.schema import Config
+from latent_evolution.errors import ArgumentError, BadFileError
+from latent_evolution.runs.folder import (
+    BEST_MODEL,
+    EVALUATIONS,
+    HYDRA_CONFIG,
+    HYDRA_RUNTIME,
+    MODEL,
+)
+
+WEIGHTS = {"final": MODEL, "best": BEST_MODEL}
+
+
+def run_config(run: Path, overrides: Sequence[str]) -> Config:
+    """The run's saved config with the overrides applied: group choices first, then keys."""
+    from omegaconf import OmegaConf
+
+    if not (run / HYDRA_CONFIG).is_file():
+        raise ArgumentError(
+            "RUN_DIR",
+            str(run),
+            f"is not a run folder (no {HYDRA_CONFIG}): pass a folder "
+            "made by latent_evolution.train",
+        )
+    cfg = OmegaConf.load(run / HYDRA_CONFIG)
+    parsed = parse_overrides(overrides)
+    # a group is a top-level name (data=NAME); only those are composed, by Hydra
+    top = [o.input_line for o in parsed if "." not in o.key_or_group]
+    chosen = _group_choices(run, top) if top else {}
+    groups = [o.key_or_group for o in parsed if o.key_or_group in chosen and not o.is_delete()]
+    for group in groups:
+        cfg[group] = chosen[group]
+    for o in parsed:
+        if o.key_or_group in groups:
+            continue
+        if o.is_delete():
+            parent, _, leaf = o.key_or_group.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if node is not None and leaf in node:
+                node.pop(leaf)
+            continue
+        OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=o.is_add())
+    return to_config(cfg)
+
+
+def _group_choices(run: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """{group: its composed option} for every config group, composed by Hydra from conf/ and the
+    run's hydra.searchpath with these overrides (an override of a group picks its option)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    search = _searchpath(run)
+    extra = [f"hydra.searchpath=[{','.join(repr(p) for p in search)}]"] if search else []
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        composed = compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
+    groups = [g for g in composed.hydra.runtime.choices if not g.startswith("hydra")]
+    return {g: OmegaConf.to_container(composed[g]) for g in groups if g in composed}
+
+
+def _searchpath(run: Path) -> list[str]:
+    """The run's hydra.searchpath (site config groups), from Hydra's record of the run."""
+    from omegaconf import OmegaConf
+
+    try:
+        return list(OmegaConf.load(run / HYDRA_RUNTIME).hydra.searchpath or [])
+    except (OSError, AttributeError, KeyError, ValueError):
+        return []
+
+
+def evaluation_name(weights: str, config: Config, overrides: Sequence[str]) -> str:
+    """`<weights>_<data name>`, plus the data folder's name when a path was given and a short
+    hash of the overrides when there are any (two evaluations never share a folder)."""
+    parts = [weights, config.data.name]
+    if config.data.path:
+        parts.append(Path(config.data.path).name)
+    if overrides:
+        parts.append(hashlib.sha1(" ".join(sorted(overrides)).encode()).hexdigest()[:8])
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts))
+
+
+def load_weights(path: Path) -> dict:
+    """A state_dict loaded with weights_only=True; one-line error if missing or unreadable."""
+    import torch
+
+    if not path.is_file():
+        raise BadFileError(
+            "--weights",
+            path.name,
+            f"{path} does not exist: pick the other --weights or "
+            "let the run finish (or resume it) first",
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or not a torch file: pickle, zip and EOF errors
+        problem = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]
+        raise BadFileError(
+            "--weights", path.name, f"{path} cannot be read ({problem}): restore it or retrain"
+        ) from None
+
+
+def evaluate_run(run: Path, config: Config, weights: str, overrides: Sequence[str] = ()) -> Path:
+    """Evaluate one run under `config`; returns the folder its results were written to."""
+    from latent_evolution.data.dataset import load_dataset
+    from latent_evolution.evaluation.losses import split_losses
+    from latent_evolution.evaluation.rollout import (
+        rollout_metrics,
+        run_rollout,
+        write_rollout_files,
+    )
+    from latent_evolution.model.cpu_kernels import place_model
+    from latent_evolution.model.device import autocast_context, resolve_device
+    from latent_evolution.model.latent import LatentModel
+    from latent_evolution.runs.metrics import Metrics, commit_hash, write_metrics
+
+    state = load_weights(run / WEIGHTS[weights])
+    out = run / EVALUATIONS / evaluation_name(weights, config, overrides)
+    device = resolve_device(config.hardware.device)
+    data = load_dataset(config.data, device, config.training)
+    model = LatentModel(config.model, data.n_neurons, data.n_input)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BadFileError(
+            "--weights",
+            weights,
+            f"{run / WEIGHTS[weights]} does not fit the model built for "
+            f"this data ({str(exc).splitlines()[0]}): evaluate on data of the same shape",
+        ) from None
+    model = place_model(model, device, config.hardware.cpu_kernels)
+    autocast = autocast_context(config.hardware.precision, device)
+    t = config.training
+    results = run_rollout(model, data, config, autocast)
+    write_rollout_files(out, results)
+    metrics = Metrics(
+        **split_losses(model, data, t.time_units, t.eval_batch_size, autocast),
+        device=str(device),
+        data_path=str(data.path),
+        commit_hash=commit_hash(),
+        rollout=rollout_metrics(results, config.evaluation.horizons),
+    )
+    write_metrics(out, metrics)
+    draw_rollout(out)
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m latent_evolution.evaluate",
+        description="Re-evaluate trained runs, optionally on other data (Hydra overrides).",
+    )
+    p.add_argument("items", nargs="+", metavar="RUN_DIR | OVERRIDE")
+    p.add_argument("--weights", choices=tuple(WEIGHTS), default="final")
+    args = p.parse_args(argv)
+    args.runs = [Path(i) for i in args.items if Path(i).is_dir()]
+    args.overrides = [i for i in args.items if not Path(i).is_dir()]
+    return args
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m latent_evolution.evaluate` and the `latent-evolution-evaluate` command."""
+    args = parse_args(argv)
+    parse_overrides(
+        args.overrides, "RUN_DIR | OVERRIDE", "neither an existing run folder nor an override"
+    )
+    if not args.runs:
+        raise ArgumentError("RUN_DIR", [], "give at least one run folder")
+    # every run's config and weights file checked before the first evaluation
+    configs = [run_config(run, args.overrides) for run in args.runs]
+    for run in args.runs:
+        if not (run / WEIGHTS[args.weights]).is_file():
+            load_weights(run / WEIGHTS[args.weights])  # raises, naming the file
+    for run, config in zip(args.runs, configs, strict=True):
+        print(evaluate_run(run, config, args.weights, args.overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Entry point: `python -m latent_evolution.train [overrides]` or `latent-evolution-train`.
+
+Composes the Hydra config (add `-m` to sweep; sweep presets sweep without it), checks it,
+and hands it to the Trainer (training/trainer.py). `python -m latent_evolution.train` runs
+this module. A bad value ends the run with one line naming the key, before
+any data or compilation work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from latent_evolution.analysis.report import draw_rollout
+from latent_evolution.cli.errors import one_line_errors
+from latent_evolution.config.compose import conf_dir, to_config
+from latent_evolution.config.schema import Config
+from latent_evolution.runs.folder import RunStatus
+from latent_evolution.runs.metrics import objective, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+class ValidateBeforeRun(Callback):
+    """Hydra callback (conf/config.yaml): validate a single run's config before its run folder
+    is created, and a multirun's fixed overrides before its sweeper starts (a sweeper that
+    samples values, such as optuna's, composes each trial only when it runs; swept keys hold
+    their defaults here). The validating sweeper (hydra_plugins/latent_evolution_sweeper)
+    checks every job of a multirun before the first is launched.
+
+    Hydra turns exceptions raised in callbacks into warnings, so a bad value exits
+    here (SystemExit passes through) instead of raising.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with one_line_errors():
+            to_config(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = str(config.hydra.sweeper.get("_target_", ""))
+        if not sweeper.endswith(".ValidatingSweeper"):  # that one checks each job, naming it
+            self.on_run_start(config)
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
+def main(cfg: DictConfig) -> float:
+    config = to_config(cfg)  # already checked before the run folder existed (ValidateBeforeRun)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    metrics = train_or_resume(config, run_dir)
+    if metrics["status"] == RunStatus.DIVERGED:
+        log.error(
+            "Run diverged at epoch %s (last finite train loss %s); results in %s",
+            metrics["diverged_at_epoch"],
+            metrics["last_finite_train_loss"],
+            run_dir,
+        )
+        return objective(metrics, config.optimized_metric)
+    if metrics["status"] != RunStatus.OK:
+        log.warning("Run %s: %s", metrics["status"], metrics.get("status_note", ""))
+    test, constant = metrics["final_test_loss"], metrics["test_loss_constant_model"]
+    improvement = f"{100 * (1 - test / constant):.1f}%" if constant else "n/a"
+    log.info(
+        "test loss %.6f vs constant model %.6f (improvement %s), noise floor %s; results in %s",
+        test,
+        constant,
+        improvement,
+        metrics["noise_floor_loss"],
+        run_dir,
+    )
+    return objective(metrics, config.optimized_metric)
+
+
+def train_or_resume(config: Config, run_dir: Path) -> dict[str, Any]:
+    """A finished run folder's metrics; else train, continuing from its checkpoint.pt if any.
+    Either way the run folder ends with its rollout plot, drawn from rollout.csv."""
+    metrics = read_metrics(run_dir)
+    if metrics is not None:
+        log.info("%s already holds a finished run (metrics.json); not training again", run_dir)
+    else:
+        from latent_evolution.training.trainer import Trainer  # torch: after the config is good
+
+        trainer = Trainer(config, run_dir)
+        trainer.resume()
+        metrics = trainer.fit()
+    draw_rollout(run_dir)
+    return metrics
+
+
+def cli() -> None:
+    """The command: bad input is one line on stderr and exit status 2."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's full report
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us instead of Hydra's multi-line print
+    with one_line_errors():
+        main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,48 @@
+"""A batch: start frames x_t, the stimulus of the frames they evolve through, the targets.
+
+Both split kinds (`resident.ResidentSplit`, `streaming.StreamedSplit`) gather their batches
+here, from where their frames lie (the split tensors, or the chunk slots).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+Batch = tuple[Tensor, Tensor, Tensor]  # x_t (B, N), stim (B, tu, n_input), targets (B, k, N)
+
+
+def _rows(source: Tensor, index: Tensor, out: Tensor | None) -> Tensor:
+    """source[index] along dim 0, written into out (any shape of that size) when given."""
+    if out is None:
+        return source.index_select(0, index)
+    return torch.index_select(source, 0, index, out=out.view(-1, source.shape[1]))
+
+
+def gather_batch(
+    x: Tensor,
+    stim: Tensor,
+    starts: Tensor,
+    time_units: int,
+    evolve_multiple_steps: bool,
+    out: Batch | None = None,
+) -> Batch:
+    """Index a batch where the frames x (T, N) and stimulus (T, n_input) live: x_t (B, N),
+    stim (B, tu, n_in), targets.
+
+    targets are frames t+1..t+tu (B, tu, N) with evolve_multiple_steps, else only t+tu (B, 1, N).
+    With `out` (staging buffers), the rows are written there instead of new tensors.
+    """
+    offsets = torch.arange(time_units, device=starts.device)
+    ahead = offsets + 1 if evolve_multiple_steps else offsets[-1:] + 1
+    b, rows = starts.numel(), starts.unsqueeze(1)
+    x_out, stim_out, targets_out = out or (None, None, None)
+    x_t = _rows(x, starts, x_out).view(b, -1)
+    stim_b = _rows(stim, (rows + offsets).flatten(), stim_out).view(b, time_units, -1)
+    targets = _rows(x, (rows + ahead).flatten(), targets_out).view(b, len(ahead), -1)
+    return x_t, stim_b, targets
+
+
+def constant_baseline(x: Tensor, time_units: int) -> Tensor:
+    """MSE of predicting 'no change': mean((x[:-tu] - x[tu:])^2) over frames and neurons."""
+    return (x[:-time_units] - x[time_units:]).pow(2).mean()

@@ -1,0 +1,210 @@
+"""The simulation folder format: `x_list_0.npy` (T, N, 9) plus an optional `metadata.json`.
+
+flyvis/NeuralGraph runs and the embedded generator share this layout, so one reader serves
+both. A folder is checked from the .npy header alone; frames are then read window by window,
+512 KB at a time with `readinto`, so host memory stays near the size of what is
+kept (one column and the stimulus of the split windows), never the size of the file
+(about 32 GB for fly_N9_62_1). Numpy only: no torch import here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from latent_evolution.config.schema import DataConfig
+from latent_evolution.errors import BadFileError, ConfigError
+from latent_evolution.runs.folder import SPLITS
+
+COLUMNS = {
+    "INDEX": 0,
+    "X": 1,
+    "Y": 2,
+    "VOLTAGE": 3,
+    "STIMULUS": 4,
+    "GROUP_TYPE": 5,
+    "CELL_TYPE": 6,
+    "CALCIUM": 7,
+    "FLUORESCENCE": 8,
+}
+DATA_FILE = "x_list_0.npy"
+METADATA_FILE = "metadata.json"
+# host buffer per read, all that peak RSS adds to what is kept: small enough to stay in the
+# L2 cache, where the column gathers read it (a quarter less CPU than 8 MB pieces at fly size)
+READ_CHUNK_BYTES = 512 << 10
+HEADER_READERS = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
+
+
+@dataclass(frozen=True)
+class NpyLayout:
+    """Where the frames of an x_list_0.npy lie: shape (T, N, 9), dtype, byte offset of frame 0."""
+
+    path: Path
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    offset: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.shape[1] * self.shape[2] * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What says a file is the one a run started with: size, modification time, inode."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def split_windows(cfg: DataConfig) -> dict[str, list[int]]:
+    """Each split's window [start, stop) of frames."""
+    return {name: list(getattr(cfg.splits, name)) for name in SPLITS}
+
+
+def kept_bytes(cfg: DataConfig, n_neurons: int) -> int:
+    """What the split windows keep: one float32 column of N neurons and n_input stimuli."""
+    frames = sum(stop - start for start, stop in split_windows(cfg).values())
+    return frames * (n_neurons + cfg.n_input) * 4
+
+
+def _bad_file(path: Path, problem: str) -> BadFileError:
+    return BadFileError("data.path", str(path.parent), f"{path} {problem}")
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, byte offset of the data) from a .npy file's header;
+    ValueError if it is not one."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        if major not in HEADER_READERS:
+            raise ValueError(f".npy format version {major} is not supported")
+        shape, fortran, dtype = HEADER_READERS[major](f)
+        return shape, fortran, dtype, f.tell()
+
+
+def read_layout(path: Path) -> NpyLayout:
+    """The checked header of x_list_0.npy: a C-ordered float (T, N, 9) array, not truncated."""
+    if not path.is_file():
+        raise _bad_file(path, "does not exist")
+    try:
+        shape, fortran, dtype, offset = npy_header(path)
+    except ValueError as exc:
+        raise _bad_file(path, f"is not a readable .npy file: {exc}") from None
+    expected = f"expected (T frames, N neurons, {len(COLUMNS)} columns)"
+    if len(shape) != 3:
+        raise _bad_file(path, f"has shape {shape} (rank {len(shape)}); {expected}")
+    if shape[2] != len(COLUMNS):
+        raise _bad_file(path, f"has shape {shape} ({shape[2]} columns); {expected}")
+    if dtype.kind != "f" or fortran:
+        raise _bad_file(
+            path, f"holds {'Fortran-ordered ' * fortran}{dtype}; expected C-ordered float32"
+        )
+    layout = NpyLayout(path, shape, dtype, offset)
+    size, needed = os.path.getsize(path), offset + shape[0] * layout.frame_bytes
+    if size < needed:
+        raise _bad_file(path, f"is truncated: {size} bytes, its header needs {needed}")
+    return layout
+
+
+def check_simulation(folder: Path, cfg: DataConfig) -> NpyLayout:
+    """Check the folder against the data config from the .npy header only; one line if bad.
+
+    The file-independent checks (column name, split order and overlap, batch size against
+    the training window) already ran in config.validate.
+    """
+    layout = read_layout(folder / DATA_FILE)
+    t, n, _ = layout.shape
+    if cfg.expected_shape is not None and list(cfg.expected_shape) != [t, n]:
+        raise ConfigError(
+            "data.expected_shape", list(cfg.expected_shape), f"{layout.path} holds T={t}, N={n}"
+        )
+    if cfg.n_input > n:
+        raise ConfigError("data.n_input", cfg.n_input, f"must be <= N={n} of {layout.path}")
+    for name in SPLITS:
+        window = list(getattr(cfg.splits, name))
+        if window[1] > t:
+            raise ConfigError(
+                f"data.splits.{name}", window, f"must lie inside [0, {t}) (T of {layout.path})"
+            )
+    return layout
+
+
+def read_exact(f: BinaryIO, out: np.ndarray) -> None:
+    """Fill out (C-contiguous) from f's position; OSError at an early end of file."""
+    view = memoryview(out).cast("B")
+    while view:
+        n = f.readinto(view)
+        if not n:
+            raise OSError(f"{f.name}: unexpected end of file")
+        view = view[n:]
+
+
+def _check_finite(
+    block: np.ndarray, what: str, first_frame: int, split: str, window: list[int], path: Path
+) -> None:
+    """Raise naming the split and the first frame that holds a NaN or an inf."""
+    if np.isfinite(block.sum()):  # one pass; a NaN or inf (or an overflow) makes it non-finite
+        return
+    bad = ~np.isfinite(block)
+    if bad.any():
+        row, neuron = np.argwhere(bad)[0]
+        kind = "NaN" if np.isnan(block[row, neuron]) else "inf"
+        raise BadFileError(
+            f"data.splits.{split}",
+            window,
+            f"{path} has {kind} in {what} at frame {first_frame + row}, neuron {neuron}",
+        )
+
+
+def read_window(
+    layout: NpyLayout,
+    column: str,
+    n_input: int,
+    split: str,
+    window: list[int],
+    frames: tuple[int, int] | None = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames [start, stop) of one column (T, N) and the stimulus (T, n_input), float32.
+
+    `frames` reads only that part of the split's window (a streamed chunk), into `out` when
+    given. Reads READ_CHUNK_BYTES at a time and fails on the first non-finite kept value.
+    """
+    start, stop = frames or window
+    n, width = layout.shape[1:]
+    x, stim = out or (
+        np.empty((stop - start, n), np.float32),
+        np.empty((stop - start, n_input), np.float32),
+    )
+    chunk = max(1, READ_CHUNK_BYTES // layout.frame_bytes)
+    buf = np.empty((min(chunk, stop - start), n, width), dtype=layout.dtype)
+    with open(layout.path, "rb", buffering=0) as f:
+        for t in range(start, stop, chunk):
+            rows, i = min(chunk, stop - t), t - start
+            f.seek(layout.offset + t * layout.frame_bytes)
+            read_exact(f, buf[:rows])
+            x[i : i + rows] = buf[:rows, :, COLUMNS[column]]
+            stim[i : i + rows] = buf[:rows, :n_input, COLUMNS["STIMULUS"]]
+            _check_finite(x[i : i + rows], column, t, split, window, layout.path)
+            _check_finite(stim[i : i + rows], "STIMULUS", t, split, window, layout.path)
+    return x, stim
+
+
+def cell_types(layout: NpyLayout) -> np.ndarray:
+    """The CELL_TYPE column (N,) as integers, read from frame 0 (a neuron keeps its type)."""
+    frame = np.empty((1, *layout.shape[1:]), dtype=layout.dtype)
+    with open(layout.path, "rb", buffering=0) as f:
+        f.seek(layout.offset)
+        read_exact(f, frame)
+    return np.rint(frame[0, :, COLUMNS["CELL_TYPE"]]).astype(np.int64)

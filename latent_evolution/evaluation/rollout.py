@@ -1,0 +1,204 @@
+"""Rollout evaluation: how the learned latent dynamics hold up over many frames.
+
+From `evaluation.starts` start frames s per split (drawn once with `evaluation.seed`, recorded
+in rollout_starts.json as absolute frames of the data file), x[s] is encoded once and the latent
+evolved frame by frame with that frame's stimulus (LatentModel.evolve_step, as in training),
+decoded at every step h = 1..max_horizon and compared with x[s+h]; the constant model predicts
+x[s] for x[s+h]. All starts of a chunk of `evaluation.batch_size` go through one pass per step;
+squared errors are summed on the device and read once per split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latent_evolution.config.schema import Config, EvaluationConfig
+from latent_evolution.data.dataset import Dataset
+from latent_evolution.data.split import Split
+from latent_evolution.errors import ConfigError
+from latent_evolution.files import atomic_write_json, atomic_write_text
+from latent_evolution.model.latent import LatentModel
+from latent_evolution.runs.folder import (
+    NEVER,
+    ROLLOUT_CELL_TYPES,
+    ROLLOUT_CURVE,
+    ROLLOUT_STARTS,
+    rollout_first_worse_key,
+    rollout_key,
+    rollout_max_key,
+)
+
+
+@dataclass
+class SplitRollout:
+    """One split's rollout: MSE per horizon h = 1..H (index h-1) and per cell type."""
+
+    starts: list[int]  # absolute frames of the data file
+    mse: list[float]
+    constant_mse: list[float]
+    # (horizon, cell type, mse, constant mse) for each evaluation.cell_type_horizons
+    cell_types: list[tuple[int, int, float, float]]
+
+
+def draw_starts(window: list[int], ev: EvaluationConfig, split: str) -> np.ndarray:
+    """`starts` distinct offsets s into the window with s + max_horizon inside it, sorted.
+
+    One generator per split from (seed, split): a split's starts do not depend on which other
+    splits are evaluated."""
+    possible = window[1] - window[0] - ev.max_horizon
+    if possible < ev.starts:  # config.validate checks the configured windows; this, the data's
+        raise ConfigError(
+            "evaluation.starts",
+            ev.starts,
+            f"must be <= the {max(possible, 0)} start frames the {split} split's "
+            f"{window[1] - window[0]} frames leave with evaluation.max_horizon={ev.max_horizon}",
+        )
+    rng = np.random.default_rng([ev.seed, *split.encode()])
+    return np.sort(rng.choice(possible, size=ev.starts, replace=False))
+
+
+@torch.no_grad()
+def rollout_sums(
+    model: LatentModel,
+    split: Split,
+    offsets: np.ndarray,
+    ev: EvaluationConfig,
+    autocast: contextlib.AbstractContextManager,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Squared errors summed on the device: model and constant per horizon (H,), and per
+    neuron at the cell-type horizons (len(cell_type_horizons), N), each for model and constant."""
+    model.eval()
+    h_max, cell_h = ev.max_horizon, {h: i for i, h in enumerate(ev.cell_type_horizons)}
+    n = split.n_neurons
+    device = next(model.parameters()).device  # where the sums stay until read
+    sums, const = torch.zeros(h_max, device=device), torch.zeros(h_max, device=device)
+    per_neuron = torch.zeros(2, len(cell_h), n, device=device)
+    per_pass = split.rollout_starts_per_pass(ev.batch_size)
+    for chunk in np.array_split(offsets, -(-len(offsets) // per_pass)):
+        frames = split.start_frames(chunk, h_max)
+        x_s = frames.start
+        with autocast:
+            z = model.encoder(x_s)
+        for h0, stim, frame in frames.blocks():
+            with autocast:
+                s_enc = model.encode_stimulus(stim)
+            for h in range(h0, h0 + stim.shape[1]):
+                with autocast:
+                    z = model.evolve_step(z, s_enc[:, h - h0] if s_enc is not None else None)
+                    pred = model.decoder(z)
+                x_h = frame(h)
+                err = (pred.float() - x_h).pow(2)
+                base = (x_s - x_h).pow(2)
+                sums[h - 1] += err.sum()
+                const[h - 1] += base.sum()
+                if h in cell_h:
+                    per_neuron[0, cell_h[h]] += err.sum(0)
+                    per_neuron[1, cell_h[h]] += base.sum(0)
+    return sums, const, per_neuron[0], per_neuron[1]
+
+
+def rollout_split(
+    model: LatentModel,
+    split: Split,
+    name: str,
+    window: list[int],
+    types: np.ndarray,
+    ev: EvaluationConfig,
+    autocast: contextlib.AbstractContextManager,
+) -> SplitRollout:
+    """Evaluate one split; reads the device's sums once. window[0] numbers its frames in the
+    data file; the split's own length bounds the starts (a data set built in memory may be
+    shorter than the configured window)."""
+    offsets = draw_starts([window[0], window[0] + len(split)], ev, name)
+    sums, const, cell_err, cell_base = rollout_sums(model, split, offsets, ev, autocast)
+    per_frame = len(offsets) * split.n_neurons
+    mse, constant = (sums / per_frame).tolist(), (const / per_frame).tolist()
+    cell_err, cell_base = cell_err.double().cpu().numpy(), cell_base.double().cpu().numpy()
+    rows = []
+    for i, h in enumerate(ev.cell_type_horizons):
+        for t in np.unique(types).tolist():
+            mask, count = types == t, (types == t).sum() * len(offsets)
+            rows.append((h, t, cell_err[i, mask].sum() / count, cell_base[i, mask].sum() / count))
+    starts = (offsets + window[0]).tolist()
+    return SplitRollout(starts, mse, constant, [(h, t, float(a), float(b)) for h, t, a, b in rows])
+
+
+def stability(r: SplitRollout) -> tuple[int | str, float]:
+    """(first horizon where the model's MSE exceeds the constant model's, or "never"; max MSE)."""
+    # NaN counts as worse: a model that blew up is never "never worse"
+    pairs = enumerate(zip(r.mse, r.constant_mse, strict=True), 1)
+    worse = [h for h, (m, c) in pairs if not m <= c]
+    finite = [m for m in r.mse if math.isfinite(m)]
+    top = max(finite) if len(finite) == len(r.mse) else math.inf
+    return (worse[0] if worse else NEVER), top
+
+
+def rollout_metrics(results: dict[str, SplitRollout], horizons: list[int]) -> dict[str, Any]:
+    """metrics.json's rollout keys (runs.metrics.ROLLOUT_METRICS)."""
+    out: dict[str, Any] = {}
+    for split, r in results.items():
+        for h in horizons:
+            out[rollout_key(split, h)] = r.mse[h - 1]
+            out[rollout_key(split, h, constant=True)] = r.constant_mse[h - 1]
+        out[rollout_first_worse_key(split)], out[rollout_max_key(split)] = stability(r)
+    return out
+
+
+def _csv(header: tuple[str, ...], rows: list[tuple]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_rollout_files(folder: Path, results: dict[str, SplitRollout]) -> None:
+    """rollout_starts.json, rollout.csv and rollout_cell_types.csv, atomically (the commands
+    draw rollout.png from rollout.csv: analysis.report.plot_rollout)."""
+    atomic_write_json(folder / ROLLOUT_STARTS, {s: r.starts for s, r in results.items()})
+    curve = [
+        (s, h, m, c)
+        for s, r in results.items()
+        for h, (m, c) in enumerate(zip(r.mse, r.constant_mse, strict=True), 1)
+    ]
+    atomic_write_text(
+        folder / ROLLOUT_CURVE, _csv(("split", "horizon", "mse", "constant_mse"), curve)
+    )
+    cells = [(s, *row) for s, r in results.items() for row in r.cell_types]
+    header = ("split", "horizon", "cell_type", "mse", "constant_mse")
+    atomic_write_text(folder / ROLLOUT_CELL_TYPES, _csv(header, cells))
+
+
+def run_rollout(
+    model: LatentModel,
+    data: Dataset,
+    config: Config,
+    autocast: contextlib.AbstractContextManager,
+    splits: list[str] | None = None,
+) -> dict[str, SplitRollout]:
+    """The rollout of every split in `splits` (default: evaluation.splits)."""
+    ev = config.evaluation
+    # a data set built in memory (benchmarks, tests) has no types: one type 0 for every neuron
+    types = data.cell_types if data.cell_types is not None else np.zeros(data.n_neurons, int)
+    return {
+        name: rollout_split(
+            model,
+            data.split(name),
+            name,
+            list(getattr(config.data.splits, name)),
+            types,
+            ev,
+            autocast,
+        )
+        for name in splits or ev.splits
+    }

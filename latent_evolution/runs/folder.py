@@ -1,0 +1,91 @@
+"""A run folder's files: their names, the split names, the epoch log's columns, run statuses.
+
+The trainer and checkpointing write these files, the launchers point at them and
+`compare` reads them; all take the names from here (the metrics.json schema is
+`runs.metrics`). Standard library only, so `compare` starts without torch and submitit
+jobs import nothing heavy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+
+# ------------------------------------------------------------------------ file names
+
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"  # the composed config: marks a folder as a run
+HYDRA_RUNTIME = Path(".hydra") / "hydra.yaml"  # Hydra's own config (job id, overrides)
+HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"  # the job's task overrides, as typed
+CHECKPOINT = "checkpoint.pt"  # the resume state, rewritten every training.checkpoint_every
+MODEL = "model.pt"  # final weights, a state_dict
+BEST_MODEL = "best_model.pt"  # the weights of the best training.early_stopping.metric so far
+ROLLOUT_STARTS = "rollout_starts.json"  # {"val": [frame, ...], "test": [...]}, absolute frames
+ROLLOUT_CURVE = "rollout.csv"  # split, horizon, mse, constant_mse for h = 1..max_horizon
+ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, mse, constant_mse
+ROLLOUT_PLOT = "rollout.png"  # MSE vs horizon, log scales, the constant model drawn
+EVALUATIONS = "evaluations"  # `evaluate`'s results: <run>/evaluations/<name>/, never the above
+EPOCH_LOG = "training_log.csv"  # one row per epoch (EPOCH_LOG_COLUMNS)
+METRICS = "metrics.json"  # written last: its presence means the run finished (Metrics)
+# in a sweep folder, beside the runs <sweep>/<job number>/ (written by the cluster launchers)
+SUBMITTED_JOBS = "submitted_jobs.json"  # each job's scheduler id, overrides, log, run folder
+FAILED_JOBS = "failed_jobs.txt"  # the failed jobs, their logs and the command rerunning them
+
+LOSS_PARTS = ("objective", "evolve", "recon", "reg")  # objective = evolve + recon + reg
+EPOCH_LOG_COLUMNS = (
+    "epoch",  # 1-based
+    *(f"train_{part}_loss" for part in LOSS_PARTS),  # mean over the epoch's steps
+    "val_loss",  # evolve-only MSE on the val split; empty in epochs without validation
+    "best_val_loss",  # the lowest val_loss so far
+    "epoch_duration_seconds",  # s, validation included
+    "learning_rate",
+    "gpu_utilization_percent",  # %, NVML's latest sample at the epoch's end; empty on CPU
+    "gpu_memory_mb",  # MiB used on the GPU, likewise
+)
+FINAL_LOSSES = ("final_train_loss", "final_val_loss", "final_test_loss")
+SPLITS = ("train", "val", "test")  # the data's split windows, in frame order
+HELD_OUT_SPLITS = SPLITS[1:]  # the frames the model never trains on
+
+
+NEVER = "never"  # rollout_<split>_first_worse_horizon when the model never passes the constant's
+
+
+def rollout_key(split: str, horizon: int | str, constant: bool = False) -> str:
+    """metrics.json's and the epoch log's name of a rollout MSE at a horizon (frames)."""
+    return f"rollout_{split}_{'constant_' if constant else ''}mse_h{horizon}"
+
+
+def rollout_first_worse_key(split: str) -> str:
+    return f"rollout_{split}_first_worse_horizon"
+
+
+def rollout_max_key(split: str) -> str:
+    return f"rollout_{split}_max_mse"
+
+
+def epoch_log_columns(rollout_horizons: Sequence[int] = ()) -> tuple[str, ...]:
+    """The epoch log's columns: EPOCH_LOG_COLUMNS, then the val rollout's MSE at each horizon
+    of a run that rolls out during training (evaluation.every > 0)."""
+    return EPOCH_LOG_COLUMNS + tuple(rollout_key("val", h) for h in rollout_horizons)
+
+
+# -------------------------------------------------------------------------- statuses
+
+
+class RunStatus(StrEnum):
+    """The one vocabulary of a run's outcome, in metrics.json and in every comparison."""
+
+    OK = "ok"
+    DIVERGED = "diverged"  # a loss became NaN or inf
+    # val or test loss above the constant model's while the train loss is at or below its own
+    FAILED_TO_GENERALIZE = "failed_to_generalize"
+    FAILED = "failed"  # ended without metrics.json, e.g. an error or a killed job
+    RUNNING = "running"  # no metrics.json yet, and recent activity or a checkpoint to resume
+
+
+class JobState(StrEnum):
+    """What only the scheduler knows of a sweep's job; once its run folder speaks, the job's
+    state is the run's RunStatus (`status` shows both in one column)."""
+
+    PENDING = "pending"  # submitted, not started
+    UNKNOWN = "unknown"  # the scheduler could not be asked, or does not know the job

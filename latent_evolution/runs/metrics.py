@@ -1,0 +1,222 @@
+"""metrics.json: the schema of a finished run's results, the status rule, reading and writing,
+and the code version (commit_hash) every run records.
+
+`Metrics` holds every key with its unit and meaning (docs/run-folder.md's table is generated
+from it). Standard library only, like the rest of `runs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latent_evolution.files import atomic_write_json
+from latent_evolution.runs.folder import (
+    HELD_OUT_SPLITS,
+    METRICS,
+    SPLITS,
+    RunStatus,
+    rollout_first_worse_key,
+    rollout_key,
+    rollout_max_key,
+)
+
+
+def _metric(unit: str, meaning: str) -> Any:
+    return field(default=None, metadata={"unit": unit, "meaning": meaning})
+
+
+MSE = "(activity unit)^2"  # mean squared error of the data column (e.g. VOLTAGE)
+
+
+@dataclass
+class Metrics:
+    """Every key of metrics.json, with its unit and meaning; None where not measured."""
+
+    status: str = field(
+        default=RunStatus.OK, metadata={"unit": "", "meaning": "RunStatus of the run"}
+    )
+    status_note: str = _metric("", "why the status is not ok (empty when ok)")
+    diverged_at_epoch: int | None = _metric("epoch", "first epoch with a non-finite loss")
+    last_finite_train_loss: float | None = _metric(MSE, "last finite training objective")
+    last_finite_val_loss: float | None = _metric(MSE, "last finite validation loss")
+    final_train_loss: float | None = _metric(MSE, "evolve-only MSE over the train split")
+    final_val_loss: float | None = _metric(MSE, "evolve-only MSE over the val split")
+    final_test_loss: float | None = _metric(MSE, "evolve-only MSE over the test split")
+    best_metric_name: str | None = _metric("", "training.early_stopping.metric: best weights by it")
+    best_metric: float | None = _metric("its unit", "its lowest value (best_model.pt's)")
+    best_epoch: int | None = _metric("epoch", "the epoch of best_metric and best_model.pt")
+    stopped_early: bool | None = _metric("", "whether early stopping ended the run")
+    stopped_at_epoch: int | None = _metric("epoch", "the epoch it stopped at, if it did")
+    best_train_loss: float | None = _metric(MSE, "final_train_loss of best_model.pt")
+    best_val_loss: float | None = _metric(MSE, "final_val_loss of best_model.pt")
+    best_test_loss: float | None = _metric(MSE, "final_test_loss of best_model.pt")
+    train_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', train split")
+    val_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', val split")
+    test_loss_constant_model: float | None = _metric(MSE, "MSE of 'no change', test split")
+    final_train_objective_loss: float | None = _metric(MSE, "last epoch's training objective")
+    final_train_evolve_loss: float | None = _metric(MSE, "its evolve (prediction) part")
+    final_train_recon_loss: float | None = _metric(MSE, "its reconstruction part")
+    final_train_reg_loss: float | None = _metric("", "its weighted L1 part")
+    noise_std: float | None = _metric("activity unit", "process noise per frame, if known")
+    noise_floor_loss: float | None = _metric(MSE, "noise_std^2: no predictor's loss is lower")
+    epochs_completed: int | None = _metric("epoch", "epochs trained, over every resume")
+    training_duration_seconds: float | None = _metric("s", "time in the epoch loop")
+    avg_epoch_duration_seconds: float | None = _metric("s", "mean epoch, validation included")
+    train_step_flops: int | None = _metric("FLOP", "matmul FLOPs of one train step, fwd+bwd")
+    model_flops_per_second: float | None = _metric("FLOP/s", "train-step FLOPs over epochs")
+    mfu: float | None = _metric("fraction", "FLOP/s over the GPU's data-sheet peak")
+    gpu_type: str | None = _metric("", "NVML's device name; None on CPU")
+    total_gpu_memory_mb: float | None = _metric("MiB", "the GPU's memory")
+    max_gpu_memory_mb: float | None = _metric("MiB", "peak used on the GPU (NVML, all users)")
+    avg_gpu_utilization_percent: float | None = _metric("%", "mean NVML utilization")
+    max_memory_allocated_mb: float | None = _metric("MiB", "torch allocator's peak allocated")
+    max_memory_reserved_mb: float | None = _metric("MiB", "torch allocator's peak reserved")
+    device: str | None = _metric("", "torch device trained on")
+    compiled: bool | None = _metric("", "whether the train step ran compiled")
+    n_parameters: int | None = _metric("", "number of model parameters")
+    data_path: str | None = _metric("", "folder of the data read")
+    commit_hash: str | None = _metric("", "git hash of the code ('-dirty' if modified)")
+
+    # the rollout's keys (ROLLOUT_METRICS' patterns), flattened into metrics.json by as_json
+    rollout: dict[str, Any] = field(
+        default_factory=dict, metadata={"unit": "", "meaning": "see ROLLOUT_METRICS"}
+    )
+
+
+# metrics.json's rollout keys, for <split> in evaluation.splits and <H> in evaluation.horizons
+# (frames of 20 ms after the start frame): pattern -> (unit, meaning)
+ROLLOUT_METRICS = {
+    rollout_key("<split>", "<H>"): (MSE, "model's MSE vs x[s+H], mean over starts and neurons"),
+    rollout_key("<split>", "<H>", constant=True): (MSE, "MSE of x[s] as the prediction of x[s+H]"),
+    rollout_first_worse_key("<split>"): (
+        "frame",
+        "first H in 1..max_horizon where the model's MSE exceeds the constant's, or 'never'",
+    ),
+    rollout_max_key("<split>"): (
+        MSE,
+        "largest model MSE over H = 1..max_horizon; null if one is not finite",
+    ),
+}
+
+
+def rollout_pattern(key: str) -> str | None:
+    """The ROLLOUT_METRICS pattern a metrics.json key is an instance of, None if none."""
+    for pattern in ROLLOUT_METRICS:
+        regex = re.escape(pattern).replace("<split>", "[a-z]+").replace("<H>", "[0-9]+")
+        if re.fullmatch(regex, key):
+            return pattern
+    return None
+
+
+METRIC_KEYS = tuple(f.name for f in dataclasses.fields(Metrics) if f.name != "rollout")
+
+
+def as_number(value: Any) -> float | None:
+    """A JSON value as a float, None when it is no number (missing, null, text, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
+    """The one rule for a finished run's status: (status, why) from its metrics.
+
+    diverged: the trainer saw a non-finite loss, or a final loss is not finite.
+    failed_to_generalize: val or test loss above its constant baseline while the train
+    loss is at or below its own (batch size 32 did this in 3 of 5 seeds).
+    A run no better than the constant model on any split learned nothing: ok, with a note.
+    """
+    losses = {s: as_number(metrics.get(f"final_{s}_loss")) for s in SPLITS}
+    if metrics.get("status") == RunStatus.DIVERGED or any(
+        v is not None and not math.isfinite(v) for v in losses.values()
+    ):
+        epoch = metrics.get("diverged_at_epoch")
+        return RunStatus.DIVERGED, "loss not finite" + (f" at epoch {epoch}" if epoch else "")
+    constants = {s: as_number(metrics.get(f"{s}_loss_constant_model")) for s in SPLITS}
+    above = {
+        s: losses[s] is not None and constants[s] is not None and losses[s] > constants[s]
+        for s in SPLITS
+    }
+    if losses["train"] is None or constants["train"] is None:
+        return RunStatus.OK, ""
+    if above["train"]:
+        worse = above["val"] and above["test"]
+        return RunStatus.OK, "no better than the constant model on any split" if worse else ""
+    for split in HELD_OUT_SPLITS:
+        if above[split]:
+            return RunStatus.FAILED_TO_GENERALIZE, (
+                f"{split} loss {losses[split]:.6g} > constant {constants[split]:.6g} "
+                f"while train loss {losses['train']:.6g} <= constant {constants['train']:.6g}"
+            )
+    return RunStatus.OK, ""
+
+
+# metrics.json keys a sweep may minimise (Config.optimized_metric), besides the rollout MSEs
+# rollout_key(split, h) for each evaluation split and horizon (objective_names)
+BEST_METRIC = "best_metric"  # the best training.early_stopping.metric value (Metrics)
+OBJECTIVE = ("final_val_loss", BEST_METRIC)
+
+
+def objective_names(splits: list[str], horizons: list[int]) -> tuple[str, ...]:
+    """Every name Config.optimized_metric may take for these evaluation splits and horizons."""
+    return (*OBJECTIVE, *(rollout_key(s, h) for s in splits for h in horizons))
+
+
+def objective(metrics: dict[str, Any], name: str = "final_val_loss") -> float:
+    """What a sweep minimises for a finished run: metrics[name], inf once it diverged or when
+    the value is missing or not finite (an optimizing sweeper ranks such a run last, goes on)."""
+    value = as_number(metrics.get(name))
+    diverged = metrics.get("status") == RunStatus.DIVERGED
+    return math.inf if diverged or value is None or not math.isfinite(value) else value
+
+
+# ------------------------------------------------------------------ reading, writing
+
+
+def as_json(metrics: Metrics) -> dict[str, Any]:
+    """metrics.json's content, strict JSON: NaN/inf (a diverged model's losses) become null."""
+    flat = dataclasses.asdict(metrics)
+    flat.update(flat.pop("rollout"))
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in flat.items()
+    }
+
+
+def write_metrics(run_dir: Path, metrics: Metrics) -> Path:
+    return atomic_write_json(Path(run_dir) / METRICS, as_json(metrics))
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run, or None if the folder holds no finished run."""
+    path = Path(run_dir) / METRICS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def commit_hash() -> str:
+    """Short git hash of the code's checkout (with '-dirty' if modified), else the version."""
+    root = Path(__file__).resolve().parents[2]  # the checkout holding latent_evolution/
+    if not (root / ".git").exists():  # installed (site-packages): whatever git repo holds it
+        from latent_evolution import __version__
+
+        return f"v{__version__}"
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=7", "--match=NOMATCH"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from latent_evolution import __version__
+
+        return f"v{__version__}"

@@ -1,0 +1,80 @@
+"""A run folder's torch files: checkpoint and final weights, written atomically.
+
+`checkpoint.pt` holds only tensors, dicts, lists, numbers and strings (model and
+optimizer state, RNG states, epoch, the epoch log, the config), so loading it with
+weights_only=True never runs pickled code. The file names are runs.folder's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latent_evolution.config.schema import RESUMABLE, Config, marked_keys
+from latent_evolution.errors import BadFileError, ConfigError
+from latent_evolution.files import atomic_write
+from latent_evolution.runs.folder import BEST_MODEL, CHECKPOINT, MODEL
+
+# config keys a resumed run may change: where it runs and how long, not what it learns
+# (marked RESUMABLE on their fields in config.schema)
+RESUMABLE_CHANGES = marked_keys(RESUMABLE)
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
+    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(state, f))
+
+
+def save_model(run_dir: Path, model: torch.nn.Module) -> Path:
+    return atomic_write(Path(run_dir) / MODEL, lambda f: torch.save(model.state_dict(), f))
+
+
+def save_best_model(run_dir: Path, model: torch.nn.Module) -> Path:
+    return atomic_write(Path(run_dir) / BEST_MODEL, lambda f: torch.save(model.state_dict(), f))
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The run folder's checkpoint (tensors on the CPU), or None if it has none."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    for partial in Path(run_dir).glob(".*.tmp"):  # left by a writer that was killed
+        partial.unlink(missing_ok=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated (a full disk) or not a checkpoint: one line, no trace
+        raise BadFileError(
+            str(path), type(exc).__name__, "cannot be read; restore it, or delete it to start over"
+        ) from exc
+
+
+def check_same_run(
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    prefix: str = "",
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Raise ConfigError on the first key where the checkpoint's config differs from this run's.
+
+    A key the checkpoint does not hold was added to the schema after it was written; at its
+    default it is what that run did (a new key's default keeps the old behaviour), so only a
+    value away from the default differs. RESUMABLE keys may differ.
+    """
+    defaults = dataclasses.asdict(Config()) if defaults is None else defaults
+    for key, value in current.items():
+        name = f"{prefix}{key}"
+        if name in RESUMABLE_CHANGES or saved.get(key) == value:
+            continue
+        if key not in saved and value == defaults.get(key):
+            continue
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            check_same_run(saved[key], value, f"{name}.", defaults.get(key) or {})
+            continue
+        raise ConfigError(
+            name,
+            value,
+            f"this run folder's checkpoint.pt was made with {saved.get(key)!r}; "
+            "use the same value or a new run folder",
+        )
