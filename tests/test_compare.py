@@ -208,6 +208,15 @@ def test_command_line_entry_point(sweeps):
     assert done.stdout.startswith("1 runs: 1 diverged\n")
 
 
+def test_plot_takes_one_png_and_the_folders_after_it(two_runs, tmp_path):
+    curves, rollouts = tmp_path / "curves.png", tmp_path / "rollouts.png"
+    sweep = str(two_runs[0].parent)
+    assert compare_cli.main(["--plot", str(curves), sweep]) == 0  # SWEEP is a folder, not KIND
+    assert compare_cli.main(["--plot-kind", "rollout", "--plot", str(rollouts), sweep]) == 0
+    assert curves.read_bytes()[:4] == rollouts.read_bytes()[:4] == b"\x89PNG"
+    assert curves.read_bytes() != rollouts.read_bytes()
+
+
 # --------------------------------------------------------- broken and mixed folders
 
 
@@ -394,6 +403,10 @@ def test_swept_parameters_skip_cache_paths_and_fold_presets():
     [
         (["missing-folder"], r"folders='missing-folder': must be an existing folder"),
         (["{sweep}", "--plot", "x.pdf"], r"--plot='x.pdf': must be a .png file path"),
+        (
+            ["--plot", "rollout", "x.png", "{sweep}"],  # the KIND goes to --plot-kind
+            r"--plot='rollout': takes the PNG only: --plot-kind rollout --plot PNG",
+        ),
         (["{sweep}", "--sort", "nope"], r"--sort='nope': must be a column: training.batch_size, "),
         (
             ["{sweep}", "--group-by", "training.bs"],

@@ -75,4 +75,8 @@ def test_the_installed_wheel_composes_trains_and_compares_from_an_empty_folder(i
     assert row["final_val_loss"] == metrics["final_val_loss"]
     module = run(bin_dir / "python", "-m", "latent_evolution.compare", "outputs", cwd=here)
     assert "1 runs:" in module
+    for command in ("compare", "status", "evaluate"):  # each names itself as started
+        usage = run(bin_dir / f"latent-evolution-{command}", "--help", cwd=here)
+        assert usage.startswith(f"usage: latent-evolution-{command} "), usage
+    assert "hardware: a100, auto, cpu" in run(bin_dir / "latent-evolution-train", "--help")
     assert sorted(os.listdir(here)) == ["outputs"]  # nothing written beside the run folder

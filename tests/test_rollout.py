@@ -233,9 +233,12 @@ def test_compare_sorts_by_a_rollout_metric_and_overlays_rollouts(compose, tmp_pa
     assert list(result.runs[key]) == values == sorted(m[key] for m in runs.values())
     assert key in result.runs.columns and rollout_first_worse_key("test") in result.runs.columns
     png = tmp_path / "rollouts.png"
-    assert compare_cli.main([str(tmp_path / "sweep"), "--plot", "rollout", str(png)]) == 0
+    assert (
+        compare_cli.main([str(tmp_path / "sweep"), "--plot-kind", "rollout", "--plot", str(png)])
+        == 0
+    )
     assert png.read_bytes().startswith(b"\x89PNG")
-    assert compare_cli.main([str(tmp_path / "sweep"), "--plot", "loss", str(png)]) == 2
+    assert compare_cli.main(["--plot", "rollout", str(png), str(tmp_path / "sweep")]) == 2
 
 
 def test_a_split_too_short_for_the_rollout_is_one_line_naming_the_key():

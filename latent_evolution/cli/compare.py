@@ -1,4 +1,5 @@
-"""`python -m latent_evolution.compare FOLDER... [--format F] [--output PATH] [--plot ...]`.
+"""`python -m latent_evolution.compare FOLDER... [--format F] [--output PATH] [--plot PNG]
+[--plot-kind val|rollout]`.
 
 Tabulates every run under the given folders (analysis.compare) and renders the tables
 (analysis.report); exit status 2 with one line on bad input.
@@ -14,13 +15,14 @@ from pathlib import Path
 from latent_evolution.analysis import report
 from latent_evolution.analysis.compare import FORMATS, PLOTS, compare
 from latent_evolution.cli.errors import command
+from latent_evolution.cli.names import program_name
 from latent_evolution.errors import ArgumentError
 from latent_evolution.files import atomic_write_text
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latent_evolution.compare",
+        prog=program_name("compare"),
         description="Tabulate every run under the given sweep folders.",
     )
     p.add_argument("folders", nargs="+", type=Path, help="sweep or run folders to search")
@@ -34,30 +36,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="KEY",
         help="config key for the repeats table and the plot colour (repeatable)",
     )
+    p.add_argument("--plot", type=Path, metavar="PNG", help="write curves to this .png file")
     p.add_argument(
-        "--plot",
-        nargs="+",
-        metavar="[KIND] PNG",
-        help="write curves here: validation loss per epoch, or with KIND=rollout the runs' "
+        "--plot-kind",
+        choices=tuple(PLOTS),
+        default="val",
+        help="val: validation loss per epoch, coloured by --group-by; rollout: the runs' "
         "rollout MSE vs horizon (rollout.csv) overlaid",
     )
-    args = p.parse_args(argv)
-    if args.plot is not None:
-        given = ["val", *args.plot] if len(args.plot) == 1 else args.plot
-        args.plot_kind, args.plot = (
-            given[0] if len(given) == 2 else " ".join(given),
-            Path(given[-1]),
-        )
-    return args
+    return p.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Bad input: one line naming the option, before any folder is walked."""
+    if args.plot is not None and str(args.plot) in PLOTS:  # the form `--plot KIND PNG`
+        raise ArgumentError(
+            "--plot", str(args.plot), f"takes the PNG only: --plot-kind {args.plot} --plot PNG"
+        )
     for folder in args.folders:
         if not folder.is_dir():
             raise ArgumentError("folders", str(folder), "must be an existing folder")
-    if args.plot is not None and args.plot_kind not in PLOTS:
-        raise ArgumentError("--plot", args.plot_kind, f"KIND must be one of {', '.join(PLOTS)}")
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ArgumentError("--plot", str(args.plot), "must be a .png file path")
 

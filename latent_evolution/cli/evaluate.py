@@ -26,6 +26,7 @@ from typing import Any
 
 from latent_evolution.analysis.report import draw_rollout
 from latent_evolution.cli.errors import command
+from latent_evolution.cli.names import program_name
 from latent_evolution.config.compose import conf_dir, parse_overrides, to_config
 from latent_evolution.config.schema import Config
 from latent_evolution.errors import ArgumentError, BadFileError
@@ -174,7 +175,7 @@ def evaluate_run(run: Path, config: Config, weights: str, overrides: Sequence[st
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latent_evolution.evaluate",
+        prog=program_name("evaluate"),
         description="Re-evaluate trained runs, optionally on other data (Hydra overrides).",
     )
     p.add_argument("items", nargs="+", metavar="RUN_DIR | OVERRIDE")

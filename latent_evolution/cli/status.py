@@ -22,12 +22,13 @@ from latent_evolution.analysis.status import (
     render,
 )
 from latent_evolution.cli.errors import command
+from latent_evolution.cli.names import program_name
 from latent_evolution.errors import ArgumentError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latent_evolution.status",
+        prog=program_name("status"),
         description="One row per job of each sweep: scheduler state and training progress.",
     )
     p.add_argument("sweeps", nargs="+", type=Path, metavar="SWEEP_DIR")
