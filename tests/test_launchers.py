@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -191,6 +192,57 @@ def test_our_jobs_take_their_request_from_hardware_unless_the_launcher_sets_it(t
     assert "#SBATCH --gres=gpu:1" in chosen.stdout  # what the launcher left alone stays hardware's
 
 
+@pytest.mark.parametrize(
+    ("launcher", "signal"),
+    [
+        ("submitit_lsf", r'#BSUB -wa "USR2"\n#BSUB -wt (\d+)'),
+        ("submitit_slurm", r"--signal=USR2@(\d+)"),
+    ],
+)
+def test_the_default_warning_signal_adapts_to_the_time_limit(tmp_path, launcher, signal):
+    done = sweep(
+        tmp_path,
+        "hardware=a100",
+        "hardware.timeout_min=2,5,720",
+        f"hydra/launcher={launcher}",
+        "hydra.launcher.dry_run=true",
+    )
+    assert done.returncode == 0, done.stderr
+    scripts = done.stdout.split("# dry run, not submitted")[1:]
+    limits = [int(re.search(r"(?:-W |--time=)(\d+)", s).group(1)) for s in scripts]
+    delays = [int(m.group(1)) if (m := re.search(signal, s)) else None for s in scripts]
+    minutes = [d if launcher == "submitit_lsf" or d is None else d / 60 for d in delays]
+    # none for a 2-minute job, a fifth of a 5-minute one, hydra-submitit-launcher's 2 minutes
+    assert dict(zip(limits, minutes, strict=True)) == {2: None, 5: 1, 720: 2}
+
+
+@pytest.mark.parametrize(
+    ("launcher", "setting", "message"),
+    [
+        (
+            "submitit_lsf",
+            "signal_delay_min=2",
+            "signal_delay_min=2: must be >= 1 and < timeout_min=2 (minutes)",
+        ),
+        (
+            "submitit_slurm",
+            "signal_delay_s=150",
+            "hydra.launcher.signal_delay_s=150: must be > 0 and < timeout_min=2 minutes (seconds)",
+        ),
+    ],
+)
+def test_only_a_signal_delay_the_user_set_is_refused(tmp_path, launcher, setting, message):
+    done = sweep(
+        tmp_path,
+        "hardware=a100",
+        "hardware.timeout_min=2",
+        f"hydra/launcher={launcher}",
+        f"hydra.launcher.{setting}",
+        "hydra.launcher.dry_run=true",
+    )
+    assert (done.returncode, done.stderr) == (2, f"error: {message}\n")
+
+
 def test_gpu_type_sweep_through_lsf_sends_each_job_to_its_queue(lsf_standin, tmp_path):
     done = sweep(tmp_path, *GPU_TYPES, "hydra/launcher=submitit_lsf")
     assert done.returncode == 0, done.stderr
@@ -200,6 +252,17 @@ def test_gpu_type_sweep_through_lsf_sends_each_job_to_its_queue(lsf_standin, tmp
         queue = options[record["job_id"].split("_")[0]]["q"]
         assert queue == run_config(tmp_path, record).hardware.lsf.queue
         assert (tmp_path / record["run_dir"] / "metrics.json").exists()
+
+
+def test_a_two_minute_job_submits_and_finishes_on_lsf(lsf_standin, tmp_path):
+    done = sweep(
+        tmp_path, *ONE_EPOCH_ON_CPU, "hardware.timeout_min=2", "hydra/launcher=submitit_lsf"
+    )
+    assert done.returncode == 0, done.stderr
+    (submission,) = lsf_standin.submissions()
+    assert submission["options"]["W"] == "2" and "wt" not in submission["options"]
+    (record,) = submitted(tmp_path)
+    assert (tmp_path / record["run_dir"] / "metrics.json").exists()
 
 
 def test_a_refused_queue_fails_its_jobs_only_and_the_rest_run(lsf_standin, tmp_path, monkeypatch):
@@ -257,6 +320,18 @@ def test_gpu_type_sweep_on_slurm_runs_every_job_in_its_partition(slurm_cluster, 
         assert slurm_job(slurm_cluster, record["job_id"])["Partition"] == partitions[-1]
         assert (tmp_path / record["run_dir"] / "metrics.json").exists()
     assert sorted(partitions) == sorted(QUEUES)
+
+
+def test_a_two_minute_job_submits_and_finishes_on_slurm(slurm_cluster, tmp_path):
+    done = sweep(
+        tmp_path, *ONE_EPOCH_ON_CPU, "hardware.timeout_min=2", "hydra/launcher=submitit_slurm"
+    )
+    assert done.returncode == 0, done.stderr
+    (record,) = submitted(tmp_path)
+    assert slurm_job(slurm_cluster, record["job_id"])["TimeLimit"] == "00:02:00"
+    (script,) = the_sweep_dir(tmp_path).glob(".submitit/*/*_submission.sh")
+    assert "--time=2" in script.read_text() and "--signal" not in script.read_text()
+    assert (tmp_path / record["run_dir"] / "metrics.json").exists()
 
 
 def test_a_failing_job_lets_the_others_finish_and_is_named_with_its_rerun(slurm_cluster, tmp_path):

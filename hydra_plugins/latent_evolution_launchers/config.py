@@ -47,7 +47,9 @@ class LSFDispatchConf(BaseQueueConf, SweepOptions):
     # or "slot" (RESOURCE_RESERVE_PER_TASK=Y in lsb.params: per task, so mem_gb is divided)
     mem_per: str = "job"
     additional_directives: dict[str, Any] = field(default_factory=dict)  # {"R": "select[...]"}
-    signal_delay_min: int = 2  # USR2 (-wa/-wt) this long before the run limit, to checkpoint
+    # USR2 (-wa/-wt) this many minutes before the run limit, to checkpoint; unset: 2, at most
+    # a fifth of timeout_min, none below 5 minutes (cluster.scheduler.warning_delay_min)
+    signal_delay_min: int | None = None
     max_num_timeout: int = 0
     array_parallelism: int = 256
     setup: list[str] | None = None  # shell lines run before python in each job

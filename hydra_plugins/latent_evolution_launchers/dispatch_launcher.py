@@ -11,6 +11,7 @@ annotations` with a dataclass here).
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -382,9 +383,46 @@ class SlurmDispatchLauncher(DispatchLauncher):
         return ("partition", "constraint", "gres", "cpus_per_task", "mem_gb", "timeout_min")
 
     def executor_class(self) -> type:
-        import submitit
+        return _slurm_executor_class()
 
-        return submitit.SlurmExecutor
+    def executor(self, params: dict[str, Any], dry_run: bool = False) -> Any:
+        timeout_min = params["timeout_min"]
+        params = {**params, "signal_delay_s": self.signal_delay_s(timeout_min)}
+        return super().executor(params, dry_run)
+
+    def signal_delay_s(self, timeout_min: int) -> int:
+        """`--signal=USR2@N`'s N for a job of this time limit; 0: no warning signal. The
+        default (unset) adapts to the limit as LSF's does; a value the user set must fit it."""
+        from latent_evolution.cluster.scheduler import warning_delay_min
+        from latent_evolution.errors import ConfigError
+
+        delay_s = self.params["signal_delay_s"]
+        if delay_s == SlurmDispatchConf.signal_delay_s:  # hydra-submitit-launcher's default
+            return 60 * warning_delay_min(timeout_min)
+        if not (isinstance(delay_s, int) and 0 < delay_s < 60 * timeout_min):
+            allowed = f"must be > 0 and < timeout_min={timeout_min} minutes (seconds)"
+            raise ConfigError("hydra.launcher.signal_delay_s", delay_s, allowed)
+        return delay_s
+
+
+@functools.cache
+def _slurm_executor_class() -> type:
+    """submitit's SlurmExecutor, writing no `--signal` for signal_delay_s=0 (submitit always
+    writes one, and `USR2@0` would come with the kill at the time limit)."""
+    import submitit
+
+    class SlurmExecutor(submitit.SlurmExecutor):
+        def _make_submission_file_text(self, command: str, uid: str) -> str:
+            text = super()._make_submission_file_text(command, uid)
+            if self.parameters.get("signal_delay_s") != 0:
+                return text
+            return "".join(
+                line
+                for line in text.splitlines(keepends=True)
+                if not line.startswith("#SBATCH --signal=")
+            )
+
+    return SlurmExecutor
 
 
 # -------------------------------------------------------------------------- LSF

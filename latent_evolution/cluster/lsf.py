@@ -40,6 +40,7 @@ from latent_evolution.cluster.scheduler import (
     parse_bjobs_output,
     parse_not_found,
     submitit_id,
+    warning_delay_min,
 )
 from latent_evolution.errors import ConfigError
 
@@ -126,7 +127,7 @@ def make_bsub_script(
     timeout_min: int = 5,
     mem_gb: float | None = None,
     mem_per: str = "job",
-    signal_delay_min: int = 2,
+    signal_delay_min: int | None = None,
     array_parallelism: int = 256,
     stderr_to_stdout: bool = False,
     setup: list[str] | None = None,
@@ -141,7 +142,8 @@ def make_bsub_script(
     the site sets RESOURCE_RESERVE_PER_TASK=Y (mem_per="slot": mem_gb / slots is reserved).
     More than one slot always gets span[hosts=1]: LSF would otherwise spread the slots over
     hosts, and `-gpu` counts per host. signal_delay_min: minutes before the run limit (-W,
-    minutes) that LSF sends USR2 (`-wa USR2 -wt`), submitit's cue to checkpoint and requeue.
+    minutes) that LSF sends USR2 (`-wa USR2 -wt`), submitit's cue to checkpoint and requeue;
+    None: scheduler.warning_delay_min of the time limit (no signal for the shortest jobs).
     additional_directives ({"x": True}, flag with or without its dash) override generated
     ones, except "R", which is merged with ours into one requirement (merge_requirements).
     """
@@ -173,13 +175,15 @@ def _directives(
         "J": flags["name"],
         "n": flags["slots"],
         "W": flags["timeout_min"],
-        "wa": LSFJobEnvironment.USR_SIG,
-        "wt": flags["signal_delay_min"],
         "o": f"{logs}_lsf.out",
         "q": flags["queue"],
         "gpu": flags["gpu"],
         "P": flags["project"],
     }
+    delay = flags["signal_delay_min"]
+    delay = warning_delay_min(flags["timeout_min"]) if delay is None else delay
+    if delay:
+        directives.update(wa=LSFJobEnvironment.USR_SIG, wt=delay)
     if map_count:
         directives["J"] += f"[1-{map_count}]%{min(map_count, array_parallelism)}"
     if not stderr_to_stdout:
@@ -218,9 +222,10 @@ def _check_parameters(params: dict[str, Any]) -> None:
     for key in ("slots", "timeout_min", "array_parallelism"):
         if not isinstance(merged[key], int) or merged[key] < 1:
             raise ConfigError(key, merged[key], "must be a positive integer")
-    if not 1 <= merged["signal_delay_min"] < merged["timeout_min"]:
+    delay = merged["signal_delay_min"]  # None (unset): adapted to timeout_min, always valid
+    if delay is not None and not (isinstance(delay, int) and 1 <= delay < merged["timeout_min"]):
         allowed = f"must be >= 1 and < timeout_min={merged['timeout_min']} (minutes)"
-        raise ConfigError("signal_delay_min", merged["signal_delay_min"], allowed)
+        raise ConfigError("signal_delay_min", delay, allowed)
     if merged["mem_gb"] is not None and not merged["mem_gb"] > 0:
         raise ConfigError("mem_gb", merged["mem_gb"], "must be > 0 (GB)")
     if merged["mem_per"] not in MEM_PER:

@@ -19,6 +19,21 @@ QUERY_TIMEOUT_S = 60
 _NOT_FOUND = re.compile(r"Job <(?P<id>\d+)(?:\[\d+\])?> is not found")
 
 
+# ------------------------------------------------------------------------------ warning signal
+
+# The warning signal before the run limit (LSF -wa/-wt, Slurm --signal), submitit's cue to
+# checkpoint and requeue, when the user sets no delay: WARNING_DELAY_MIN, but never more than
+# WARNING_FRACTION of the time limit, and none at all for jobs shorter than a minute of it
+# (a 2-minute debug job is killed at its limit, as the scheduler would without a signal).
+WARNING_DELAY_MIN = 2  # minutes: hydra-submitit-launcher's signal_delay_s=120
+WARNING_FRACTION = 0.2
+
+
+def warning_delay_min(timeout_min: int) -> int:
+    """Minutes before the run limit of `timeout_min` minutes that the warning comes; 0: none."""
+    return min(WARNING_DELAY_MIN, int(timeout_min * WARNING_FRACTION))
+
+
 # ------------------------------------------------------------------------------ job ids
 
 
