@@ -18,7 +18,7 @@ from hydra.types import RunMode
 
 from latent_evolution.runs.folder import METRICS, RunStatus, rollout_key
 from latent_evolution.runs.metrics import objective
-from tests.helpers import TINY, run_module
+from tests.helpers import TINY, child_env, module_command, run_module
 
 SEARCH_PRESETS = ("batch_and_lr_optuna",)  # optuna searches, composed here, not as grids
 pytest_plugins = ["tests.lsf_standin"]  # the lsf_standin fixture
@@ -61,6 +61,24 @@ def test_a_bad_fixed_override_is_one_line_before_any_trial(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.splitlines() == ["error: training.epochs=0: must be a positive integer"]
     assert not sweep.exists()  # no trial ran
+
+
+def test_a_search_that_would_not_wait_for_its_trials_is_refused_before_submitting(
+    lsf_standin, tmp_path
+):
+    """wait=false hands back job ids, never a trial's value: the study would sample blind."""
+    command = [*module_command("train"), "experiment=batch_and_lr_optuna", "hydra/sweeper=optuna",
+               "hydra/launcher=submitit_lsf", "hydra.launcher.wait=false"]  # fmt: skip
+    (tmp_path / "here").mkdir()
+    done = subprocess.run(
+        command, cwd=tmp_path / "here", env=child_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = [s for s in done.stderr.splitlines() if s.startswith("error:")]
+    assert line.startswith("error: hydra.launcher.wait=false: hydra/sweeper=optuna needs each ")
+    assert done.stderr.count("error") == 1 and "Traceback" not in done.stderr
+    assert lsf_standin.submissions() == []
+    assert list((tmp_path / "here").iterdir()) == []  # no sweep folder either
 
 
 def search(tmp_path: Path, *launcher: str) -> subprocess.CompletedProcess:

@@ -33,6 +33,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import OmegaConf
 
 from hydra_plugins.latent_evolution_launchers.config import LSFDispatchConf, SlurmDispatchConf
+from latent_evolution.errors import EXIT_BAD_INPUT
 
 log = logging.getLogger(__name__)
 # submitit's generic executor parameters (AutoExecutor's), converted by each executor
@@ -40,7 +41,6 @@ GENERIC = tuple(f.name for f in dataclasses.fields(BaseQueueConf) if f.name != "
 # launcher options that are not executor parameters
 LAUNCHER_ONLY = ("_target_", "submitit_folder", "max_num_timeout", "dry_run", "wait")
 DEFAULT_NAME = "${hydra.job.name}"  # hydra-submitit-launcher's; our jobs take the experiment's
-EXIT_NO_SCHEDULER = 2
 
 
 class SweepFailed(CompactHydraException):
@@ -86,6 +86,14 @@ class DispatchLauncher(BaseSubmititLauncher):
         # as AutoExecutor: a scheduler's own parameter wins over a generic one
         executor.update_parameters(**{**executor._convert_parameters(generic), **options})
         return executor
+
+    def setup(self, **kwargs: Any) -> None:
+        """As hydra-submitit-launcher; then refuse what cannot work before any job is sent
+        (this project's train command checks it earlier, before Hydra claims the sweep's
+        folder: cli.train.ValidateBeforeRun)."""
+        super().setup(**kwargs)
+        assert self.config is not None
+        require_results_for_the_sweeper(self.config)
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         """Run one job (in the job's process); a failed task's traceback goes to the job's log."""
@@ -197,7 +205,7 @@ class DispatchLauncher(BaseSubmititLauncher):
             f"instead, add hydra.launcher.dry_run=true",
             file=sys.stderr,
         )
-        raise SystemExit(EXIT_NO_SCHEDULER)
+        raise SystemExit(EXIT_BAD_INPUT)
 
     def _plan(self, overrides: list[str], num: int) -> PlannedJob:
         """Compose the job's config as the job will, and take its parameters from it."""
@@ -318,6 +326,29 @@ class DispatchLauncher(BaseSubmititLauncher):
         kept = [o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
         here = f"hydra.sweep.dir={self.sweep_dir.resolve()}"
         return [*command, "-m", *kept, here, *task]
+
+
+def require_results_for_the_sweeper(config: Any) -> None:
+    """wait=false hands back job ids where a sweeper waits for results: only a grid (Hydra's
+    basic sweeper and its subclasses) needs none. A searching sweeper (optuna) would record
+    ids or failures as its trials' values: one line and exit status 2, before the sweeper
+    starts its study or anything is submitted."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.utils import get_class
+
+    target = config.hydra.sweeper.get("_target_")
+    if config.hydra.launcher.get("wait", True) or target is None:
+        return
+    if issubclass(get_class(target), BasicSweeper):
+        return
+    sweeper = config.hydra.runtime.choices.get("hydra/sweeper", target)
+    print(
+        f"error: hydra.launcher.wait=false: hydra/sweeper={sweeper} needs each job's result "
+        "before it goes on, so the launcher must wait; drop wait=false (a grid sweeper may "
+        "use it), nothing was submitted",
+        file=sys.stderr,
+    )
+    raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _outcome(plan: PlannedJob) -> JobReturn:

@@ -44,6 +44,11 @@ class ValidateBeforeRun(Callback):
             to_config(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra_plugins.latent_evolution_launchers.dispatch_launcher import (
+            require_results_for_the_sweeper,
+        )
+
+        require_results_for_the_sweeper(config)  # before Hydra makes the sweep's folder
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
         if not sweeper.endswith(".ValidatingSweeper"):  # that one checks each job, naming it
             self.on_run_start(config)
