@@ -19,7 +19,7 @@ from latent_evolution.config.compose import to_config
 from latent_evolution.config.input_errors import INPUT_ERRORS, describe
 from latent_evolution.config.schema import validate
 from latent_evolution.errors import ConfigError
-from tests.helpers import TINY, run_module
+from tests.helpers import TINY, child_env, run_module
 
 POSITIVE = "must be a positive integer"
 BAD_INPUTS = [  # (override, expected one-line message, as a regex)
@@ -256,3 +256,52 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
     assert len(lines) == 1, result.stderr
     assert re.search(message, lines[0]), lines[0]
     assert not run_dir.exists() and not sweep_dir.exists()  # no folder, no job launched
+
+
+NO_CUDA = (
+    r"^error: hardware='a100': asks for CUDA \(hardware\.device=cuda\), but [^:]+: use "
+    r"hardware=cpu, or hardware=auto \(CUDA where it works, else the CPU\)"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [("hardware=a100",), ("-m", "hardware=cpu,a100")])
+def test_a_gpu_preset_without_cuda_is_one_line_before_any_data_or_folder(tmp_path, args):
+    """A laptop, a CPU node, a login node (hidden GPUs where the tests run on one): the preset
+    named, what is missing and the way out; in a local sweep before its first job runs."""
+    run_dir, sweep_dir, cache = tmp_path / "run", tmp_path / "sweep", tmp_path / "cache"
+    dirs = (f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={sweep_dir}")
+    env = child_env(CUDA_VISIBLE_DEVICES="", LATENT_EVOLUTION_CACHE=str(cache))
+    result = run_module("train", *args[:1], *TINY[:2], *args[1:], *dirs, env=env, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert re.search(NO_CUDA + ("$" if len(args) == 1 else r" \(sweep job 1: "), lines[0])
+    assert not run_dir.exists() and not sweep_dir.exists() and not cache.exists()
+
+
+def test_cuda_that_does_not_start_is_named_with_its_reason(monkeypatch):
+    """A GPU node whose driver does not match: torch has CUDA, but it does not start."""
+    import warnings
+
+    import torch
+
+    from latent_evolution.config.schema import HardwareConfig
+    from latent_evolution.model.device import require_device
+
+    def driver_mismatch() -> bool:
+        warnings.warn(
+            "CUDA initialization: The NVIDIA driver on your system is too old", stacklevel=2
+        )
+        return False
+
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", driver_mismatch)
+    with pytest.raises(ConfigError) as error:
+        require_device(HardwareConfig(name="h100", device="cuda"))
+    assert str(error.value) == (
+        "hardware='h100': asks for CUDA (hardware.device=cuda), but no CUDA device works on "
+        "this machine (CUDA initialization: The NVIDIA driver on your system is too old): use "
+        "hardware=cpu, or hardware=auto (CUDA where it works, else the CPU)"
+    )
+    require_device(HardwareConfig(name="auto", device="auto"))  # auto falls back: no error

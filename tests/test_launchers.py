@@ -351,7 +351,7 @@ def test_a_failing_job_lets_the_others_finish_and_is_named_with_its_rerun(slurm_
     report = (the_sweep_dir(tmp_path) / "failed_jobs.txt").read_text()
     assert f"job {bad['num']} (" in report and f"job {good['num']} (" not in report
     log = Path(re.search(r"log: (\S+)", report).group(1))
-    assert "Torch not compiled with CUDA" in log.read_text()
+    assert "asks for CUDA (hardware.device=cuda), but this torch" in log.read_text()
     rerun = shlex.split(report.strip().splitlines()[-1])
     assert rerun == [
         sys.executable,

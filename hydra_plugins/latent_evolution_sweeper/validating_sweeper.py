@@ -41,9 +41,24 @@ class ValidatingSweeper(BasicSweeper):
         jobs = [job for batch in self.split_arguments(parsed, None) for job in batch]
         for num, overrides in enumerate(jobs):
             try:
-                to_config(loader.load_sweep_config(self.config, list(overrides)))
+                job = loader.load_sweep_config(self.config, list(overrides))
+                to_config(job)
+                for check in self.local_job_checks():
+                    check(job)
             except INPUT_ERRORS as exc:
                 raise SweepJobError(num, overrides, exc) from None
+
+    def local_job_checks(self) -> list[Any]:
+        """Where the jobs run here (not a cluster launcher), the app's Hydra callbacks that
+        check a job against this machine (`check_local_job(config)`, e.g. a GPU preset on a
+        laptop): run for every job before the first, like the config check."""
+        from hydra_plugins.latent_evolution_launchers.dispatch_launcher import DispatchLauncher
+
+        assert self.hydra_context is not None
+        if isinstance(self.launcher, DispatchLauncher):
+            return []  # the jobs run on the cluster's nodes, which check themselves
+        callbacks = self.hydra_context.callbacks.callbacks
+        return [c.check_local_job for c in callbacks if hasattr(c, "check_local_job")]
 
 
 class SweepJobError(HydraException):

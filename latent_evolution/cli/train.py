@@ -41,7 +41,15 @@ class ValidateBeforeRun(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with one_line_errors():
-            to_config(config)
+            self.check_local_job(config)
+
+    def check_local_job(self, config: DictConfig) -> None:
+        """A job that runs here: its config, and that this machine has what it asks for (a
+        GPU preset on a laptop). The validating sweeper calls it for each job of a local
+        sweep before the first runs; a cluster job checks its machine when it starts (main)."""
+        from latent_evolution.model.device import require_device  # torch: only once valid
+
+        require_device(to_config(config).hardware)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra_plugins.latent_evolution_launchers.dispatch_launcher import (
@@ -57,6 +65,9 @@ class ValidateBeforeRun(Callback):
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     config = to_config(cfg)  # already checked before the run folder existed (ValidateBeforeRun)
+    from latent_evolution.model.device import require_device
+
+    require_device(config.hardware)  # a cluster job: its node's CUDA, before any data is read
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics = train_or_resume(config, run_dir)
     if metrics["status"] == RunStatus.DIVERGED:
