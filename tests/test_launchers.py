@@ -307,6 +307,19 @@ def test_a_sweep_run_again_into_its_folder_submits_only_jobs_without_a_finished_
     assert watched.returncode == 0, watched.stderr
     assert watched.stdout.strip().splitlines()[-1] == "2 jobs: 2 ok"
 
+    # the grid changed: job 1's folder holds seed 2's run, so job 1 fails alone, unsent
+    kept = {p: p.read_bytes() for p in sorted((folder / "1").rglob("*")) if p.is_file()}
+    changed = [a.replace("training.seed=1,2", "training.seed=1,3") for a in again]
+    done = sweep(tmp_path, *changed)
+    assert done.returncode == 2
+    assert len(lsf_standin.submissions()) == n_submitted + 1  # job 0 finished, job 1 refused
+    report = (folder / "failed_jobs.txt").read_text()
+    assert f"training.seed=3: {folder.resolve() / '1'} holds a finished run (metrics.json) " in (
+        report
+    )
+    assert "made with 2; use the same value or a new run folder" in report
+    assert {p: p.read_bytes() for p in sorted((folder / "1").rglob("*")) if p.is_file()} == kept
+
 
 # ------------------------------------------------------------------------------ Slurm
 

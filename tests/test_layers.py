@@ -14,7 +14,7 @@ import grimp
 import pytest
 
 from latent_evolution.analysis.compare import NOT_PARAMETERS
-from latent_evolution.training.checkpoint import RESUMABLE_CHANGES
+from latent_evolution.config.same_run import RESUMABLE_CHANGES
 from tests.helpers import ROOT
 
 

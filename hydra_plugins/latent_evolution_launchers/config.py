@@ -13,6 +13,7 @@ dataclasses cannot resolve string annotations.)
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncherConf
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -66,6 +67,19 @@ class LSFDispatchConf(BaseQueueConf, SweepOptions):
 
 ConfigStore.instance().store(
     group="hydra/launcher", name="submitit_lsf", node=LSFDispatchConf, provider=PROVIDER
+)
+
+
+@dataclass
+class LocalLauncherConf(BasicLauncherConf):
+    """`hydra/launcher=local`, this project's default (conf/config.yaml): Hydra's basic
+    launcher, keeping run folders that hold another config's run (local_launcher)."""
+
+    _target_: str = "hydra_plugins.latent_evolution_launchers.local_launcher.LocalLauncher"
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="local", node=LocalLauncherConf, provider=PROVIDER
 )
 
 

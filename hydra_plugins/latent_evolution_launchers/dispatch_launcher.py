@@ -217,18 +217,19 @@ class DispatchLauncher(BaseSubmititLauncher):
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         try:  # a sampled value (optuna) the config rejects fails this job; the others run
-            return PlannedJob(num, overrides, self.job_params(cfg))
+            params = self.job_params(cfg)
+            if is_ours(cfg):  # a folder holding another config's run: this job fails alone
+                from latent_evolution.config.same_run import check_run_folder
+
+                check_run_folder(self.sweep_dir / str(num), cfg)
+            return PlannedJob(num, overrides, params)
         except (ConfigError, HydraException, OmegaConfBaseException) as exc:
             return PlannedJob(num, overrides, dict(self.params), refused=exc)
 
     def job_params(self, cfg: Any) -> dict[str, Any]:
         """The launcher's parameters, with this project's `hardware` request where the job has
         one; a launcher field set away from its default stays the user's choice for every job."""
-        from latent_evolution.config.schema import HardwareConfig  # standard library only
-
-        hardware = cfg.get("hardware")
-        kind = OmegaConf.get_type(hardware) if OmegaConf.is_config(hardware) else None
-        if kind is not HardwareConfig:
+        if not is_ours(cfg):
             return dict(self.params)  # any other app: the launcher config, as upstream
         from latent_evolution.config.compose import to_config
 
@@ -328,6 +329,22 @@ class DispatchLauncher(BaseSubmititLauncher):
         return [*command, "-m", *kept, here, *task]
 
 
+def is_ours(cfg: Any) -> bool:
+    """Whether a job's composed config is this project's (its typed `hardware`)."""
+    from latent_evolution.config.schema import HardwareConfig  # standard library only
+
+    hardware = cfg.get("hardware")
+    return OmegaConf.is_config(hardware) and OmegaConf.get_type(hardware) is HardwareConfig
+
+
+def runs_on_a_cluster(config: Any) -> bool:
+    """Whether a multirun's jobs go to a scheduler (these launchers), not run here."""
+    from hydra.utils import get_class
+
+    target = config.hydra.launcher.get("_target_")
+    return target is not None and issubclass(get_class(target), DispatchLauncher)
+
+
 def require_results_for_the_sweeper(config: Any) -> None:
     """wait=false hands back job ids where a sweeper waits for results: only a grid (Hydra's
     basic sweeper and its subclasses) needs none. A searching sweeper (optuna) would record
@@ -386,7 +403,7 @@ def failure_report(
 
 def _first_line(exc: BaseException) -> str:
     text = next((line for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {text.strip()[:200]}"
+    return f"{type(exc).__name__}: {text.strip()[:400]}"  # room for a run folder's path
 
 
 # ------------------------------------------------------------------------ Slurm

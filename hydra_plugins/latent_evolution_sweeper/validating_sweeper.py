@@ -52,10 +52,10 @@ class ValidatingSweeper(BasicSweeper):
         """Where the jobs run here (not a cluster launcher), the app's Hydra callbacks that
         check a job against this machine (`check_local_job(config)`, e.g. a GPU preset on a
         laptop): run for every job before the first, like the config check."""
-        from hydra_plugins.latent_evolution_launchers.dispatch_launcher import DispatchLauncher
+        from hydra_plugins.latent_evolution_launchers.dispatch_launcher import runs_on_a_cluster
 
-        assert self.hydra_context is not None
-        if isinstance(self.launcher, DispatchLauncher):
+        assert self.hydra_context is not None and self.config is not None
+        if runs_on_a_cluster(self.config):
             return []  # the jobs run on the cluster's nodes, which check themselves
         callbacks = self.hydra_context.callbacks.callbacks
         return [c.check_local_job for c in callbacks if hasattr(c, "check_local_job")]

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from latent_evolution.analysis.report import draw_rollout
 from latent_evolution.cli.errors import one_line_errors
 from latent_evolution.config.compose import conf_dir, to_config
+from latent_evolution.config.same_run import check_run_folder
 from latent_evolution.config.schema import Config
 from latent_evolution.runs.folder import RunStatus
 from latent_evolution.runs.metrics import objective, read_metrics
@@ -41,6 +42,9 @@ class ValidateBeforeRun(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with one_line_errors():
+            to_config(config)
+            # before Hydra rewrites the folder's .hydra/ (the launchers check a sweep's jobs)
+            check_run_folder(Path(str(config.hydra.run.dir)), config)
             self.check_local_job(config)
 
     def check_local_job(self, config: DictConfig) -> None:
@@ -54,12 +58,17 @@ class ValidateBeforeRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra_plugins.latent_evolution_launchers.dispatch_launcher import (
             require_results_for_the_sweeper,
+            runs_on_a_cluster,
         )
 
         require_results_for_the_sweeper(config)  # before Hydra makes the sweep's folder
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
-        if not sweeper.endswith(".ValidatingSweeper"):  # that one checks each job, naming it
-            self.on_run_start(config)
+        if sweeper.endswith(".ValidatingSweeper"):  # that one checks each job, naming it
+            return
+        with one_line_errors():
+            to_config(config)
+            if not runs_on_a_cluster(config):  # the trials run here: this machine's GPU
+                self.check_local_job(config)
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")

@@ -35,7 +35,7 @@ ROLLOUT_SPLITS = HELD_OUT_SPLITS  # a rollout judges frames the model never trai
 
 # Field markers (dataclasses.field metadata); a marked group marks every key below it.
 # A resumed run may change this key: where it runs and how long, not what it learns
-# (training.checkpoint.check_same_run).
+# (config.same_run).
 RESUMABLE = {"resumable": True}
 # It differs between runs without being a parameter of the experiment, e.g. where each machine
 # caches data (analysis.compare leaves it out of the swept parameters).

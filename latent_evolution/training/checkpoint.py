@@ -7,20 +7,15 @@ weights_only=True never runs pickled code. The file names are runs.folder's.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from latent_evolution.config.schema import RESUMABLE, Config, marked_keys
+from latent_evolution.config.same_run import USE_SAME, first_difference
 from latent_evolution.errors import BadFileError, ConfigError
 from latent_evolution.files import atomic_write
 from latent_evolution.runs.folder import BEST_MODEL, CHECKPOINT, MODEL
-
-# config keys a resumed run may change: where it runs and how long, not what it learns
-# (marked RESUMABLE on their fields in config.schema)
-RESUMABLE_CHANGES = marked_keys(RESUMABLE)
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
@@ -50,31 +45,13 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
         ) from exc
 
 
-def check_same_run(
-    saved: dict[str, Any],
-    current: dict[str, Any],
-    prefix: str = "",
-    defaults: dict[str, Any] | None = None,
-) -> None:
-    """Raise ConfigError on the first key where the checkpoint's config differs from this run's.
-
-    A key the checkpoint does not hold was added to the schema after it was written; at its
-    default it is what that run did (a new key's default keeps the old behaviour), so only a
-    value away from the default differs. RESUMABLE keys may differ.
-    """
-    defaults = dataclasses.asdict(Config()) if defaults is None else defaults
-    for key, value in current.items():
-        name = f"{prefix}{key}"
-        if name in RESUMABLE_CHANGES or saved.get(key) == value:
-            continue
-        if key not in saved and value == defaults.get(key):
-            continue
-        if isinstance(value, dict) and isinstance(saved.get(key), dict):
-            check_same_run(saved[key], value, f"{name}.", defaults.get(key) or {})
-            continue
+def check_same_run(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise ConfigError on the first key where the checkpoint's config differs from this
+    run's (config.same_run's rule: RESUMABLE keys may differ, a key added since at its
+    default is the same run)."""
+    found = first_difference(saved, current)
+    if found is not None:
+        key, before, now = found
         raise ConfigError(
-            name,
-            value,
-            f"this run folder's checkpoint.pt was made with {saved.get(key)!r}; "
-            "use the same value or a new run folder",
+            key, now, f"this run folder's checkpoint.pt was made with {before!r}; {USE_SAME}"
         )
