@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from latent_evolution.analysis import compare
@@ -238,6 +239,31 @@ def test_broken_metrics_or_config_fails_that_run_not_the_command(two_runs, capsy
     assert rows[str(a)]["note"].startswith("unreadable metrics.json: ")
     assert rows[str(b)]["status"] == "failed"
     assert rows[str(b)]["note"].startswith("unreadable .hydra/config.yaml: ")
+
+
+def test_runs_that_read_other_data_or_ran_other_versions_are_flagged(two_runs, capsys):
+    a, b = two_runs
+    same = compare_json(capsys, str(a.parent))
+    assert same["warnings"] == []  # one recording, one environment: nothing to flag
+    assert "data_fingerprint" not in same["runs"][0] and "versions" not in same["runs"][0]
+    metrics = json.loads((b / "metrics.json").read_text())
+    metrics["data_fingerprint"]["mtime"] = "2031-01-01T00:00:00+00:00"  # recording rewritten
+    metrics["versions"]["torch"] = "9.9.9"
+    (b / "metrics.json").write_text(json.dumps(metrics))
+    flagged = compare_json(capsys, str(a.parent))
+    assert flagged["warnings"] == [
+        "runs of this table read other data (data_fingerprint differs in mtime): see the "
+        "data_fingerprint column",
+        "runs of this table ran other package versions (versions differs in torch): see the "
+        "versions column",
+    ]
+    rows = {r["run_dir"]: r for r in flagged["runs"]}
+    assert rows[str(b)]["data_fingerprint"] == 'mtime="2031-01-01T00:00:00+00:00"'
+    assert rows[str(b)]["versions"] == 'torch="9.9.9"'
+    assert rows[str(a)]["versions"] == f'torch="{torch.__version__}"'
+    assert compare_cli.main([str(a.parent)]) == 0
+    terminal = capsys.readouterr().out
+    assert terminal.splitlines()[1].startswith("warning: runs of this table read other data")
 
 
 def test_mixed_metric_sets_and_commits_compare_with_gaps(two_runs, capsys):

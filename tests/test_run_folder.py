@@ -6,11 +6,16 @@ import dataclasses
 import json
 import subprocess
 import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
 
 from latent_evolution.analysis import compare
 from latent_evolution.runs.folder import RunStatus
 from latent_evolution.runs.metrics import (
     METRIC_KEYS,
+    RESULT_PACKAGES,
     ROLLOUT_METRICS,
     Metrics,
     classify,
@@ -55,6 +60,27 @@ def test_a_trained_run_writes_exactly_the_schemas_keys(compose, tmp_path):
     assert tuple(k for k in on_disk if k not in rollout) == tuple(sorted(METRIC_KEYS))
     assert returned.keys() == on_disk.keys()
     assert on_disk["status"] in {s.value for s in RunStatus}
+    # provenance: the versions that shape results, and the data read
+    import numpy
+    import torch
+
+    import latent_evolution
+
+    versions = on_disk["versions"]
+    assert sorted(versions) == sorted(RESULT_PACKAGES)
+    assert (versions["torch"], versions["numpy"]) == (torch.__version__, numpy.__version__)
+    assert versions["latent_evolution"] == latent_evolution.__version__
+    assert all(isinstance(v, str) for v in versions.values())  # all installed here
+    recording = Path(on_disk["data_path"]) / "x_list_0.npy"
+    fingerprint = on_disk["data_fingerprint"]
+    assert fingerprint["path"] == str(recording.resolve())
+    assert fingerprint["size_bytes"] == recording.stat().st_size
+    assert datetime.fromisoformat(fingerprint["mtime"]).timestamp() == pytest.approx(
+        recording.stat().st_mtime, abs=1e-6
+    )
+    splits = config.data.splits
+    assert fingerprint["windows"] == {s: list(getattr(splits, s)) for s in ("train", "val", "test")}
+    assert fingerprint["column"] == config.data.column == "VOLTAGE"
 
 
 def test_importing_lsf_touches_no_hydra_state():

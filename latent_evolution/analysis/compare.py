@@ -10,6 +10,7 @@ in `analysis/report.py`; file names and the metrics schema in `runs/`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -49,6 +50,9 @@ METRIC_COLUMNS = (
     "val_loss_constant_model",
     "test_loss_constant_model",
 )
+# metrics.json's records of what a run read and ran with (runs.metrics.Metrics): runs of one
+# table that differ in them are flagged, and get a column with the fields that differ
+PROVENANCE = {"data_fingerprint": "read other data", "versions": "ran other package versions"}
 FORMATS = ("terminal", "markdown", "csv", "json")
 PLOTS = {"val": report.plot_curves, "rollout": report.plot_rollouts}  # --plot [KIND] PNG
 
@@ -95,9 +99,42 @@ def rollout_columns(runs: Sequence[Run]) -> list[str]:
     return sorted(keys, key=lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)])
 
 
-def run_row(run: Run, swept: Sequence[str], rollout: Sequence[str] = ()) -> dict[str, Any]:
-    """One table row: this run's parameters, status and metrics, built from the run alone."""
+def provenance_differences(runs: Sequence[Run]) -> dict[str, list[str]]:
+    """{PROVENANCE key: its fields whose values differ between runs}, for the keys where any
+    do (runs written before a key existed are left out of its comparison)."""
+    differences = {}
+    for key in PROVENANCE:
+        records = [r.metrics[key] for r in runs if isinstance(r.metrics.get(key), dict)]
+        names = dict.fromkeys(name for record in records for name in record)
+        fields = [n for n in names if len({json.dumps(r.get(n)) for r in records}) > 1]
+        if fields:
+            differences[key] = fields
+    return differences
+
+
+def provenance_warnings(differences: dict[str, list[str]]) -> list[str]:
+    return [
+        f"runs of this table {PROVENANCE[key]} ({key} differs in {', '.join(fields)}): "
+        f"see the {key} column"
+        for key, fields in differences.items()
+    ]
+
+
+def run_row(
+    run: Run,
+    swept: Sequence[str],
+    rollout: Sequence[str] = (),
+    differences: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """One table row: this run's parameters, status and metrics, built from the run alone;
+    for each PROVENANCE key that differs between runs, this run's values of those fields."""
     m = run.metrics
+    provenance = {
+        key: "; ".join(f"{n}={json.dumps(record.get(n))}" for n in fields)
+        if isinstance(record := m.get(key), dict)
+        else None
+        for key, fields in (differences or {}).items()
+    }
     test, constant = (
         as_number(m.get("final_test_loss")),
         as_number(m.get("test_loss_constant_model")),
@@ -107,6 +144,7 @@ def run_row(run: Run, swept: Sequence[str], rollout: Sequence[str] = ()) -> dict
         "status": str(run.status),
         **{k: m.get(k) for k in METRIC_COLUMNS},
         **{k: m.get(k) for k in rollout},
+        **provenance,
         "improvement_vs_constant_pct": _improvement(test, constant),
         "run_dir": str(run.path),
         "note": run.note,
@@ -118,12 +156,18 @@ def _improvement(test: float | None, constant: float | None) -> float | None:
     return 100 * (1 - test / constant) if test is not None and constant else None
 
 
-def runs_table(runs: Sequence[Run], swept: Sequence[str], sort: str) -> pd.DataFrame:
+def runs_table(
+    runs: Sequence[Run],
+    swept: Sequence[str],
+    sort: str,
+    differences: dict[str, list[str]] | None = None,
+) -> pd.DataFrame:
     """Every run, sorted by `sort` (missing values last, ties in folder order)."""
     # object columns keep each run's own values (ints stay ints, missing stays None)
     rollout = rollout_columns(runs)
-    rows = [run_row(r, swept, rollout) for r in runs]
-    table = pd.DataFrame(rows, columns=_columns(swept, rollout), dtype=object)
+    rows = [run_row(r, swept, rollout, differences) for r in runs]
+    columns = _columns(swept, [*rollout, *(differences or {})])
+    table = pd.DataFrame(rows, columns=columns, dtype=object)
     if sort not in table.columns:
         raise ArgumentError("--sort", sort, f"must be a column: {', '.join(table.columns)}")
     order = _sort_key(table[sort]).sort_values(kind="stable", na_position="last").index
@@ -138,8 +182,8 @@ def _sort_key(column: pd.Series) -> pd.Series:
     return column.map(str, na_action="ignore")
 
 
-def _columns(swept: Sequence[str], rollout: Sequence[str] = ()) -> list[str]:
-    return [*swept, "status", *METRIC_COLUMNS, *rollout, "run_dir", "note"]
+def _columns(swept: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    return [*swept, "status", *METRIC_COLUMNS, *extra, "run_dir", "note"]
 
 
 def repeats_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -174,11 +218,13 @@ def compare(
         runs = list(pool.map(load_run, paths))
     swept = swept_parameters(runs)
     _check_keys(group_by, runs, swept)
-    table = runs_table(runs, swept, sort)
+    differences = provenance_differences(runs)
+    table = runs_table(runs, swept, sort, differences)
     keys = list(group_by) or [k for k in swept if k != SEED]
     repeats = repeats_table(table, keys)
     shown = repeats if group_by or (repeats["n"] > 1).any() else None
-    return Comparison(table, swept, list(group_by), keys, shown, sort)
+    warnings = provenance_warnings(differences)
+    return Comparison(table, swept, list(group_by), keys, shown, sort, warnings)
 
 
 def _check_keys(group_by: Sequence[str], runs: Sequence[Run], swept: Sequence[str]) -> None:

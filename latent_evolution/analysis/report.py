@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,8 @@ class Comparison:
     repeat_keys: list[str]  # the repeats table groups runs by these
     repeats: pd.DataFrame | None  # None when no two runs share their repeat keys
     sort: str
+    # runs of this table that read other data or ran other package versions (compare.py)
+    warnings: list[str] = field(default_factory=list)
 
 
 def render(c: Comparison, fmt: str) -> str:
@@ -91,6 +93,7 @@ def _as_json(c: Comparison) -> dict[str, Any]:
         "runs": _records(c.runs),
         "repeat_keys": c.repeat_keys,
         "repeats": _records(c.repeats),
+        "warnings": c.warnings,
     }
 
 
@@ -102,6 +105,7 @@ def _as_text(c: Comparison, markdown: bool) -> str:
     runs, shared = _split_shared(c.runs.assign(note=notes))
     n = counts(c.runs)
     lines = [f"{len(c.runs)} runs: " + ", ".join(f"{v} {k}" for k, v in n.items() if v)]
+    lines += [f"warning: {w}" for w in c.warnings]
     if shared:
         lines.append(
             "same for all runs: " + ", ".join(f"{k}={_cell(v)}" for k, v in shared.items())

@@ -131,6 +131,7 @@ def load_weights(path: Path) -> dict:
 def evaluate_run(run: Path, config: Config, weights: str, overrides: Sequence[str] = ()) -> Path:
     """Evaluate one run under `config`; returns the folder its results were written to."""
     from latent_evolution.data.dataset import load_dataset
+    from latent_evolution.data.simulation_folder import data_fingerprint
     from latent_evolution.evaluation.losses import split_losses
     from latent_evolution.evaluation.rollout import (
         rollout_metrics,
@@ -140,7 +141,12 @@ def evaluate_run(run: Path, config: Config, weights: str, overrides: Sequence[st
     from latent_evolution.model.cpu_kernels import place_model
     from latent_evolution.model.device import autocast_context, resolve_device
     from latent_evolution.model.latent import LatentModel
-    from latent_evolution.runs.metrics import Metrics, commit_hash, write_metrics
+    from latent_evolution.runs.metrics import (
+        Metrics,
+        commit_hash,
+        package_versions,
+        write_metrics,
+    )
 
     state = load_weights(run / WEIGHTS[weights])
     out = run / EVALUATIONS / evaluation_name(weights, config, overrides)
@@ -166,6 +172,8 @@ def evaluate_run(run: Path, config: Config, weights: str, overrides: Sequence[st
         device=str(device),
         data_path=str(data.path),
         commit_hash=commit_hash(),
+        versions=package_versions(),
+        data_fingerprint=data_fingerprint(data.path, config.data),
         rollout=rollout_metrics(results, config.evaluation.horizons),
     )
     write_metrics(out, metrics)

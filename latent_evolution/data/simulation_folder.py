@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -70,6 +71,21 @@ class FileStamp:
 def split_windows(cfg: DataConfig) -> dict[str, list[int]]:
     """Each split's window [start, stop) of frames."""
     return {name: list(getattr(cfg.splits, name)) for name in SPLITS}
+
+
+def data_fingerprint(folder: Path, cfg: DataConfig) -> dict[str, Any]:
+    """What a run read, for metrics.json: the recording's path, size (bytes) and modification
+    time (UTC, ISO 8601), the split windows (frames) and the column. Two runs that differ in
+    it did not see the same data, whatever their configs say."""
+    recording = Path(folder) / DATA_FILE
+    stamp = recording.stat()
+    return {
+        "path": str(recording.resolve()),
+        "size_bytes": stamp.st_size,
+        "mtime": datetime.fromtimestamp(stamp.st_mtime, UTC).isoformat(),
+        "windows": split_windows(cfg),
+        "column": cfg.column,
+    }
 
 
 def kept_bytes(cfg: DataConfig, n_neurons: int) -> int:

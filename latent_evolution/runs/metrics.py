@@ -83,6 +83,12 @@ class Metrics:
     n_parameters: int | None = _metric("", "number of model parameters")
     data_path: str | None = _metric("", "folder of the data read")
     commit_hash: str | None = _metric("", "git hash of the code ('-dirty' if modified)")
+    versions: dict[str, str | None] | None = _metric(
+        "", "versions of the packages that shape results (RESULT_PACKAGES), by name"
+    )
+    data_fingerprint: dict[str, Any] | None = _metric(
+        "", "the data read: recording path, size_bytes, mtime (UTC), windows (frames), column"
+    )
 
     # the rollout's keys (ROLLOUT_METRICS' patterns), flattened into metrics.json by as_json
     rollout: dict[str, Any] = field(
@@ -197,6 +203,23 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a finished run, or None if the folder holds no finished run."""
     path = Path(run_dir) / METRICS
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# the packages whose version can change a run's numbers; metrics.json's `versions`
+RESULT_PACKAGES = ("torch", "numpy", "hydra-core", "submitit", "latent_evolution")
+
+
+def package_versions() -> dict[str, str | None]:
+    """{package: installed version, None where it is not installed} for RESULT_PACKAGES."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in RESULT_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def commit_hash() -> str:

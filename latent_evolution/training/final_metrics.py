@@ -14,12 +14,13 @@ from torch import Tensor
 
 from latent_evolution.config.schema import Config
 from latent_evolution.data.dataset import Dataset
+from latent_evolution.data.simulation_folder import data_fingerprint
 from latent_evolution.data.split import Split
 from latent_evolution.evaluation.losses import split_losses
 from latent_evolution.evaluation.rollout import rollout_metrics, run_rollout, write_rollout_files
 from latent_evolution.model.latent import LatentModel
 from latent_evolution.runs.folder import BEST_MODEL, LOSS_PARTS, SPLITS, RunStatus
-from latent_evolution.runs.metrics import Metrics, classify, commit_hash
+from latent_evolution.runs.metrics import Metrics, classify, commit_hash, package_versions
 from latent_evolution.training.early_stopping import EarlyStopping
 from latent_evolution.training.gpu_monitor import GPUStats, peak_flops, torch_memory_stats
 
@@ -95,6 +96,8 @@ def final_metrics(trainer: TrainedRun, diverged_at: int | None, gpu: GPUStats) -
         n_parameters=sum(p.numel() for p in trainer.model.parameters()),
         data_path=str(d.path),
         commit_hash=commit_hash(),
+        versions=package_versions(),
+        data_fingerprint=data_fingerprint(d.path, trainer.config.data),
         rollout=final_rollout(trainer, trainer.run_dir),  # writes the rollout files too
     )
     metrics.status, metrics.status_note = classify(dataclasses.asdict(metrics))
