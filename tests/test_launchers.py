@@ -243,6 +243,44 @@ def test_only_a_signal_delay_the_user_set_is_refused(tmp_path, launcher, setting
     assert (done.returncode, done.stderr) == (2, f"error: {message}\n")
 
 
+@pytest.mark.parametrize(
+    ("launcher", "array"),
+    [("submitit_lsf", r'#BSUB -J "default\[1-(\d+)\]'), ("submitit_slurm", r"--array=0-(\d+)")],
+)
+def test_a_group_larger_than_max_array_size_goes_out_in_pieces(tmp_path, launcher, array):
+    common = ("hardware=a100", f"hydra/launcher={launcher}", "hydra.launcher.dry_run=true")
+    done = sweep(tmp_path, *common, "training.seed=1,2,3,4,5", "hydra.launcher.max_array_size=2")
+    assert done.returncode == 0, done.stderr
+    scripts = done.stdout.split("# dry run, not submitted")[1:]
+    jobs = [re.findall(r"#   job (\d+):", s) for s in scripts]
+    assert jobs == [["0", "1"], ["2", "3"], ["4"]]  # each piece an array but the last
+    sizes = [int(m.group(1)) if (m := re.search(array, s)) else None for s in scripts]
+    assert sizes == ([2, 2, None] if launcher == "submitit_lsf" else [1, 1, None])
+    refused = sweep(tmp_path, *common, "training.seed=1,2", "hydra.launcher.max_array_size=0")
+    assert (refused.returncode, refused.stderr) == (
+        2,
+        "error: hydra.launcher.max_array_size=0: must be an integer >= 1\n",
+    )
+
+
+def test_pieces_of_one_sweep_are_one_sweep_for_ids_and_status_on_lsf(lsf_standin, tmp_path):
+    done = sweep(
+        tmp_path, *ONE_EPOCH_ON_CPU, "training.seed=1,2,3", "hydra/launcher=submitit_lsf",
+        "hydra.launcher.max_array_size=2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    names = [s["options"]["J"] for s in lsf_standin.submissions()]
+    assert names == ["default[1-2]%2", "default"]
+    first, second = (str(s["job_id"]) for s in lsf_standin.submissions())
+    assert [r["job_id"] for r in submitted(tmp_path)] == [f"{first}_0", f"{first}_1", second]
+    watched = subprocess.run(
+        [sys.executable, "-m", "latent_evolution.status", str(the_sweep_dir(tmp_path))],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.strip().splitlines()[-1] == "3 jobs: 3 ok"
+
+
 def test_gpu_type_sweep_through_lsf_sends_each_job_to_its_queue(lsf_standin, tmp_path):
     done = sweep(tmp_path, *GPU_TYPES, "hydra/launcher=submitit_lsf")
     assert done.returncode == 0, done.stderr

@@ -1,10 +1,10 @@
 """Configs of the dispatching launchers, registered in Hydra's `hydra/launcher` group.
 
 `submitit_slurm` is hydra-submitit-launcher's own SlurmQueueConf (every field, default and
-meaning), plus `dry_run` and `wait`; `submitit_lsf` has the same generic fields (BaseQueueConf)
-plus LSF's own. A job whose composed config has this project's `hardware` takes its resource
-request from there (one sweep fills several queues); any other app's jobs take it from these
-fields, as with hydra-submitit-launcher.
+meaning), plus `dry_run`, `wait` and `max_array_size`; `submitit_lsf` has the same generic
+fields (BaseQueueConf) plus LSF's own. A job whose composed config has this project's
+`hardware` takes its resource request from there (one sweep fills several queues); any other
+app's jobs take it from these fields, as with hydra-submitit-launcher.
 
 (No `from __future__ import annotations`: Hydra imports plugins outside sys.modules, where
 dataclasses cannot resolve string annotations.)
@@ -27,6 +27,9 @@ PROVIDER = "latent_evolution_launchers"
 class SweepOptions:
     dry_run: bool = False  # print each submission script, submit nothing (needs no scheduler)
     wait: bool = True  # false: submit, record the job ids, return at once (frees the login node)
+    # the most jobs one array may hold; a larger group goes out as several arrays. None: the
+    # scheduler's default limit (LSF's MAX_JOB_ARRAY_SIZE 1000, Slurm's MaxArraySize 1001)
+    max_array_size: int | None = None
 
 
 @dataclass

@@ -39,7 +39,14 @@ log = logging.getLogger(__name__)
 # submitit's generic executor parameters (AutoExecutor's), converted by each executor
 GENERIC = tuple(f.name for f in dataclasses.fields(BaseQueueConf) if f.name != "submitit_folder")
 # launcher options that are not executor parameters
-LAUNCHER_ONLY = ("_target_", "submitit_folder", "max_num_timeout", "dry_run", "wait")
+LAUNCHER_ONLY = (
+    "_target_",
+    "submitit_folder",
+    "max_num_timeout",
+    "dry_run",
+    "wait",
+    "max_array_size",
+)
 DEFAULT_NAME = "${hydra.job.name}"  # hydra-submitit-launcher's; our jobs take the experiment's
 
 
@@ -63,6 +70,7 @@ class DispatchLauncher(BaseSubmititLauncher):
     submit_command: str  # the scheduler's submission command, which must be on PATH
     scheduler: str  # its name in submitted_jobs.json, for latent_evolution.analysis.status
     watcher_keys: tuple[str, ...] = ()  # launcher options for the executor's job watcher
+    default_max_array_size: int  # the scheduler's own default limit on an array's jobs
 
     def hardware_request(self, hardware: Any) -> dict[str, Any]:
         """A `hardware` config as launcher parameters (this launcher's field names)."""
@@ -137,16 +145,14 @@ class DispatchLauncher(BaseSubmititLauncher):
         ]
 
     def _launch(self, plans: list[PlannedJob]) -> list[JobReturn]:
-        groups: dict[str, list[PlannedJob]] = defaultdict(list)
-        for plan in (p for p in plans if p.refused is None):
-            groups[json.dumps(plan.params, sort_keys=True, default=str)].append(plan)
+        groups = self._arrays([p for p in plans if p.refused is None])
         if self.params["dry_run"]:
-            for group in groups.values():
+            for group in groups:
                 self._print_script(group)
             return [_job_return(p, JobStatus.COMPLETED, None) for p in plans]
         self._require_scheduler()
         self._make_sweep_dir()
-        executors = [(self.executor(g[0].params), g) for g in groups.values()]  # all valid first
+        executors = [(self.executor(g[0].params), g) for g in groups]  # all valid first
         for executor, group in executors:
             self._submit(executor, group)  # a refused group does not stop the others
         record = self._record([p for p in plans if p.job is not None])
@@ -168,6 +174,20 @@ class DispatchLauncher(BaseSubmititLauncher):
         if failed:
             self._report_failures(failed, len(plans))
         return results
+
+    def _arrays(self, plans: list[PlannedJob]) -> list[list[PlannedJob]]:
+        """Jobs with equal parameters, as arrays of at most max_array_size jobs each (a site
+        refuses larger ones); the pieces of one group are submitted one after another."""
+        from latent_evolution.errors import ConfigError
+
+        limit = self.params.get("max_array_size")
+        limit = self.default_max_array_size if limit is None else limit
+        if not isinstance(limit, int) or limit < 1:
+            raise ConfigError("hydra.launcher.max_array_size", limit, "must be an integer >= 1")
+        groups: dict[str, list[PlannedJob]] = defaultdict(list)
+        for plan in plans:
+            groups[json.dumps(plan.params, sort_keys=True, default=str)].append(plan)
+        return [g[i : i + limit] for g in groups.values() for i in range(0, len(g), limit)]
 
     @property
     def sweep_dir(self) -> Path:
@@ -413,6 +433,7 @@ class SlurmDispatchLauncher(DispatchLauncher):
     conf = SlurmDispatchConf
     submit_command = "sbatch"
     scheduler = "slurm"
+    default_max_array_size = 1001  # slurm.conf's MaxArraySize default (indices 0..1000)
 
     def hardware_request(self, hardware: Any) -> dict[str, Any]:
         s = hardware.slurm
@@ -480,6 +501,7 @@ class LSFDispatchLauncher(DispatchLauncher):
     conf = LSFDispatchConf
     submit_command = "bsub"
     scheduler = "lsf"
+    default_max_array_size = 1000  # lsb.params' MAX_JOB_ARRAY_SIZE default
     watcher_keys = (
         "poll_s",
         "not_found_grace_s",
