@@ -359,6 +359,58 @@ def test_a_sweep_run_again_into_its_folder_submits_only_jobs_without_a_finished_
     assert {p: p.read_bytes() for p in sorted((folder / "1").rglob("*")) if p.is_file()} == kept
 
 
+def lsf_elements(standin, job_id: str) -> list[str]:
+    job = standin.job(job_id)
+    return [job["elements"][k]["stat"] for k in sorted(job["elements"], key=int)]
+
+
+def test_status_cancels_a_sweep_on_lsf_by_job_or_pending_and_a_rerun_submits_them_again(
+    lsf_standin, tmp_path, monkeypatch, capsys
+):
+    from latent_evolution.cli import status
+
+    first = sweep(tmp_path, *ONE_EPOCH_ON_CPU, "training.seed=1", "hydra/launcher=submitit_lsf")
+    assert first.returncode == 0, first.stderr  # job 0 finishes: never touched below
+    folder = the_sweep_dir(tmp_path)
+    finished = (folder / "0" / "metrics.json").read_bytes()
+    grid = (*ONE_EPOCH_ON_CPU, "training.seed=1,2,3,4", "hydra/launcher=submitit_lsf",
+            f"hydra.sweep.dir={folder.resolve()}", "hydra.launcher.max_array_size=2")  # fmt: skip
+    held = sweep(tmp_path, *grid, "hydra.launcher.wait=false",
+                 "+hydra.launcher.additional_directives.H=true")  # fmt: skip
+    assert held.returncode == 0, held.stderr  # jobs 1-3 wait, held (bsub -H): an array and one
+    array, single = (str(s["job_id"]) for s in lsf_standin.submissions()[1:])
+    assert lsf_elements(lsf_standin, array) == ["PSUSP", "PSUSP"]
+
+    assert status.main([str(folder), "--cancel"]) == 2  # no terminal to ask on, no --yes
+    assert "add --yes" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert status.main([str(folder), "--cancel"]) == 1  # asked, answered no
+    assert lsf_elements(lsf_standin, array) == ["PSUSP", "PSUSP"]
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert status.main([str(folder), "--cancel", "--jobs", "1"]) == 0
+    assert f"(bkill {array}[1])" in capsys.readouterr().out  # one element of the array
+    assert lsf_elements(lsf_standin, array) == ["EXIT", "PSUSP"]
+    assert status.main([str(folder), "--cancel", "--pending", "--yes"]) == 0
+    assert f"(bkill {array}[2] {single})" in capsys.readouterr().out  # one call for both
+    assert lsf_elements(lsf_standin, array) == ["EXIT", "EXIT"]
+    assert lsf_elements(lsf_standin, single) == ["EXIT"]
+
+    jobs = {j.num: j.state for j in status.rows([folder])}
+    assert jobs == {0: "ok", 1: "cancelled", 2: "cancelled", 3: "cancelled"}
+    recorded = json.loads((folder / "cancelled_jobs.json").read_text())
+    assert [(r["num"], r["job_id"]) for r in recorded] == [
+        (1, f"{array}_0"), (2, f"{array}_1"), (3, single)
+    ]  # fmt: skip
+    assert (folder / "0" / "metrics.json").read_bytes() == finished
+    assert status.main([str(folder), "--cancel", "--yes"]) == 0  # nothing left to cancel
+    assert capsys.readouterr().out.startswith("nothing to cancel in ")
+    again = sweep(tmp_path, *grid, "hydra.launcher.dry_run=true")  # as for failed jobs
+    assert again.returncode == 0, again.stderr
+    assert "1 of 4 jobs already finished" in again.stdout + again.stderr
+    assert re.findall(r"#   job (\d+):", again.stdout) == ["1", "2", "3"]
+
+
 # ------------------------------------------------------------------------------ Slurm
 
 
@@ -444,6 +496,25 @@ def test_status_joins_squeue_with_the_runs_of_a_detached_slurm_sweep(slurm_clust
     )  # fmt: skip
     assert watched.returncode == 0, watched.stderr
     assert watched.stdout.strip().splitlines()[-1] == "2 jobs: 2 ok"
+
+
+def test_status_cancels_a_held_slurm_sweep_as_one_array(slurm_cluster, tmp_path):
+    done = sweep(
+        tmp_path, *ONE_EPOCH_ON_CPU, "training.seed=1,2", "hydra/launcher=submitit_slurm",
+        "hydra.launcher.wait=false", "+hydra.launcher.additional_parameters.hold=true",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folder = the_sweep_dir(tmp_path)
+    (array,) = {r["job_id"].split("_")[0] for r in submitted(tmp_path)}
+    cancel = subprocess.run(
+        [sys.executable, "-m", "latent_evolution.status", str(folder), "--cancel", "--yes"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cancel.returncode == 0, cancel.stderr
+    assert f"(scancel {array})" in cancel.stdout  # the whole array, in one call
+    assert cancel.stdout.strip().splitlines()[-1] == "2 jobs: 2 cancelled"
+    user = slurm_cluster.run("squeue", "--noheader", "--array", "--format=%i %T")
+    assert not [line for line in user.splitlines() if line.startswith(array)]
 
 
 def start_preemptible_job(tmp_path: Path, launcher: str) -> tuple[dict, Path]:

@@ -350,6 +350,29 @@ def test_bkill_of_a_finished_job_is_not_an_error(lsf_standin: StandIn, tmp_path:
         LSFJob(folder=tmp_path, job_id="999999").cancel()
 
 
+def test_cancel_jobs_calls_bkill_once_per_batch_and_passes_over_finished_ones(
+    lsf_standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from latent_evolution.cluster import scheduler
+
+    done = LSFExecutor(folder=tmp_path / "done").submit(_job_identity, 5)
+    assert done.result()[0] == 25
+    held = LSFExecutor(folder=tmp_path / "held")
+    held.update_parameters(additional_directives={"H": True})  # bsub -H: waits in PSUSP
+    array = held.map_array(_job_identity, [1, 2])
+    ids = [scheduler.cancel_target("lsf", j.job_id) for j in [done, *array]]
+    monkeypatch.setattr(scheduler, "CANCEL_BATCH", 2)
+    commands = scheduler.cancel_jobs("lsf", ids)
+    assert commands == [["bkill", *ids[:2]], ["bkill", ids[2]]]
+    elements = lsf_standin.job(array[0].job_id.split("_")[0])["elements"]
+    assert [elements[i]["stat"] for i in ("1", "2")] == ["EXIT", "EXIT"]
+    assert (
+        scheduler.cancel_target("lsf", array[0].job_id, whole_array=True)
+        == (array[0].job_id.split("_")[0])
+    )
+    assert scheduler.cancel_target("slurm", "77_3") == "77_3"
+
+
 def test_suspended_job_is_not_finished(lsf_standin: StandIn, tmp_path: Path) -> None:
     job = LSFExecutor(folder=tmp_path).submit(_sleep_or_return, "sleep", tmp_path)
     _wait_for(lambda: (tmp_path / "started_sleep").exists())

@@ -24,6 +24,7 @@ from latent_evolution.cluster.scheduler import SchedulerUnreachable, query_sched
 from latent_evolution.errors import ArgumentError, BadFileError
 from latent_evolution.runs.epoch_log import tail_epoch_log
 from latent_evolution.runs.folder import (
+    CANCELLED_JOBS,
     EPOCH_LOG,
     HYDRA_CONFIG,
     HYDRA_OVERRIDES,
@@ -35,13 +36,13 @@ from latent_evolution.runs.reading import Run, find_runs, load_run
 
 OverrideParser = Callable[[Sequence[str]], dict[str, str]]  # overrides -> {key: value}
 SWEEP_CONFIG = "multirun.yaml"  # Hydra writes it when a sweep starts, before any job
-PENDING, UNKNOWN = JobState.PENDING, JobState.UNKNOWN
+PENDING, UNKNOWN, CANCELLED = JobState.PENDING, JobState.UNKNOWN, JobState.CANCELLED
 RUNNING, OK, FAILED = RunStatus.RUNNING, RunStatus.OK, RunStatus.FAILED
 # the order of the totals line
 JOB_STATES = (PENDING, RUNNING, OK, RunStatus.FAILED_TO_GENERALIZE, RunStatus.DIVERGED, FAILED,
-              UNKNOWN)  # fmt: skip
+              CANCELLED, UNKNOWN)  # fmt: skip
 DONE_STATES = (OK, RunStatus.FAILED_TO_GENERALIZE, RunStatus.DIVERGED)  # metrics.json written
-FINAL_STATES = (*DONE_STATES, FAILED)  # --watch stops once every job is in one
+FINAL_STATES = (*DONE_STATES, FAILED, CANCELLED)  # --watch stops once every job is in one
 FORMATS = ("terminal", "json")
 RATE_EPOCHS = 10  # epochs per minute: over the last this many epochs
 SCHEDULER_STATES = {  # the scheduler's word -> ours; a job the scheduler forgot is judged
@@ -66,6 +67,8 @@ class Job:
     scheduler_state: str | None = None  # the scheduler's own word, e.g. PEND, RUNNING
     state: str = PENDING  # one of JOB_STATES
     note: str = ""  # why: a failure's error line, an unreachable scheduler
+    run_state: str | None = None  # the run folder's own verdict (a RunStatus), None: no folder
+    cancelled_at: str | None = None  # when `status --cancel` cancelled this very submission
     epoch: int | None = None
     epochs: int | None = None
     last_val_loss: float | None = None
@@ -84,14 +87,18 @@ def sweep_jobs(sweep: Path, parse_overrides: OverrideParser) -> list[Job]:
     parse_overrides: Hydra's reading of the jobs' overrides (the `status` command passes
     config.compose's; this module stays free of Hydra)."""
     jobs: dict[str, Job] = {}
-    for rec in _read_record(sweep):
+    cancelled = {(c.get("num"), c.get("job_id")): c for c in read_record(sweep, CANCELLED_JOBS)}
+    for rec in read_record(sweep):
         run_dir = _run_dir(sweep, Path(rec["run_dir"]))
+        # a cancellation names its submission: the job submitted again by a rerun is not it
+        cancel = cancelled.get((rec.get("num"), rec.get("job_id")), {})
         jobs[str(run_dir.resolve())] = Job(
             num=rec.get("num"),
             run_dir=run_dir,
             params=parse_overrides(rec.get("overrides", [])),
             scheduler=rec.get("scheduler") or _scheduler_of(sweep),
             scheduler_id=rec.get("job_id"),
+            cancelled_at=cancel.get("cancelled_at"),
         )
     for run_dir in find_runs([sweep]):
         key = str(run_dir.resolve())
@@ -113,14 +120,15 @@ def _run_dir(sweep: Path, recorded: Path) -> Path:
     return recorded if recorded.is_absolute() and recorded.exists() else sweep / recorded.name
 
 
-def _read_record(sweep: Path) -> list[dict[str, Any]]:
-    path = sweep / SUBMITTED_JOBS
+def read_record(sweep: Path, name: str = SUBMITTED_JOBS) -> list[dict[str, Any]]:
+    """A sweep folder's list of job records (SUBMITTED_JOBS, CANCELLED_JOBS); [] if none."""
+    path = sweep / name
     if not path.is_file():
         return []
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise BadFileError(SUBMITTED_JOBS, str(path), f"is unreadable: {exc}") from None
+        raise BadFileError(name, str(path), f"is unreadable: {exc}") from None
     return record if isinstance(record, list) else []
 
 
@@ -190,6 +198,7 @@ def read_progress(job: Job) -> None:
 def _judge_run(job: Job, run: Run) -> None:
     """The run folder's verdict: final when metrics.json exists, else running or failed."""
     job.state, job.note = str(run.status), run.note  # compare's judgement of the folder
+    job.run_state = job.state
     if run.metrics:
         job.epoch = run.metrics.get("epochs_completed", job.epoch)
     if job.state == RUNNING and job.epochs_per_minute and job.epoch is not None and job.epochs:
@@ -241,14 +250,30 @@ def apply_scheduler(job: Job, answers: dict[str, dict[str, str] | SchedulerUnrea
         job.eta_seconds = None
 
 
-def job_rows(sweeps: Sequence[Path], parse_overrides: OverrideParser) -> list[Job]:
-    """Every job of every sweep, with progress and scheduler state: one refresh."""
+def apply_cancelled(job: Job) -> None:
+    """A job `status --cancel` cancelled is cancelled until its run finishes, whatever the
+    scheduler says of it (EXIT, CANCELLED, or nothing once it forgot the job)."""
+    if job.cancelled_at and job.state not in DONE_STATES:
+        job.state, job.note = CANCELLED, f"cancelled {job.cancelled_at} (status --cancel)"
+        job.eta_seconds = None
+
+
+def job_rows(
+    sweeps: Sequence[Path], parse_overrides: OverrideParser, require_scheduler: bool = False
+) -> list[Job]:
+    """Every job of every sweep, with progress and scheduler state: one refresh.
+    require_scheduler: a scheduler that cannot be asked raises SchedulerUnreachable (for
+    acting on the jobs) instead of leaving them unknown (for watching)."""
     jobs = [job for sweep in sweeps for job in sweep_jobs(sweep, parse_overrides)]
     with ThreadPoolExecutor(max_workers=16) as pool:  # file latency dominates on NFS/GPFS
         list(pool.map(read_progress, jobs))
     answers = ask_schedulers(jobs)
+    unreachable = [a for a in answers.values() if isinstance(a, SchedulerUnreachable)]
+    if require_scheduler and unreachable:
+        raise unreachable[0]
     for job in jobs:
         apply_scheduler(job, answers)
+        apply_cancelled(job)
     return jobs
 
 

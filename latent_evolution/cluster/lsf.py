@@ -35,6 +35,7 @@ from typing import Any
 from submitit.core import core, job_environment, logger, submission, utils
 
 from latent_evolution.cluster.scheduler import (
+    ALREADY_FINISHED,
     bjobs_command,
     lsf_element,
     parse_bjobs_output,
@@ -57,7 +58,6 @@ FINISHED_STATES = ("DONE", "EXIT")
 NOT_FOUND = "NOT_FOUND"
 VANISHED = "VANISHED"
 MEM_PER = ("job", "slot")  # how the site counts rusage[mem] (RESOURCE_RESERVE_PER_TASK N / Y)
-ALREADY_FINISHED = "Job has already finished"  # bkill's answer (exit status 255) for an ended job
 _SUBMIT_LINE = re.compile(r"Job <(?P<id>\d+)> is submitted to (?:default )?queue")
 _DIRECTIVE_UNSAFE = re.compile(r'["\n]')
 

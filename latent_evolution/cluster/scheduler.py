@@ -90,6 +90,46 @@ def parse_not_found(text: str | bytes) -> set[str]:
     return {match.group("id") for match in _NOT_FOUND.finditer(text)}
 
 
+# ------------------------------------------------------------------------------ cancel
+
+# answers that mean the job ended before the cancel reached it: not an error
+ALREADY_FINISHED = "Job has already finished"  # bkill's (exit status 255)
+_ENDED = (ALREADY_FINISHED, "already completing or completed", "No matching job found")
+CANCEL_BATCH = 500  # ids per bkill / scancel call: well within any command line's length
+
+
+def cancel_target(kind: str, job_id: str, whole_array: bool = False) -> str:
+    """The id `bkill` / `scancel` takes for a submitit id: an array element ("123[5]" for
+    LSF, "123_4" for Slurm), or its whole array ("123")."""
+    if whole_array:
+        return job_id.split("_")[0]
+    return lsf_element(job_id) if kind == "lsf" else job_id
+
+
+def cancel_jobs(kind: str, targets: Sequence[str]) -> list[list[str]]:
+    """Cancel these scheduler ids (cancel_target's), one `bkill` / `scancel` call per batch of
+    CANCEL_BATCH; returns the commands run. A job that ended meanwhile is no error."""
+    program = {"lsf": "bkill", "slurm": "scancel"}[kind]
+    commands = [
+        [program, *targets[i : i + CANCEL_BATCH]] for i in range(0, len(targets), CANCEL_BATCH)
+    ]
+    for command in commands:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        except FileNotFoundError:
+            raise SchedulerUnreachable(f"{program} is not on PATH") from None
+        except subprocess.TimeoutExpired:
+            raise SchedulerUnreachable(f"{program} did not answer in {QUERY_TIMEOUT_S} s") from None
+        problems = [
+            line
+            for line in done.stderr.splitlines()
+            if line.strip() and not any(ended in line for ended in _ENDED)
+        ]
+        if done.returncode != 0 and problems:
+            raise SchedulerUnreachable(f"{program} failed: {' '.join(problems)[:200]}")
+    return commands
+
+
 # ------------------------------------------------------------------------------ query
 
 

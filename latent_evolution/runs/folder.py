@@ -30,6 +30,7 @@ METRICS = "metrics.json"  # written last: its presence means the run finished (M
 # in a sweep folder, beside the runs <sweep>/<job number>/ (written by the cluster launchers)
 SUBMITTED_JOBS = "submitted_jobs.json"  # each job's scheduler id, overrides, log, run folder
 FAILED_JOBS = "failed_jobs.txt"  # the failed jobs, their logs and the command rerunning them
+CANCELLED_JOBS = "cancelled_jobs.json"  # what `status --cancel` cancelled: number, id, when
 
 LOSS_PARTS = ("objective", "evolve", "recon", "reg")  # objective = evolve + recon + reg
 EPOCH_LOG_COLUMNS = (
@@ -89,3 +90,4 @@ class JobState(StrEnum):
 
     PENDING = "pending"  # submitted, not started
     UNKNOWN = "unknown"  # the scheduler could not be asked, or does not know the job
+    CANCELLED = "cancelled"  # by `status --cancel` (CANCELLED_JOBS), before its run finished

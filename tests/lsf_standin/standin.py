@@ -5,7 +5,8 @@ bsub call: argv, options, script). Each bsub starts a detached supervisor (the r
 LSF's mbatchd/sbatchd) that runs the job's elements as local process groups, honours the
 array limit %P, delivers signals, enforces -W and -wa/-wt, and records DONE/EXIT.
 Output formats are LSF's: "Job <1> is submitted to queue <normal>.", `bjobs -o ...`
-rows, "Job <1> is not found" once a finished job is older than the cleaning period.
+rows, "Job <1> is not found" once a finished job is older than the cleaning period, bkill's
+"Job <1>: Job has already finished" (exit status 255). `bsub -H` holds a job in PSUSP.
 
 Timing knobs (seconds): LSF_STANDIN_CLEAN_S (cleaning period, default 3600),
 LSF_STANDIN_TERMINATE_S (bkill/brequeue: SIGINT+SIGTERM, then SIGKILL after this, default
@@ -130,7 +131,9 @@ def _new_job(job_id: int, options: dict[str, Any], run: list[str]) -> dict[str, 
     if array:
         name = array.group("name")
         indices = [str(i) for i in range(int(array.group("first")), int(array.group("last")) + 1)]
-    element = {"stat": "PEND", "exit_code": None, "pid": None, "start": None, "end": None}
+    held = options.get("H") is True  # bsub -H: submitted held (PSUSP) until `bkill -s CONT`
+    stat = "PSUSP" if held else "PEND"
+    element = {"stat": stat, "exit_code": None, "pid": None, "start": None, "end": None}
     element |= {"signals": [], "kill_at": None, "killed": False, "requeue": False, "warned": False}
     return {
         "id": job_id,
