@@ -263,24 +263,6 @@ def test_a_group_larger_than_max_array_size_goes_out_in_pieces(tmp_path, launche
     )
 
 
-def test_pieces_of_one_sweep_are_one_sweep_for_ids_and_status_on_lsf(lsf_standin, tmp_path):
-    done = sweep(
-        tmp_path, *ONE_EPOCH_ON_CPU, "training.seed=1,2,3", "hydra/launcher=submitit_lsf",
-        "hydra.launcher.max_array_size=2",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    names = [s["options"]["J"] for s in lsf_standin.submissions()]
-    assert names == ["default[1-2]%2", "default"]
-    first, second = (str(s["job_id"]) for s in lsf_standin.submissions())
-    assert [r["job_id"] for r in submitted(tmp_path)] == [f"{first}_0", f"{first}_1", second]
-    watched = subprocess.run(
-        [sys.executable, "-m", "latent_evolution.status", str(the_sweep_dir(tmp_path))],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert watched.returncode == 0, watched.stderr
-    assert watched.stdout.strip().splitlines()[-1] == "3 jobs: 3 ok"
-
-
 def test_gpu_type_sweep_through_lsf_sends_each_job_to_its_queue(lsf_standin, tmp_path):
     done = sweep(tmp_path, *GPU_TYPES, "hydra/launcher=submitit_lsf")
     assert done.returncode == 0, done.stderr
@@ -364,7 +346,7 @@ def lsf_elements(standin, job_id: str) -> list[str]:
     return [job["elements"][k]["stat"] for k in sorted(job["elements"], key=int)]
 
 
-def test_status_cancels_a_sweep_on_lsf_by_job_or_pending_and_a_rerun_submits_them_again(
+def test_status_cancels_a_sweep_of_array_pieces_on_lsf_and_a_rerun_submits_them_again(
     lsf_standin, tmp_path, monkeypatch, capsys
 ):
     from latent_evolution.cli import status
@@ -378,7 +360,13 @@ def test_status_cancels_a_sweep_on_lsf_by_job_or_pending_and_a_rerun_submits_the
     held = sweep(tmp_path, *grid, "hydra.launcher.wait=false",
                  "+hydra.launcher.additional_directives.H=true")  # fmt: skip
     assert held.returncode == 0, held.stderr  # jobs 1-3 wait, held (bsub -H): an array and one
+    # two pieces of max_array_size=2, one sweep: an array of two and a single job
+    assert [s["options"]["J"] for s in lsf_standin.submissions()[1:]] == [
+        "default[1-2]%2",
+        "default",
+    ]
     array, single = (str(s["job_id"]) for s in lsf_standin.submissions()[1:])
+    assert [r["job_id"] for r in submitted(tmp_path)][1:] == [f"{array}_0", f"{array}_1", single]
     assert lsf_elements(lsf_standin, array) == ["PSUSP", "PSUSP"]
 
     assert status.main([str(folder), "--cancel"]) == 2  # no terminal to ask on, no --yes
