@@ -122,6 +122,22 @@ def test_bad_input_is_one_line_and_exit_2(compose, tmp_path, capsys, make, args,
     assert not (run_dir / EVALUATIONS).exists()
 
 
+def test_a_gpu_preset_where_cuda_does_not_work_is_one_line_naming_the_way_out(
+    run, capsys, monkeypatch
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop, a CPU node
+    _, run_dir = run
+    assert evaluate.main([str(run_dir), "hardware=a100"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: hardware='a100': asks for CUDA (hardware.device=cuda), but ")
+    assert err.endswith(
+        ": use hardware=cpu, or hardware=auto (CUDA where it works, else the CPU)\n"
+    )
+    assert not (run_dir / EVALUATIONS).exists()
+
+
 def test_the_command_line_exits_2_without_a_traceback(tmp_path):
     done = run_module("evaluate", str(tmp_path))
     assert done.returncode == 2

@@ -205,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ArgumentError("RUN_DIR", [], "give at least one run folder")
     # every run's config and weights file checked before the first evaluation
     configs = [run_config(run, args.overrides) for run in args.runs]
+    from latent_evolution.model.device import require_device  # torch: once the input is read
+
+    for config in configs:  # a run trained on a GPU preset, evaluated where CUDA does not work
+        require_device(config.hardware)
     for run in args.runs:
         if not (run / WEIGHTS[args.weights]).is_file():
             load_weights(run / WEIGHTS[args.weights])  # raises, naming the file
