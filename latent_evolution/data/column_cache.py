@@ -29,7 +29,8 @@ import numpy as np
 from latent_evolution.config.schema import DataConfig
 from latent_evolution.data.simulation_folder import (
     FileStamp,
-    NpyLayout,
+    Layout,
+    blocks,
     kept_bytes,
     npy_header,
     read_exact,
@@ -79,7 +80,7 @@ class CompactSplit:
 
 
 def compact_splits(
-    layout: NpyLayout, cfg: DataConfig, stamp: FileStamp, buffer: tuple[np.ndarray, np.ndarray]
+    layout: Layout, cfg: DataConfig, stamp: FileStamp, buffer: tuple[np.ndarray, np.ndarray]
 ) -> dict[str, CompactSplit] | None:
     """Each split's compact columns, written first if needed (through buffer: (rows, N),
     (rows, n_input)); None, with a warning, where they cannot be written or read back."""
@@ -102,7 +103,7 @@ def compact_splits(
         return None
 
 
-def _folder(layout: NpyLayout, cfg: DataConfig, stamp: FileStamp) -> Path:
+def _folder(layout: Layout, cfg: DataConfig, stamp: FileStamp) -> Path:
     """`<data.cache_dir>/columns-<key>`, the key naming the recording as stamped and what
     is kept of it."""
     params = {
@@ -126,10 +127,10 @@ def _check_room(cache: Path, need: int) -> None:
 
 
 def _write(
-    folder: Path, layout: NpyLayout, cfg: DataConfig, buffer: tuple[np.ndarray, np.ndarray]
+    folder: Path, layout: Layout, cfg: DataConfig, buffer: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    """Every window's kept columns, block by block through buffer, each file synced."""
-    block = len(buffer[0])
+    """Every window's kept columns, block by block through buffer (blocks aligned with the
+    recording's stored chunks), each file synced."""
     for name, (start, stop) in split_windows(cfg).items():
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(open(folder / f"{name}.{p}.npy", "wb")) for p in PARTS]
@@ -137,10 +138,9 @@ def _write(
                 shape = (stop - start, rows.shape[1])
                 header = {"descr": "<f4", "fortran_order": False, "shape": shape}
                 np.lib.format.write_array_header_1_0(f, header)
-            for t in range(start, stop, block):
-                kept = tuple(b[: min(block, stop - t)] for b in buffer)
-                frames = (t, t + len(kept[0]))
-                read_window(layout, cfg.column, cfg.n_input, name, [start, stop], frames, kept)
+            for a, b in blocks(layout, start, stop, len(buffer[0])):
+                kept = tuple(rows[: b - a] for rows in buffer)
+                read_window(layout, cfg.column, cfg.n_input, name, [start, stop], (a, b), kept)
                 for f, rows in zip(files, kept, strict=True):
                     f.write(memoryview(rows).cast("B"))
             for f in files:

@@ -46,7 +46,7 @@ from latent_evolution.config.schema import (
 )
 from latent_evolution.data.batches import Batch, gather_batch
 from latent_evolution.data.column_cache import CompactSplit, compact_splits
-from latent_evolution.data.simulation_folder import FileStamp, NpyLayout, read_window
+from latent_evolution.data.simulation_folder import FileStamp, Layout, read_window
 from latent_evolution.data.split import RolloutBlock
 from latent_evolution.errors import BadFileError, ConfigError
 from latent_evolution.runs.folder import SPLITS
@@ -84,7 +84,7 @@ def check_budget(s: StreamConfig, n_neurons: int, n_input: int) -> None:
 
 
 def streamed_splits(
-    layout: NpyLayout, cfg: DataConfig, device: torch.device, training: TrainingConfig | None
+    layout: Layout, cfg: DataConfig, device: torch.device, training: TrainingConfig | None
 ) -> dict[str, StreamedSplit]:
     """The three splits streamed from layout's file through one pool of chunk slots.
 
@@ -305,7 +305,7 @@ class StreamedSplit:
     def __init__(
         self,
         pool: ChunkPool,
-        layout: NpyLayout,
+        layout: Layout,
         column: str,
         name: str,
         window: list[int],

@@ -1,0 +1,235 @@
+"""The lab's split zarr layout: detected, checked from its headers, read like x_list_0.npy.
+
+Every zarr folder here is written by tensorstore's zarr driver with the lab's settings
+(tests/helpers.py write_lab_zarr), never by latent_evolution's own writer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latent_evolution.config.compose import to_config
+from latent_evolution.config.schema import DataConfig, SplitsConfig, StreamConfig
+from latent_evolution.data.dataset import load_dataset
+from latent_evolution.data.simulation_folder import (
+    COLUMNS,
+    DATA_FILE,
+    blocks,
+    check_simulation,
+    read_folder_layout,
+)
+from latent_evolution.data.simulator import embedded_folder
+from latent_evolution.data.zarr_folder import ZarrLayout
+from latent_evolution.errors import BadFileError, ConfigError
+from latent_evolution.training.trainer import Trainer
+from tests.helpers import SHORT_ROLLOUT, write_lab_zarr
+
+T, N, N_INPUT, CHUNK = 40, 6, 2, 7  # 7-frame stored chunks: windows cross their boundaries
+SPLITS = {"train": [2, 20], "val": [22, 30], "test": [32, 40]}
+CPU = torch.device("cpu")
+
+
+def hand_made() -> np.ndarray:
+    """x[t, n, c] = 1000 c + 10 t + n / 10: every value says where it came from."""
+    t, n, c = np.meshgrid(np.arange(T), np.arange(N), np.arange(9), indexing="ij")
+    return (1000 * c + 10 * t + n / 10).astype(np.float32)
+
+
+def config(folder: Path, **overrides) -> DataConfig:
+    fields = {
+        "source": "simulation",
+        "path": str(folder),
+        "n_input": N_INPUT,
+        "noise_std": None,
+        "splits": SplitsConfig(**SPLITS),
+        "cache_dir": str(folder / "cache"),
+        **overrides,
+    }
+    return DataConfig(**fields)
+
+
+@pytest.fixture
+def zarr_folder(tmp_path: Path) -> Path:
+    return write_lab_zarr(tmp_path / "zarr", hand_made(), time_chunk=CHUNK)
+
+
+def chunk(folder: Path, t: int, column: str) -> Path:
+    """The chunk file of stored chunk t of a time-series column."""
+    c = ("VOLTAGE", "STIMULUS", "CALCIUM", "FLUORESCENCE").index(column)
+    return folder / "x_list_0" / "timeseries.zarr" / f"{t}.0.{c}"
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("column", ["VOLTAGE", "CALCIUM", "FLUORESCENCE"])
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_zarr_folder_reads_the_frames_of_the_npy_file(zarr_folder, column, stream):
+    x = hand_made()
+    cfg = config(zarr_folder, column=column)
+    cfg.stream = StreamConfig(enabled=stream, chunk_frames=10, column_cache=False)
+    data = load_dataset(cfg, CPU)
+    for name, (start, stop) in SPLITS.items():
+        split = data.split(name)
+        if stream == "true":  # the split's frames, chunk by chunk, in order
+            batches = list(split.ordered(4, 1))
+            got = torch.cat([b[0] for b in batches]).numpy()
+            assert np.array_equal(got, x[start : stop - 1, :, COLUMNS[column]])
+            stim = torch.cat([b[1][:, 0] for b in batches]).numpy()
+            assert np.array_equal(stim, x[start : stop - 1, :N_INPUT, COLUMNS["STIMULUS"]])
+        else:
+            assert np.array_equal(split.x.numpy(), x[start:stop, :, COLUMNS[column]])
+            assert np.array_equal(split.stim.numpy(), x[start:stop, :N_INPUT, COLUMNS["STIMULUS"]])
+    assert np.array_equal(data.cell_types, x[0, :, COLUMNS["CELL_TYPE"]].astype(np.int64))
+
+
+def test_reads_never_touch_the_other_columns(zarr_folder):
+    for t in range(-(-T // CHUNK)):  # every chunk file of CALCIUM and FLUORESCENCE gone
+        chunk(zarr_folder, t, "CALCIUM").unlink()
+        chunk(zarr_folder, t, "FLUORESCENCE").unlink()
+    data = load_dataset(config(zarr_folder), CPU)
+    assert np.array_equal(data.train.x.numpy(), hand_made()[2:20, :, COLUMNS["VOLTAGE"]])
+
+
+def test_reads_and_block_plans_follow_the_stored_chunks(zarr_folder):
+    layout = read_folder_layout(zarr_folder)
+    assert isinstance(layout, ZarrLayout) and layout.time_chunk == CHUNK
+    assert list(layout.pieces(3, 20)) == [(3, 7), (7, 14), (14, 20)]
+    # a column-cache block of up to 16 frames holds two whole stored chunks
+    assert list(blocks(layout, 3, 40, 16)) == [(3, 14), (14, 28), (28, 40)]
+    npy = read_folder_layout(write_npy(zarr_folder.parent / "npy"))
+    assert list(blocks(npy, 3, 40, 16)) == [(3, 19), (19, 35), (35, 40)]
+
+
+def write_npy(folder: Path) -> Path:
+    folder.mkdir()
+    np.save(folder / DATA_FILE, hand_made())
+    return folder
+
+
+# ------------------------------------------------------------------ bad folders: one line
+
+
+def rewrite_zarray(folder: Path, array: str, **changes) -> None:
+    path = folder / "x_list_0" / array / ".zarray"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+DAMAGE = {
+    "missing chunk": (
+        lambda f: chunk(f, 1, "VOLTAGE").unlink(),
+        r"timeseries\.zarr/1\.0\.0 is missing \(a chunk file the split windows need\)$",
+    ),
+    "truncated chunk": (
+        lambda f: chunk(f, 2, "STIMULUS").write_bytes(chunk(f, 2, "STIMULUS").read_bytes()[:-3]),
+        r"timeseries\.zarr/2\.0\.1 is truncated: \d+ bytes, its blosc header says \d+$",
+    ),
+    "wrong column count": (
+        lambda f: rewrite_zarray(f, "timeseries.zarr", shape=[T, N, 3], chunks=[CHUNK, N, 1]),
+        r"timeseries\.zarr has shape \[40, 6, 3\] \(3 columns\); expected 4: VOLTAGE, ",
+    ),
+    "wrong rank": (
+        lambda f: rewrite_zarray(f, "timeseries.zarr", shape=[T, N], chunks=[CHUNK, N]),
+        r"timeseries\.zarr has shape \[40, 6\] \(rank 2\); expected \(T frames, N neurons",
+    ),
+    "wrong dtype": (
+        lambda f: rewrite_zarray(f, "timeseries.zarr", dtype="<f8"),
+        r"timeseries\.zarr holds float64; expected little-endian float32 \(<f4\)$",
+    ),
+    "metadata of other N": (
+        lambda f: rewrite_zarray(f, "metadata.zarr", shape=[N + 1, 5], chunks=[N + 1, 5]),
+        r"metadata\.zarr has shape \[7, 5\]; expected \[6, 5\] \(N of timeseries\.zarr\)$",
+    ),
+    "missing array": (
+        lambda f: shutil.rmtree(f / "x_list_0" / "metadata.zarr"),
+        r"metadata\.zarr does not exist; expected a zarr v2 array \(N neurons, 5 columns\)$",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_bad_zarr_folder_is_one_line_naming_folder_and_problem(zarr_folder, damage):
+    harm, match = DAMAGE[damage]
+    harm(zarr_folder)
+    where = re.escape(str(zarr_folder))
+    with pytest.raises(BadFileError, match=rf"^data\.path='{where}': {where}/x_list_0/") as exc:
+        check_simulation(zarr_folder, config(zarr_folder))
+    assert "\n" not in str(exc.value)
+    assert re.search(match, str(exc.value)), str(exc.value)
+
+
+def test_a_nan_in_a_split_window_names_split_frame_and_neuron(tmp_path):
+    x = hand_made()
+    x[25, 4, COLUMNS["VOLTAGE"]] = np.nan
+    folder = write_lab_zarr(tmp_path, x, time_chunk=CHUNK)
+    match = r"^data\.splits\.val=\[22, 30\]: .*\.zarr has NaN in VOLTAGE at frame 25, neuron 4$"
+    with pytest.raises(BadFileError, match=match):
+        load_dataset(config(folder), CPU)
+
+
+def test_split_outside_the_recording_is_one_line(zarr_folder):
+    bad = config(zarr_folder, splits=SplitsConfig(**{**SPLITS, "test": [32, 50]}))
+    match = r"^data\.splits\.test=\[32, 50\]: must lie inside \[0, 40\)"
+    with pytest.raises(ConfigError, match=match):
+        check_simulation(zarr_folder, bad)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def trained(compose, run_dir: Path, folder: Path, *extra: str) -> tuple[dict, list[dict]]:
+    cfg = to_config(
+        compose(
+            "data=simulation",
+            f"data.path={folder}",
+            "data.n_input=32",
+            "data.noise_std=null",
+            "data.splits.train=[200,2600]",
+            "data.splits.val=[4700,5300]",
+            "data.splits.test=[5400,6000]",
+            "model=small",
+            "hardware=cpu",
+            "training.epochs=2",
+            *SHORT_ROLLOUT,
+            *extra,
+        )
+    )
+    trainer = Trainer(cfg, run_dir)
+    metrics = trainer.fit()
+    drop = ("epoch_duration_seconds",)
+    return metrics, [{k: v for k, v in row.items() if k not in drop} for row in trainer.history]
+
+
+LOSSES = (
+    "final_train_loss",
+    "final_val_loss",
+    "final_test_loss",
+    "val_loss_constant_model",
+    "rollout_val_mse_h20",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("data.stream.enabled=true", "data.stream.chunk_frames=512")],
+    ids=["resident", "streamed"],
+)
+def test_a_zarr_recording_trains_to_the_numbers_of_its_npy_file(compose, tmp_path, extra):
+    """The same recording in either layout, the same seed: the same numbers, bit for bit."""
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    source = embedded_folder(to_config(compose("data=tiny")).data) / DATA_FILE
+    shutil.copy(source, npy / DATA_FILE)
+    zarr = write_lab_zarr(tmp_path / "zarr", np.load(source))  # the lab's chunks of 2000
+    a = trained(compose, tmp_path / "run_npy", npy, *extra)
+    b = trained(compose, tmp_path / "run_zarr", zarr, *extra)
+    assert a[1] == b[1]
+    assert [a[0][k] for k in LOSSES] == [b[0][k] for k in LOSSES]
