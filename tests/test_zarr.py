@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from latent_evolution.cli.convert import main as convert_main
 from latent_evolution.config.compose import to_config
 from latent_evolution.config.schema import DataConfig, SplitsConfig, StreamConfig
+from latent_evolution.data.convert import convert
 from latent_evolution.data.dataset import load_dataset
 from latent_evolution.data.simulation_folder import (
     COLUMNS,
@@ -29,7 +31,7 @@ from latent_evolution.data.simulator import embedded_folder
 from latent_evolution.data.zarr_folder import ZarrLayout
 from latent_evolution.errors import BadFileError, ConfigError
 from latent_evolution.training.trainer import Trainer
-from tests.helpers import SHORT_ROLLOUT, write_lab_zarr
+from tests.helpers import SHORT_ROLLOUT, run_module, write_lab_zarr
 
 T, N, N_INPUT, CHUNK = 40, 6, 2, 7  # 7-frame stored chunks: windows cross their boundaries
 SPLITS = {"train": [2, 20], "val": [22, 30], "test": [32, 40]}
@@ -233,3 +235,109 @@ def test_a_zarr_recording_trains_to_the_numbers_of_its_npy_file(compose, tmp_pat
     b = trained(compose, tmp_path / "run_zarr", zarr, *extra)
     assert a[1] == b[1]
     assert [a[0][k] for k in LOSSES] == [b[0][k] for k in LOSSES]
+
+
+# ---------------------------------------------------------------------------- converting
+
+
+@pytest.fixture
+def tiny_npy(compose, tmp_path) -> Path:
+    """The tiny embedded recording (6000 frames, 128 neurons) as a run on disk."""
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    shutil.copy(embedded_folder(to_config(compose("data=tiny")).data) / DATA_FILE, folder)
+    return folder
+
+
+def read_with_tensorstore(array: Path) -> np.ndarray:
+    import tensorstore as ts
+
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(array)}}
+    return ts.open(spec, read=True).result().read().result()
+
+
+def test_convert_writes_the_lab_layout_and_back_bit_for_bit(tiny_npy, tmp_path, capsys):
+    x = np.load(tiny_npy / DATA_FILE)
+    assert convert_main([str(tiny_npy), str(tmp_path / "zarr")]) == 0
+    assert "(zarr layout)" in capsys.readouterr().out
+    base = tmp_path / "zarr" / "x_list_0"
+    meta = json.loads((base / "timeseries.zarr" / ".zarray").read_text())
+    assert meta["chunks"] == [2000, 128, 1] and meta["dtype"] == "<f4"
+    assert meta["zarr_format"] == 2 and meta["compressor"]["id"] == "blosc"
+    lab = {k: meta["compressor"][k] for k in ("cname", "clevel", "shuffle")}
+    assert lab == {"cname": "zstd", "clevel": 3, "shuffle": 2}
+    # read back by the lab's library, not ours
+    assert np.array_equal(read_with_tensorstore(base / "timeseries.zarr"), x[:, :, [3, 4, 7, 8]])
+    assert np.array_equal(read_with_tensorstore(base / "metadata.zarr"), x[0][:, [0, 1, 2, 5, 6]])
+    assert convert_main([str(tmp_path / "zarr"), str(tmp_path / "back")]) == 0
+    assert (tmp_path / "back" / DATA_FILE).read_bytes() == (tiny_npy / DATA_FILE).read_bytes()
+
+
+def test_convert_streams_in_bounded_memory(tiny_npy, tmp_path):
+    import tracemalloc
+
+    whole = (tiny_npy / DATA_FILE).stat().st_size  # 27.6 MB
+    for src, dst in ((tiny_npy, tmp_path / "zarr"), (tmp_path / "zarr", tmp_path / "back")):
+        tracemalloc.start()
+        convert(src, dst, time_chunk=500)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < whole / 4, (src, peak)  # a few 500-frame blocks (2.3 MB each)
+
+
+def test_a_failed_convert_leaves_nothing_behind(tiny_npy, tmp_path, monkeypatch):
+    from latent_evolution.data import convert as convert_module
+
+    def fail_late(folder, *args, **kwargs):
+        (folder / "half").write_text("x")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(convert_module, "write_recording", fail_late)
+    with pytest.raises(OSError, match="disk full"):
+        convert(tiny_npy, tmp_path / "zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["npy"]
+
+
+def test_convert_refuses_bad_input_in_one_line(tiny_npy, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    cases = [
+        ([str(tiny_npy), str(tmp_path / "taken")], r"^error: DST='.*taken': exists: name a new"),
+        ([str(tmp_path / "nope"), str(tmp_path / "z")], r"^error: SRC='.*nope': must be an exist"),
+        ([str(tiny_npy), str(tmp_path / "z"), "--to", "npy"], r"already holds the npy layout$"),
+        ([str(tmp_path / "taken"), str(tmp_path / "z")], r"x_list_0\.npy does not exist$"),
+    ]
+    for argv, match in cases:
+        assert convert_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and re.search(match, err), err
+    assert not (tmp_path / "z").exists()
+
+
+def test_a_static_column_that_changes_cannot_be_converted(tmp_path):
+    write_npy(tmp_path / "npy")  # hand_made: every column changes with the frame
+    where = re.escape(str(tmp_path / "npy"))
+    with pytest.raises(
+        BadFileError,
+        match=rf"^SRC='{where}': .* changes at frame 1; the zarr layout keeps frame 0's$",
+    ):
+        convert(tmp_path / "npy", tmp_path / "zarr", time_chunk=CHUNK)
+    assert not (tmp_path / "zarr").exists()
+
+
+def test_the_embedded_data_set_written_in_zarr_reads_as_its_npy(compose):
+    npy = load_dataset(to_config(compose("data=tiny")).data, CPU)
+    zarr = load_dataset(to_config(compose("data=tiny", "data.embedded.layout=zarr")).data, CPU)
+    assert isinstance(read_folder_layout(zarr.path), ZarrLayout) and zarr.path != npy.path
+    for name in SPLITS:
+        assert torch.equal(npy.split(name).x, zarr.split(name).x)
+        assert torch.equal(npy.split(name).stim, zarr.split(name).stim)
+    assert np.array_equal(npy.cell_types, zarr.cell_types)
+
+
+@pytest.mark.slow
+def test_python_m_convert_and_its_one_line_error(tiny_npy, tmp_path):
+    done = run_module("convert", str(tiny_npy), str(tmp_path / "zarr"))
+    assert done.returncode == 0 and "(zarr layout)" in done.stdout, done.stderr
+    again = run_module("convert", str(tiny_npy), str(tmp_path / "zarr"))
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert again.stderr.startswith("error: DST=")

@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 CPU_KERNELS = ("onednn", "torch")  # model.cpu_kernels.place_model; CUDA is always torch
 DATA_SOURCES = ("embedded", "simulation")
 DATA_COLUMNS = ("VOLTAGE", "CALCIUM", "FLUORESCENCE")
+RECORDING_LAYOUTS = ("npy", "zarr")  # x_list_0.npy | x_list_0/{metadata,timeseries}.zarr
 STREAM_CHOICES = ("auto", "true", "false")
 LOGGERS = ("csv", "tensorboard")  # csv: training_log.csv only; tensorboard: plus event files
 LR_SCHEDULES = ("constant", "cosine", "step")  # after training.lr_schedule.warmup_epochs
@@ -162,6 +163,8 @@ class EmbeddedConfig:
     n_cell_types: int = 16
     seed: int = 0
     dt: float = 0.02  # seconds per frame
+    # the folder layout it is written in: npy (x_list_0.npy) | zarr (the lab's split zarr)
+    layout: str = "npy"
 
 
 @dataclass
@@ -374,7 +377,9 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
     _positive("data.n_input", d.n_input)
     if d.source == "simulation" and not d.path:
         where = f"set {d.path_env} or pass data.path=..." if d.path_env else "pass data.path=..."
-        raise ConfigError("data.path", d.path, f"needs the folder holding x_list_0.npy: {where}")
+        raise ConfigError(
+            "data.path", d.path, f"needs the folder holding x_list_0.npy or x_list_0/: {where}"
+        )
     if d.noise_std is not None:
         _non_negative("data.noise_std", d.noise_std)
     if d.expected_shape is not None and (len(d.expected_shape) != 2 or min(d.expected_shape) <= 0):
@@ -383,6 +388,7 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
         e = d.embedded
         for key in ("n_neurons", "n_frames"):
             _positive(f"data.embedded.{key}", getattr(e, key))
+        _choice("data.embedded.layout", e.layout, RECORDING_LAYOUTS)
         if e.n_cell_types < 3:
             raise ConfigError(
                 "data.embedded.n_cell_types", e.n_cell_types, "must be >= 3 (2 input types + 1)"

@@ -85,12 +85,19 @@ class NpyLayout:
 
             yield read
 
+    def read_frames(self, a: int, b: int, out: np.ndarray) -> None:
+        """Frames [a, b) with all 9 columns into out (b-a, N, 9), as out's dtype."""
+        buf = out if out.dtype == self.dtype else np.empty(out.shape, self.dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset + a * self.frame_bytes)
+            read_exact(f, buf)
+        if buf is not out:  # stored as another float type (float64, big-endian)
+            out[:] = buf
+
     def cell_types(self) -> np.ndarray:
         """The CELL_TYPE column (N,) as integers, read from frame 0 (a neuron keeps its type)."""
-        frame = np.empty((1, *self.shape[1:]), dtype=self.dtype)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.offset)
-            read_exact(f, frame)
+        frame = np.empty((1, *self.shape[1:]), dtype=np.float32)
+        self.read_frames(0, 1, frame)
         return np.rint(frame[0, :, COLUMNS["CELL_TYPE"]]).astype(np.int64)
 
 

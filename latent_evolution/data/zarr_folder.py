@@ -173,12 +173,52 @@ class ZarrLayout:
 
         yield read
 
-    def cell_types(self) -> np.ndarray:
-        """The TYPE column of metadata.zarr (N,) as integers."""
+    def static(self) -> np.ndarray:
+        """metadata.zarr (N, 5): STATIC_COLUMNS of every neuron."""
         import zarr
 
-        meta = zarr.open_array(str(self.metadata.path), mode="r", zarr_format=2)
-        return np.rint(meta[:, STATIC_COLUMNS.index("CELL_TYPE")]).astype(np.int64)
+        return zarr.open_array(str(self.metadata.path), mode="r", zarr_format=2)[:]
+
+    def dynamic(self, a: int, b: int) -> np.ndarray:
+        """Frames [a, b) of timeseries.zarr (b-a, N, 4): DYNAMIC_COLUMNS."""
+        import zarr
+
+        return zarr.open_array(str(self.path), mode="r", zarr_format=2)[a:b]
+
+    def cell_types(self) -> np.ndarray:
+        """The TYPE column of metadata.zarr (N,) as integers."""
+        return np.rint(self.static()[:, STATIC_COLUMNS.index("CELL_TYPE")]).astype(np.int64)
+
+
+def create_zarr_folder(folder: Path, n_frames: int, static: np.ndarray, time_chunk: int):
+    """folder/x_list_0/ as the lab writes it: metadata.zarr (N, 5) written from `static`, and
+    an empty timeseries.zarr (n_frames, N, 4) chunked (time_chunk, N, 1), returned (a
+    zarr-python array) for the caller to fill a chunk of frames at a time."""
+    import numcodecs
+    import zarr
+
+    codec = numcodecs.Blosc(
+        cname=LAB_COMPRESSOR["cname"],
+        clevel=LAB_COMPRESSOR["clevel"],
+        shuffle=LAB_COMPRESSOR["shuffle"],
+    )
+    n = static.shape[0]
+    base = folder / DATA_FOLDER
+
+    def array(name: str, shape: tuple[int, ...], chunks: tuple[int, ...]):
+        return zarr.create_array(
+            store=str(base / name),
+            shape=shape,
+            chunks=chunks,
+            dtype="<f4",
+            zarr_format=2,
+            compressors=codec,
+            fill_value=None,
+            overwrite=False,
+        )
+
+    array(METADATA_ARRAY, (n, len(STATIC_COLUMNS)), (n, len(STATIC_COLUMNS)))[:] = static
+    return array(TIMESERIES_ARRAY, (n_frames, n, len(DYNAMIC_COLUMNS)), (time_chunk, n, 1))
 
 
 def read_zarr_layout(folder: Path) -> ZarrLayout:
