@@ -50,7 +50,12 @@ METRIC_COLUMNS = (
     "test_loss_constant_model",
 )
 FORMATS = ("terminal", "markdown", "csv", "json")
-PLOTS = {"val": report.plot_curves, "rollout": report.plot_rollouts}  # --plot [KIND] PNG
+# --plot [KIND] PNG
+PLOTS = {
+    "val": report.plot_curves,
+    "rollout": report.plot_rollouts,
+    "weights": report.plot_kept_weights,
+}
 
 
 # --------------------------------------------------------------------------- tables

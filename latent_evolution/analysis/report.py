@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 from latent_evolution.runs.epoch_log import read_epoch_log
 from latent_evolution.runs.folder import (
     EPOCH_LOG,
+    EVALUATIONS,
     FINAL_LOSSES,
     ROLLOUT_CURVE,
     ROLLOUT_PLOT,
+    WEIGHTS_BY_EPOCH,
     RunStatus,
 )
 
@@ -339,3 +341,37 @@ def _rollout_curves(path: Path) -> dict[str, tuple[list[int], list[float], list[
 def plot_rollouts(c: Comparison, path: Path) -> Path:
     """`compare --plot rollout PNG`: every run's rollout.csv overlaid."""
     return plot_rollout({Path(d).name: Path(d) / ROLLOUT_CURVE for d in c.runs["run_dir"]}, path)
+
+
+def plot_kept_weights(c: Comparison, path: Path) -> Path:
+    """`compare --plot weights PNG`: the --sort metric (default final_val_loss) of each run's
+    kept weights by epoch, one line per run and data set (`evaluate --weights all` tables)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latent_evolution.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run_dir in c.runs["run_dir"]:
+        for table in sorted((Path(run_dir) / EVALUATIONS).glob(f"{WEIGHTS_BY_EPOCH}_*.csv")):
+            rows = list(csv.DictReader(table.read_text().splitlines()))
+            points = [(int(r["epoch"]), float(r[c.sort])) for r in rows if r.get(c.sort)]
+            if points:
+                data = table.stem[len(WEIGHTS_BY_EPOCH) + 1 :]
+                ax.plot(
+                    *zip(*points, strict=True), marker=".", label=f"{Path(run_dir).name}: {data}"
+                )
+    if not ax.lines:
+        logging.getLogger(__name__).warning(
+            "No kept weights evaluated (evaluate RUN --weights all): %s is empty", path
+        )
+    ax.set(xlabel="epoch of the kept weights", ylabel=c.sort, yscale="log")
+    ax.set_title(f"{c.sort} of the weights kept along the way")
+    if ax.lines:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return path

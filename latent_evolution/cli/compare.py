@@ -39,7 +39,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         metavar="[KIND] PNG",
         help="write curves here: validation loss per epoch, or with KIND=rollout the runs' "
-        "rollout MSE vs horizon (rollout.csv) overlaid",
+        "rollout MSE vs horizon (rollout.csv) overlaid, or with KIND=weights the --sort "
+        "metric of each run's kept weights by epoch (evaluate RUN --weights all)",
     )
     args = p.parse_args(argv)
     if args.plot is not None:

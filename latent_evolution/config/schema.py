@@ -136,6 +136,9 @@ class TrainingConfig:
     # epochs between checkpoint.pt saves (0: only after the last); a save of the default model
     # (90 MiB with Adam state) takes 0.2-0.6 s, and warning signals checkpoint at the epoch end
     checkpoint_every: int = field(default=10, metadata=RESUMABLE)
+    # keep the weights every K epochs as weights/epoch_<epoch>.pt (0: none), for `evaluate
+    # --weights epoch_K|all`: intermediate weights may generalise better than the final ones
+    keep_weights_every: int = field(default=0, metadata=RESUMABLE | NOT_A_PARAMETER)
     # the first K epochs descend only the reconstruction loss (the evolve loss is still logged)
     recon_warmup_epochs: int = 0
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
@@ -337,6 +340,7 @@ def _validate_training(t: TrainingConfig) -> None:
     _positive("training.eval_batch_size", t.eval_batch_size)
     _positive("training.log_every", t.log_every)
     _non_negative("training.checkpoint_every", t.checkpoint_every)
+    _non_negative("training.keep_weights_every", t.keep_weights_every)
     if not 0 < t.learning_rate < math.inf:
         raise ConfigError("training.learning_rate", t.learning_rate, "must be a finite number > 0")
     _choice("training.optimizer", t.optimizer, OPTIMIZERS)

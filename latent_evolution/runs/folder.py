@@ -25,6 +25,9 @@ ROLLOUT_CURVE = "rollout.csv"  # split, horizon, mse, constant_mse for h = 1..ma
 ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, mse, constant_mse
 ROLLOUT_PLOT = "rollout.png"  # MSE vs horizon, log scales, the constant model drawn
 EVALUATIONS = "evaluations"  # `evaluate`'s results: <run>/evaluations/<name>/, never the above
+KEPT_WEIGHTS = "weights"  # <run>/weights/epoch_<K>.pt, every training.keep_weights_every epochs
+# `evaluate --weights epoch_K|all`: <run>/evaluations/weights_by_epoch_<data name>.csv
+WEIGHTS_BY_EPOCH = "weights_by_epoch"
 EPOCH_LOG = "training_log.csv"  # one row per epoch (EPOCH_LOG_COLUMNS)
 METRICS = "metrics.json"  # written last: its presence means the run finished (Metrics)
 # in a sweep folder, beside the runs <sweep>/<job number>/ (written by the cluster launchers)
@@ -53,6 +56,11 @@ NEVER = "never"  # rollout_<split>_first_worse_horizon when the model never pass
 def rollout_key(split: str, horizon: int | str, constant: bool = False) -> str:
     """metrics.json's and the epoch log's name of a rollout MSE at a horizon (frames)."""
     return f"rollout_{split}_{'constant_' if constant else ''}mse_h{horizon}"
+
+
+def kept_weights_file(epoch: int) -> Path:
+    """A run folder's kept weights of an epoch (1-based): weights/epoch_<epoch>.pt."""
+    return Path(KEPT_WEIGHTS) / f"epoch_{epoch}.pt"
 
 
 def rollout_first_worse_key(split: str) -> str:

@@ -16,7 +16,7 @@ import torch
 from latent_evolution.config.schema import RESUMABLE, Config, marked_keys
 from latent_evolution.errors import BadFileError, ConfigError
 from latent_evolution.files import atomic_write
-from latent_evolution.runs.folder import BEST_MODEL, CHECKPOINT, MODEL
+from latent_evolution.runs.folder import BEST_MODEL, CHECKPOINT, MODEL, kept_weights_file
 
 # config keys a resumed run may change: where it runs and how long, not what it learns
 # (marked RESUMABLE on their fields in config.schema)
@@ -33,6 +33,13 @@ def save_model(run_dir: Path, model: torch.nn.Module) -> Path:
 
 def save_best_model(run_dir: Path, model: torch.nn.Module) -> Path:
     return atomic_write(Path(run_dir) / BEST_MODEL, lambda f: torch.save(model.state_dict(), f))
+
+
+def save_kept_weights(run_dir: Path, epoch: int, model: torch.nn.Module) -> Path:
+    """weights/epoch_<epoch>.pt: the model's state_dict (weights_only loadable), atomically."""
+    path = Path(run_dir) / kept_weights_file(epoch)
+    path.parent.mkdir(exist_ok=True)
+    return atomic_write(path, lambda f: torch.save(model.state_dict(), f))
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ from latent_evolution.training.checkpoint import (
     load_checkpoint,
     save_best_model,
     save_checkpoint,
+    save_kept_weights,
     save_model,
 )
 from latent_evolution.training.early_stopping import EarlyStopping
@@ -239,6 +240,8 @@ class Trainer:
                 warm = self.epoch > t.recon_warmup_epochs
                 if warm and self.early_stopping.update(t.early_stopping, row):
                     save_best_model(self.run_dir, self.model)
+                if t.keep_weights_every and self.epoch % t.keep_weights_every == 0:
+                    save_kept_weights(self.run_dir, self.epoch, self.model)
                 self._checkpoint_if_due(signals)
                 if self.early_stopping.stop:
                     log.info(
