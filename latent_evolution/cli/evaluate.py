@@ -164,8 +164,8 @@ def evaluate_run(
 ) -> Path:
     """Evaluate one run's weights `weights` (from `path`, by default the final or best file)
     under `config`; returns the folder its results were written to."""
-    from latent_evolution.data.dataset import load_dataset
-    from latent_evolution.evaluation.losses import split_losses
+    from latent_evolution.data.dataset import load_cross_datasets, load_dataset
+    from latent_evolution.evaluation.losses import cross_losses, split_losses
     from latent_evolution.evaluation.rollout import (
         rollout_metrics,
         run_rollout,
@@ -181,6 +181,7 @@ def evaluate_run(
     out = run / EVALUATIONS / evaluation_name(weights, config, overrides)
     device = resolve_device(config.hardware.device)
     data = load_dataset(config.data, device, config.training)
+    load_cross_datasets(config, data, device)
     model = LatentModel(config.model, data.n_neurons, data.n_input)
     try:
         model.load_state_dict(state)
@@ -202,6 +203,7 @@ def evaluate_run(
         data_path=str(data.path),
         commit_hash=commit_hash(),
         rollout=rollout_metrics(results, config.evaluation.horizons),
+        cross_datasets=cross_losses(model, data, t.time_units, t.eval_batch_size, autocast),
     )
     write_metrics(out, metrics)
     draw_rollout(out)

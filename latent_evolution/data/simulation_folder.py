@@ -125,9 +125,10 @@ def split_windows(cfg: DataConfig) -> dict[str, list[int]]:
     return {name: list(getattr(cfg.splits, name)) for name in SPLITS}
 
 
-def kept_bytes(cfg: DataConfig, n_neurons: int) -> int:
-    """What the split windows keep: one float32 column of N neurons and n_input stimuli."""
-    frames = sum(stop - start for start, stop in split_windows(cfg).values())
+def kept_bytes(cfg: DataConfig, n_neurons: int, windows: dict[str, list[int]] | None = None) -> int:
+    """What the windows (default: the split windows) keep: one float32 column of N neurons
+    and n_input stimuli."""
+    frames = sum(stop - start for start, stop in (windows or split_windows(cfg)).values())
     return frames * (n_neurons + cfg.n_input) * 4
 
 
@@ -177,13 +178,21 @@ def read_folder_layout(folder: Path) -> Layout:
     return read_layout(folder / DATA_FILE)
 
 
-def check_simulation(folder: Path, cfg: DataConfig) -> Layout:
+def check_simulation(
+    folder: Path,
+    cfg: DataConfig,
+    windows: dict[str, list[int]] | None = None,
+    keys: dict[str, str] | None = None,
+) -> Layout:
     """Check the folder against the data config from its headers only; one line if bad.
 
-    The file-independent checks (column name, split order and overlap, batch size against
-    the training window) already ran in config.validate. In the zarr layout every chunk file
-    the split windows need is checked too (present, not truncated).
+    windows: what is read (default: the split windows), `keys` the config key naming each
+    (default data.splits.<name>). The file-independent checks (column name, split order and
+    overlap, batch size against the training window) already ran in config.validate. In the
+    zarr layout every chunk file the windows need is checked too (present, not truncated).
     """
+    windows = windows or split_windows(cfg)
+    keys = keys or {name: f"data.splits.{name}" for name in windows}
     layout = read_folder_layout(folder)
     t, n, _ = layout.shape
     if cfg.expected_shape is not None and list(cfg.expected_shape) != [t, n]:
@@ -192,14 +201,13 @@ def check_simulation(folder: Path, cfg: DataConfig) -> Layout:
         )
     if cfg.n_input > n:
         raise ConfigError("data.n_input", cfg.n_input, f"must be <= N={n} of {layout.path}")
-    for name in SPLITS:
-        window = list(getattr(cfg.splits, name))
+    for name, window in windows.items():
         if window[1] > t:
             raise ConfigError(
-                f"data.splits.{name}", window, f"must lie inside [0, {t}) (T of {layout.path})"
+                keys[name], list(window), f"must lie inside [0, {t}) (T of {layout.path})"
             )
     if isinstance(layout, ZarrLayout):
-        layout.check_chunks(list(split_windows(cfg).values()), (cfg.column, "STIMULUS"))
+        layout.check_chunks(list(windows.values()), (cfg.column, "STIMULUS"))
     return layout
 
 

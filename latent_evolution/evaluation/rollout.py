@@ -186,19 +186,15 @@ def run_rollout(
     autocast: contextlib.AbstractContextManager,
     splits: list[str] | None = None,
 ) -> dict[str, SplitRollout]:
-    """The rollout of every split in `splits` (default: evaluation.splits)."""
+    """The rollout of every split in `splits` (default: evaluation.splits, then the cross
+    datasets, each numbered by its own recording's frames and cell types)."""
     ev = config.evaluation
     # a data set built in memory (benchmarks, tests) has no types: one type 0 for every neuron
     types = data.cell_types if data.cell_types is not None else np.zeros(data.n_neurons, int)
-    return {
-        name: rollout_split(
-            model,
-            data.split(name),
-            name,
-            list(getattr(config.data.splits, name)),
-            types,
-            ev,
-            autocast,
-        )
-        for name in splits or ev.splits
-    }
+    out = {}
+    for name in splits or [*ev.splits, *data.cross]:
+        cross = data.cross.get(name)
+        window = cross.window if cross else list(getattr(config.data.splits, name))
+        kinds = cross.cell_types if cross else types
+        out[name] = rollout_split(model, data.split(name), name, window, kinds, ev, autocast)
+    return out

@@ -71,10 +71,25 @@ def rollout_max_key(split: str) -> str:
     return f"rollout_{split}_max_mse"
 
 
-def epoch_log_columns(rollout_horizons: Sequence[int] = ()) -> tuple[str, ...]:
-    """The epoch log's columns: EPOCH_LOG_COLUMNS, then the val rollout's MSE at each horizon
-    of a run that rolls out during training (evaluation.every > 0)."""
-    return EPOCH_LOG_COLUMNS + tuple(rollout_key("val", h) for h in rollout_horizons)
+def cross_loss_key(name: str, constant: bool = False) -> str:
+    """The epoch log's and metrics.json's name of a cross dataset's loss (evolve-only MSE over
+    its window, as val_loss) or of its constant model's."""
+    return f"cross_{name}_loss{'_constant_model' if constant else ''}"
+
+
+def epoch_log_columns(
+    rollout_horizons: Sequence[int] = (), cross: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """The epoch log's columns: EPOCH_LOG_COLUMNS, each cross dataset's loss and constant
+    model's (evaluation.cross_datasets), then the rollout MSE at each horizon of val and the
+    cross datasets in a run that rolls out during training (evaluation.every > 0)."""
+    losses = tuple(cross_loss_key(n, c) for n in cross for c in (False, True))
+    rolled = ("val", *cross) if rollout_horizons else ()
+    return (
+        EPOCH_LOG_COLUMNS
+        + losses
+        + tuple(rollout_key(s, h) for s in rolled for h in rollout_horizons)
+    )
 
 
 # -------------------------------------------------------------------------- statuses
