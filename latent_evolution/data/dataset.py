@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from latent_evolution.config.schema import Config, DataConfig, TrainingConfig, cross_datasets
+from latent_evolution.data.cell_type_names import cell_type_names
 from latent_evolution.data.resident import ResidentSplit
 from latent_evolution.data.simulation_folder import (
     METADATA_FILE,
@@ -51,6 +52,7 @@ class CrossDataset:
     window: list[int]
     path: Path
     cell_types: np.ndarray  # (N,) its CELL_TYPE column
+    cell_type_names: dict[int, str]  # of each id in cell_types
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Dataset:
     noise_std: float | None
     metadata: dict[str, Any]
     cell_types: np.ndarray | None = None  # (N,) the CELL_TYPE column; None: not known
+    cell_type_names: dict[int, str] = field(default_factory=dict)  # of each id in cell_types
     cross: dict[str, CrossDataset] = field(default_factory=dict)  # load_cross_datasets
 
     @property
@@ -109,12 +112,14 @@ def load_dataset(
     metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     # the process noise is added to V, so it bounds the loss of the VOLTAGE column only
     noise_std = metadata.get("noise_std", cfg.noise_std) if cfg.column == "VOLTAGE" else None
+    types = cell_types(layout)
     return Dataset(
         **splits,
         path=folder,
         noise_std=noise_std,
         metadata=metadata,
-        cell_types=cell_types(layout),
+        cell_types=types,
+        cell_type_names=cell_type_names(types, metadata),
     )
 
 
@@ -171,4 +176,7 @@ def load_cross_datasets(config: Config, data: Dataset, device: torch.device) -> 
                 f"N={data.n_neurons} (the model's input and output)",
             )
         split = _read_windows(layout, cfg, windows, device, config.training, pool)[name]
-        data.cross[name] = CrossDataset(split, list(entry.window), folder, cell_types(layout))
+        types, meta_file = cell_types(layout), folder / METADATA_FILE
+        metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        names = cell_type_names(types, metadata)
+        data.cross[name] = CrossDataset(split, list(entry.window), folder, types, names)

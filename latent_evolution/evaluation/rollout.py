@@ -14,7 +14,7 @@ import contextlib
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class SplitRollout:
     constant_mse: list[float]
     # (horizon, cell type, mse, constant mse) for each evaluation.cell_type_horizons
     cell_types: list[tuple[int, int, float, float]]
+    type_names: dict[int, str] = field(default_factory=dict)  # a cell type's name, if known
 
 
 def draw_starts(window: list[int], ev: EvaluationConfig, split: str) -> np.ndarray:
@@ -174,8 +175,12 @@ def write_rollout_files(folder: Path, results: dict[str, SplitRollout]) -> None:
     atomic_write_text(
         folder / ROLLOUT_CURVE, _csv(("split", "horizon", "mse", "constant_mse"), curve)
     )
-    cells = [(s, *row) for s, r in results.items() for row in r.cell_types]
-    header = ("split", "horizon", "cell_type", "mse", "constant_mse")
+    cells = [
+        (s, h, t, r.type_names.get(t, str(t)), mse, constant)
+        for s, r in results.items()
+        for h, t, mse, constant in r.cell_types
+    ]
+    header = ("split", "horizon", "cell_type", "name", "mse", "constant_mse")
     atomic_write_text(folder / ROLLOUT_CELL_TYPES, _csv(header, cells))
 
 
@@ -197,4 +202,5 @@ def run_rollout(
         window = cross.window if cross else list(getattr(config.data.splits, name))
         kinds = cross.cell_types if cross else types
         out[name] = rollout_split(model, data.split(name), name, window, kinds, ev, autocast)
+        out[name].type_names = cross.cell_type_names if cross else data.cell_type_names
     return out

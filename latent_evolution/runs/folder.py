@@ -22,8 +22,10 @@ MODEL = "model.pt"  # final weights, a state_dict
 BEST_MODEL = "best_model.pt"  # the weights of the best training.early_stopping.metric so far
 ROLLOUT_STARTS = "rollout_starts.json"  # {"val": [frame, ...], "test": [...]}, absolute frames
 ROLLOUT_CURVE = "rollout.csv"  # split, horizon, mse, constant_mse for h = 1..max_horizon
-ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, mse, constant_mse
+ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, name, mse, constant_mse
 ROLLOUT_PLOT = "rollout.png"  # MSE vs horizon, log scales, the constant model drawn
+# rollout.png's companion: the worst and best cell types at the longest cell-type horizon
+ROLLOUT_CELL_TYPES_PLOT = "rollout_cell_types.png"
 EVALUATIONS = "evaluations"  # `evaluate`'s results: <run>/evaluations/<name>/, never the above
 KEPT_WEIGHTS = "weights"  # <run>/weights/epoch_<K>.pt, every training.keep_weights_every epochs
 # `evaluate --weights epoch_K|all`: <run>/evaluations/weights_by_epoch_<data name>.csv
