@@ -341,3 +341,52 @@ def test_python_m_convert_and_its_one_line_error(tiny_npy, tmp_path):
     again = run_module("convert", str(tiny_npy), str(tmp_path / "zarr"))
     assert again.returncode == 2 and again.stderr.count("\n") == 1
     assert again.stderr.startswith("error: DST=")
+
+
+# ------------------------------------------------------------------------------- presets
+
+PRESETS = {
+    "youtube_vos_calcium": "FLY_N9_62_1_YOUTUBE_VOS_CALCIUM_PATH",
+    "davis": "FLY_N9_62_0_DAVIS_CALCIUM_PATH",
+    "optical_flow": "FLY_N9_62_0_OPTICAL_FLOW_CALCIUM_PATH",
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_preset_without_its_folder_names_its_environment_variable(compose, monkeypatch, preset):
+    monkeypatch.delenv(PRESETS[preset], raising=False)
+    with pytest.raises(ConfigError, match=rf"^data\.path=None: .* set {PRESETS[preset]} or pass"):
+        to_config(compose(f"data={preset}"))
+
+
+def test_the_presets_hold_the_lab_numbers_and_check_the_shape(compose, monkeypatch, zarr_folder):
+    monkeypatch.setenv(PRESETS["youtube_vos_calcium"], str(zarr_folder))
+    d = to_config(compose("data=youtube_vos_calcium")).data
+    assert (d.path, d.n_input, d.noise_std) == (str(zarr_folder), 1736, 0.05)
+    assert d.expected_shape == [987736, 13741] and d.splits.val == [973056, 987648]
+    assert d.splits.train[0] == 5120 and d.splits.test[1] <= 972800  # inside the lab's train
+    with pytest.raises(
+        ConfigError, match=r"^data\.expected_shape=\[987736, 13741\]: .* T=40, N=6$"
+    ):
+        check_simulation(zarr_folder, d)
+    for preset, window in (("davis", [5000, 25000]), ("optical_flow", [5000, 15000])):
+        monkeypatch.setenv(PRESETS[preset], str(zarr_folder))
+        d = to_config(compose(f"data={preset}")).data
+        assert d.splits.val == window and d.expected_shape == [None, 13741] and d.noise_std == 0
+        # any T, but N must be flyvis's: a 6-neuron recording of any length is refused
+        small = {"splits": SplitsConfig(**SPLITS), "n_input": N_INPUT}
+        d = DataConfig(**{**d.__dict__, **small})
+        with pytest.raises(ConfigError, match=r"^data\.expected_shape=\[None, 13741\]: .* N=6$"):
+            check_simulation(zarr_folder, d)
+        d.expected_shape = [None, N]
+        assert check_simulation(zarr_folder, d).shape[:2] == (T, N)
+
+
+def test_the_generalisation_preset_adds_the_labs_cross_datasets(compose, monkeypatch, tmp_path):
+    for name in ("DAVIS", "OPTICAL_FLOW"):
+        monkeypatch.setenv(f"FLY_N9_62_0_{name}_CALCIUM_PATH", str(tmp_path / name.lower()))
+    ev = to_config(compose("evaluation=generalisation")).evaluation
+    assert ev.cross_datasets == {
+        "optical_flow": {"path": str(tmp_path / "optical_flow"), "window": [5000, 15000]},
+        "davis": {"path": str(tmp_path / "davis"), "window": [5000, 25000]},
+    }

@@ -196,7 +196,8 @@ class DataConfig:
     source: str = "embedded"
     path: str | None = None  # simulation folder; embedded data lives in cache_dir
     path_env: str | None = None  # environment variable a preset's path is read from, if any
-    expected_shape: list[int] | None = None  # [T, N] the file must hold (a preset's guard)
+    # [T, N] the recording must hold (a preset's guard); T null: any number of frames
+    expected_shape: list[int | None] | None = None
     cache_dir: str = field(
         default="${oc.env:LATENT_EVOLUTION_CACHE,'~/.cache/latent_evolution'}",
         metadata=RESUMABLE | NOT_A_PARAMETER,
@@ -403,8 +404,13 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
         )
     if d.noise_std is not None:
         _non_negative("data.noise_std", d.noise_std)
-    if d.expected_shape is not None and (len(d.expected_shape) != 2 or min(d.expected_shape) <= 0):
-        raise ConfigError("data.expected_shape", d.expected_shape, "must be [T, N], both positive")
+    shape = d.expected_shape
+    if shape is not None and (
+        len(shape) != 2 or shape[1] is None or any(v is not None and v <= 0 for v in shape)
+    ):
+        raise ConfigError(
+            "data.expected_shape", shape, "must be [T, N], both positive (T may be null: any)"
+        )
     if d.source == "embedded":
         e = d.embedded
         for key in ("n_neurons", "n_frames"):

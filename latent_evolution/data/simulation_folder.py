@@ -195,7 +195,8 @@ def check_simulation(
     keys = keys or {name: f"data.splits.{name}" for name in windows}
     layout = read_folder_layout(folder)
     t, n, _ = layout.shape
-    if cfg.expected_shape is not None and list(cfg.expected_shape) != [t, n]:
+    expected = cfg.expected_shape
+    if expected is not None and [expected[0] or t, expected[1]] != [t, n]:
         raise ConfigError(
             "data.expected_shape", list(cfg.expected_shape), f"{layout.path} holds T={t}, N={n}"
         )
