@@ -11,7 +11,8 @@ must serve, best of --repeat, in one process so the ratio is what to read:
 
 then, with the chosen library, latent_evolution's own read_window over every frame (what a
 resident load and the first epoch's column-cache build do) from the zarr folder and from the
-same frames as x_list_0.npy (T, N, 9), per byte kept (--npy; page cache warm for both).
+same frames as x_list_0.npy (T, N, 9), per byte kept (--npy; page cache warm for both, or
+dropped before every read with --cold: posix_fadvise DONTNEED on every file).
 
     .venv/bin/python benchmarks/bench_zarr_readers.py [--frames 8000] [--dir /tmp] [--repeat 3]
 """
@@ -19,6 +20,7 @@ same frames as x_list_0.npy (T, N, 9), per byte kept (--npy; page cache warm for
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -72,7 +74,19 @@ def tensorstore(path: Path):
     return lambda a, b, c, width: arr[a:b, :width, c].read().result()
 
 
-def compare_read_window(root: Path, frames: int, repeat: int) -> None:
+def drop_cache(root: Path) -> None:
+    """Evict every file under root from the page cache (written and synced: clean pages)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def compare_read_window(root: Path, frames: int, repeat: int, cold: bool) -> None:
     """read_window over [0, frames) of VOLTAGE + stimulus, from the zarr folder and from the
     same frames written as x_list_0.npy."""
     import zarr
@@ -95,9 +109,12 @@ def compare_read_window(root: Path, frames: int, repeat: int) -> None:
     out = (np.empty((frames, N_NEURONS), np.float32), np.empty((frames, N_INPUT), np.float32))
     times = {}
     for name, layout in (("npy", npy_layout), ("zarr", zarr_layout)):
-        read = lambda layout=layout: read_window(  # noqa: E731
-            layout, "VOLTAGE", N_INPUT, "train", [0, frames], None, out
-        )
+
+        def read(layout=layout):
+            if cold:
+                drop_cache(root)
+            read_window(layout, "VOLTAGE", N_INPUT, "train", [0, frames], None, out)
+
         times[name] = best(read, repeat)
         rate = kept / times[name] / 1e9
         print(f"read_window from {name:4s} {times[name]:6.2f} s ({rate:.2f} GB/s kept)")
@@ -119,6 +136,7 @@ def main() -> None:
     p.add_argument("--dir", default=tempfile.gettempdir())
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--npy", action="store_true", help="also compare read_window: zarr vs .npy")
+    p.add_argument("--cold", action="store_true", help="--npy from a dropped page cache")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(dir=args.dir))
     try:
@@ -152,7 +170,7 @@ def main() -> None:
         ratios = f"window {tsr[0] / zp[0]:.2f}x, chunk {tsr[1] / zp[1]:.2f}x"
         print(f"tensorstore / zarr-python time: {ratios}")
         if args.npy:
-            compare_read_window(root, args.frames, args.repeat)
+            compare_read_window(root, args.frames, args.repeat, args.cold)
     finally:
         shutil.rmtree(root)
 
