@@ -7,6 +7,7 @@ Every zarr folder here is written by tensorstore's zarr driver with the lab's se
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -390,3 +391,45 @@ def test_the_generalisation_preset_adds_the_labs_cross_datasets(compose, monkeyp
         "optical_flow": {"path": str(tmp_path / "optical_flow"), "window": [5000, 15000]},
         "davis": {"path": str(tmp_path / "davis"), "window": [5000, 25000]},
     }
+
+
+@pytest.mark.slow
+def test_a_chunk_replaced_under_a_streamed_run_stops_it_after_a_checkpoint(
+    compose, tmp_path, tiny_npy
+):
+    """A writer renames a chunk file into timeseries.zarr: the folder's stamp changes."""
+    from latent_evolution.data.streaming import StreamError
+
+    zarr = write_lab_zarr(tmp_path / "zarr", np.load(tiny_npy / DATA_FILE))
+    cfg = to_config(
+        compose(
+            "data=simulation",
+            f"data.path={zarr}",
+            "data.n_input=32",
+            "data.noise_std=null",
+            "data.splits.train=[200,4600]",
+            "data.splits.val=[4700,5300]",
+            "data.splits.test=[5400,6000]",
+            "model=small",
+            "hardware=cpu",
+            "training.epochs=4",
+            "data.stream.enabled=true",
+            "data.stream.chunk_frames=512",
+            *SHORT_ROLLOUT,
+        )
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    epoch = trainer.train_epoch
+
+    def train_epoch():
+        if trainer.epoch == 2:  # another job rewrites chunk 1 of VOLTAGE during epoch 3
+            target = chunk(zarr, 1, "VOLTAGE")
+            shutil.copy(target, target.with_name("new"))
+            os.rename(target.with_name("new"), target)
+        return epoch()
+
+    trainer.train_epoch = train_epoch
+    with pytest.raises(StreamError, match=r"timeseries\.zarr frames \[.*changed since the run"):
+        trainer.fit()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and not (tmp_path / "run" / "metrics.json").exists()
