@@ -433,3 +433,30 @@ def test_a_chunk_replaced_under_a_streamed_run_stops_it_after_a_checkpoint(
         trainer.fit()
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_zarr_copy_like_the_npy_file(compose, tmp_path, tiny_npy, capsys):
+    from latent_evolution.cli import evaluate
+    from latent_evolution.runs.folder import ROLLOUT_CELL_TYPES, ROLLOUT_CURVE, ROLLOUT_STARTS
+    from tests.test_rollout import trained
+
+    run = tmp_path / "run"
+    trained(compose, run)  # on the tiny data set, embedded
+    zarr = write_lab_zarr(tmp_path / "zarr", np.load(tiny_npy / DATA_FILE))
+    common = [
+        "data=simulation",
+        "data.n_input=32",
+        "data.splits.train=[200,4600]",
+        "data.splits.val=[4700,5300]",
+        "data.splits.test=[5400,6000]",
+    ]
+    folders = []
+    for folder in (tiny_npy, zarr):
+        assert evaluate.main([str(run), *common, f"data.path={folder}"]) == 0
+        folders.append(Path(capsys.readouterr().out.strip()))
+    a, b = (json.loads((f / "metrics.json").read_text()) for f in folders)
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ == {"data_path"}, differ
+    for name in (ROLLOUT_STARTS, ROLLOUT_CURVE, ROLLOUT_CELL_TYPES):
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes()
