@@ -63,6 +63,10 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
         "training.checkpoint_every=-1",
         r"^training\.checkpoint_every=-1: must be a finite number >= 0$",
     ),
+    (
+        "training.keep_weights_every=-1",
+        r"^training\.keep_weights_every=-1: must be a finite number >= 0$",
+    ),
     ("training.weight_decay=-1", r"^training\.weight_decay=-1\.0: must be a finite number >= 0$"),
     (
         "training.grad_clip_norm=-0.5",
