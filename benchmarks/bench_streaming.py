@@ -14,6 +14,7 @@ interleaved (`interleaved`). `--losses` trains the embedded data set both ways.
     python benchmarks/bench_streaming.py --json stream.json
     python benchmarks/bench_streaming.py --frames 20000 --chunk-frames 1024 --chunks-in-memory 4
     python benchmarks/bench_streaming.py --no-column-cache   # chunks read from x_list_0.npy
+    python benchmarks/bench_streaming.py --layout zarr       # the lab's split zarr folder
     python benchmarks/bench_streaming.py --losses --seeds 3 --epochs 10
 """
 
@@ -46,12 +47,16 @@ def splits(n_frames: int) -> dict[str, tuple[int, int]]:
 
 
 def write_recording(folder: Path, n_frames: int, n_neurons: int) -> Path:
-    """Random (T, N, 9) float32 frames, 64 at a time: values do not change the speed."""
+    """Random (T, N, 9) float32 frames, 64 at a time (values do not change the speed), the
+    static columns the same in every frame (as the split zarr layout stores them)."""
     path = folder / "x_list_0.npy"
     out = np.lib.format.open_memmap(path, "w+", np.float32, (n_frames, n_neurons, N_COLUMNS))
     rng = np.random.default_rng(0)
+    static = [0, 1, 2, 5, 6]  # INDEX, X, Y, GROUP_TYPE, CELL_TYPE: one value per neuron
+    per_neuron = rng.standard_normal((n_neurons, len(static)), np.float32)
     for t in range(0, n_frames, 64):
         out[t : t + 64] = rng.standard_normal((min(64, n_frames - t), n_neurons, N_COLUMNS))
+        out[t : t + 64, :, static] = per_neuron
     out.flush()
     del out
     return path
@@ -231,6 +236,14 @@ def bench(args: argparse.Namespace) -> dict:
         path = write_recording(folder, args.frames, args.n_neurons)
         size = path.stat().st_size
         print(f"wrote {size / 1e9:.2f} GB in {time.perf_counter() - start:.1f} s")
+        if args.layout == "zarr":  # the same frames as the lab writes them, the .npy removed
+            from latent_evolution.data.convert import convert
+
+            start = time.perf_counter()
+            convert(folder, folder / "zarr")
+            path.unlink()
+            folder = folder / "zarr"
+            print(f"converted to zarr in {time.perf_counter() - start:.1f} s")
         rows = []
         for mode in [*MODES, BASELINE] * args.repeats:  # alternating: drift hits all alike
             cmd = [sys.executable, __file__, "--child", mode, "--folder", str(folder)]
@@ -329,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="stream from the recording itself (data.stream.column_cache=false)",
     )
     p.add_argument("--tmp", help="where the temp recording goes (default: the system's)")
+    p.add_argument("--layout", choices=("npy", "zarr"), default="npy", help="recording layout")
     p.add_argument("--losses", action="store_true", help="embedded losses, streamed vs resident")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the report here")

@@ -82,3 +82,34 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.01)
+
+
+def write_lab_zarr(folder: Path, x, time_chunk: int = 2000) -> Path:
+    """Write a (T, N, 9) recording as the lab's NeuralGraph ZarrSimulationWriterV2 does, with
+    the lab's own library (tensorstore's zarr driver, never latent_evolution's writer):
+    folder/x_list_0/metadata.zarr (N, 5) in one chunk and timeseries.zarr (T, N, 4) chunked
+    (time_chunk, N, 1), zarr v2, float32, blosc zstd level 3 with bit shuffle."""
+    import numpy as np
+    import tensorstore as ts
+
+    def array(path: Path, values, chunks: list[int]) -> None:
+        spec = {
+            "driver": "zarr",
+            "kvstore": {"driver": "file", "path": str(path)},
+            "metadata": {
+                "dtype": "<f4",
+                "shape": list(values.shape),
+                "chunks": chunks,
+                "compressor": {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 2},
+            },
+            "create": True,
+            "delete_existing": True,
+        }
+        ts.open(spec).result().write(np.ascontiguousarray(values)).result()
+
+    n = x.shape[1]
+    # the lab's column order: INDEX, XPOS, YPOS, GROUP_TYPE, TYPE / VOLTAGE, STIMULUS, CALCIUM,
+    # FLUORESCENCE (indices into x_list_0.npy's 9 columns)
+    array(folder / "x_list_0" / "metadata.zarr", x[0][:, [0, 1, 2, 5, 6]], [n, 5])
+    array(folder / "x_list_0" / "timeseries.zarr", x[:, :, [3, 4, 7, 8]], [time_chunk, n, 1])
+    return folder

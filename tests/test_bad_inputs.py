@@ -63,6 +63,10 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
         "training.checkpoint_every=-1",
         r"^training\.checkpoint_every=-1: must be a finite number >= 0$",
     ),
+    (
+        "training.keep_weights_every=-1",
+        r"^training\.keep_weights_every=-1: must be a finite number >= 0$",
+    ),
     ("training.weight_decay=-1", r"^training\.weight_decay=-1\.0: must be a finite number >= 0$"),
     (
         "training.grad_clip_norm=-0.5",
@@ -136,6 +140,7 @@ BAD_INPUTS = [  # (override, expected one-line message, as a regex)
     ("data.embedded.n_neurons=-3", rf"^data\.embedded\.n_neurons=-3: {POSITIVE}$"),
     ("data.embedded.n_frames=0", rf"^data\.embedded\.n_frames=0: {POSITIVE}$"),
     ("data.embedded.n_cell_types=2", r"^data\.embedded\.n_cell_types=2: must be >= 3"),
+    ("data.embedded.layout=hdf5", r"^data\.embedded\.layout='hdf5': must be one of npy, zarr$"),
     ("hardware.cpu_kernels=mkl", r"^hardware\.cpu_kernels='mkl': must be one of onednn, torch$"),
     ("hardware.mem_gb=0", rf"^hardware\.mem_gb=0: {POSITIVE}$"),
     ("hardware.timeout_min=-5", rf"^hardware\.timeout_min=-5: {POSITIVE}$"),

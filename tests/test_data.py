@@ -210,7 +210,8 @@ def test_embedded_and_simulation_folders_load_through_one_reader(compose, tmp_pa
 
 def test_fly_preset_without_a_path_names_its_environment_variable(compose, monkeypatch):
     monkeypatch.delenv("FLY_N9_62_1_PATH", raising=False)
-    unset = r"^data\.path=None: needs the folder holding x_list_0\.npy: set FLY_N9_62_1_PATH or "
+    unset = r"^data\.path=None: needs the folder holding x_list_0\.npy or x_list_0/: "
+    unset += r"set FLY_N9_62_1_PATH or "
     with pytest.raises(ConfigError, match=unset + r"pass data\.path=\.\.\.$"):
         to_config(compose("data=fly_N9_62_1"))
 

@@ -192,3 +192,71 @@ def test_an_argument_that_is_neither_a_folder_nor_an_override_is_one_line(capsys
     assert evaluate.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "neither an existing run folder nor an override" in err
+
+
+# -------------------------------------------------------------- weights kept along the way
+
+
+@pytest.mark.slow
+def test_kept_weights_are_rescored_into_a_table_of_metric_by_epoch(
+    compose, tmp_path, capsys, monkeypatch
+):
+    import csv
+
+    from latent_evolution.runs.epoch_log import read_epoch_log
+
+    run_dir = tmp_path / "run"
+    extra = ("training.epochs=3", "training.val_every=1", "training.keep_weights_every=1")
+    trainer, trained_m = trained(compose, run_dir, *extra)
+    kept = sorted(p.name for p in (run_dir / "weights").iterdir())
+    assert kept == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt"]
+    last = torch.load(run_dir / "weights" / "epoch_3.pt", weights_only=True)
+    final = torch.load(run_dir / MODEL, weights_only=True)
+    assert all(torch.equal(last[k], final[k]) for k in final)
+    assert evaluate.main([str(run_dir), "--weights", "all"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert [Path(p).name for p in printed[:3]] == [f"epoch_{k}_tiny" for k in (1, 2, 3)]
+    table = Path(printed[3])
+    assert table == run_dir / EVALUATIONS / "weights_by_epoch_tiny.csv"
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # each kept epoch re-scored: its val loss is the one training logged at that epoch
+    logged = read_epoch_log(run_dir / "training_log.csv")
+    assert [float(r["final_val_loss"]) for r in rows] == [float(r["val_loss"]) for r in logged]
+    assert float(rows[-1]["final_test_loss"]) == trained_m["final_test_loss"]
+    assert rollout_key("val", 30) in rows[0]
+    # one epoch again, on other data: its own table
+    assert evaluate.main([str(run_dir), "data.embedded.seed=7", "--weights", "epoch_2"]) == 0
+    out = capsys.readouterr().out.split()
+    assert Path(out[0]).name.startswith("epoch_2_tiny_") and Path(out[1]).name.startswith(
+        "weights_by_epoch_tiny_"
+    )
+    assert len(list(csv.DictReader(Path(out[1]).read_text().splitlines()))) == 1
+    # compare shows them: the sort metric of the kept weights by epoch, one line per table
+    from latent_evolution.analysis.compare import compare
+    from latent_evolution.analysis.report import plot_kept_weights
+
+    shown = []
+    monkeypatch.setattr("matplotlib.axes.Axes.plot", lambda ax, *a, **k: shown.append(a))
+    plot_kept_weights(compare([run_dir], "final_val_loss", []), tmp_path / "kept.png")
+    assert (tmp_path / "kept.png").stat().st_size > 0
+    assert sorted(list(x) for x, _ in shown) == [[1, 2, 3], [2]]
+    by_epoch = sorted(y for x, y in shown if len(x) == 3)[0]
+    assert list(by_epoch) == [float(r["final_val_loss"]) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ("all", r"weights holds no epoch_<K>\.pt: train with training\.keep_weights_every=K$"),
+        ("epoch_7", r"weights/epoch_7\.pt does not exist"),
+        ("epoch_x", r"^--weights='epoch_x': must be final, best, epoch_K or all$"),
+    ],
+)
+def test_missing_kept_weights_are_one_line(run, capsys, weights, message):
+    import re
+
+    _, run_dir = run
+    assert evaluate.main([str(run_dir), "--weights", weights]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err[len("error: ") :].strip()), err

@@ -76,8 +76,13 @@ def test_key_meanings_come_from_the_schemas_field_markers():
         "data.stream.column_cache",
         "training.epochs",
         "training.checkpoint_every",
+        "training.keep_weights_every",
         "training.log_every",
         "training.early_stopping.patience",
         "logger",
     } == RESUMABLE_CHANGES
-    assert {"data.cache_dir", "data.stream.column_cache"} == NOT_PARAMETERS
+    assert {
+        "data.cache_dir",
+        "data.stream.column_cache",
+        "training.keep_weights_every",
+    } == NOT_PARAMETERS

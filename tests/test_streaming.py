@@ -33,7 +33,7 @@ from latent_evolution.data.streaming import StreamedSplit, StreamError
 from latent_evolution.errors import BadFileError, ConfigError
 from latent_evolution.training.trainer import Trainer
 from tests.conftest import ROOT
-from tests.helpers import wait_for
+from tests.helpers import wait_for, write_lab_zarr
 
 T, N, N_INPUT = 600, 5, 2
 SPLITS = {"train": [10, 410], "val": [420, 500], "test": [510, 600]}
@@ -147,13 +147,18 @@ def test_ordered_batches_visit_every_start_once_in_order(folder):
     assert torch.equal(seen, torch.arange(SPLITS["val"][0], SPLITS["val"][1] - 2))
 
 
-def test_memory_is_the_chunk_slots_whatever_the_window(tmp_path):
-    """Host data of a streamed run: chunks_in_memory x chunk_frames rows, for T 600 or 6000."""
+@pytest.mark.parametrize("layout", ["npy", "zarr"])
+def test_memory_is_the_chunk_slots_whatever_the_window(tmp_path, layout):
+    """Host data of a streamed run: chunks_in_memory x chunk_frames rows, for T 600 or 6000,
+    from x_list_0.npy or the lab's split zarr layout."""
     sizes = []
     for t_frames in (600, 6000):
         folder = tmp_path / str(t_frames)
         folder.mkdir()
-        np.save(folder / DATA_FILE, coded(t_frames))
+        if layout == "npy":
+            np.save(folder / DATA_FILE, coded(t_frames))
+        else:
+            write_lab_zarr(folder, coded(t_frames))
         cfg = stream_config(folder)
         cfg.splits = SplitsConfig(
             train=[10, t_frames - 200],

@@ -34,17 +34,20 @@ def _cell(text: object) -> str:
 
 
 def metrics_table() -> str:
-    rollout_patterns = getattr(schema, "ROLLOUT_METRICS", None) or {}
+    flattened = {
+        "rollout": getattr(schema, "ROLLOUT_METRICS", None) or {},
+        "cross_datasets": getattr(schema, "CROSS_DATASET_METRICS", None) or {},
+    }
     rows = ["| key | unit | meaning |", "| --- | --- | --- |"]
     for field in dataclasses.fields(Metrics):
         unit = field.metadata.get("unit", "")
         meaning = field.metadata.get("meaning", "")
-        if field.name == "rollout" and rollout_patterns:
+        patterns = flattened.get(field.name) or {}
+        if patterns:
             meaning = f"{meaning} (flattened into metrics.json as the keys below)"
         rows.append(f"| `{field.name}` | {_cell(unit)} | {_cell(meaning)} |")
-        if field.name == "rollout":
-            for pattern, (unit, meaning) in rollout_patterns.items():
-                rows.append(f"| `{pattern}` | {_cell(unit)} | {_cell(meaning)} |")
+        for pattern, (unit, meaning) in patterns.items():
+            rows.append(f"| `{pattern}` | {_cell(unit)} | {_cell(meaning)} |")
     return "\n".join(rows)
 
 

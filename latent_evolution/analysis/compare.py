@@ -25,7 +25,7 @@ from latent_evolution.analysis.report import SEED, Comparison
 from latent_evolution.config.schema import NOT_A_PARAMETER, marked_keys
 from latent_evolution.errors import ArgumentError
 from latent_evolution.runs.folder import HYDRA_CONFIG, NEVER, RunStatus
-from latent_evolution.runs.metrics import as_number
+from latent_evolution.runs.metrics import as_number, cross_dataset_pattern, rollout_pattern
 from latent_evolution.runs.reading import Run, find_runs, load_run
 
 # Differ between runs without being parameters (config.schema's NOT_A_PARAMETER fields), e.g.
@@ -54,7 +54,12 @@ METRIC_COLUMNS = (
 # table that differ in them are flagged, and get a column with the fields that differ
 PROVENANCE = {"data_fingerprint": "read other data", "versions": "ran other package versions"}
 FORMATS = ("terminal", "markdown", "csv", "json")
-PLOTS = {"val": report.plot_curves, "rollout": report.plot_rollouts}  # --plot [KIND] PNG
+# --plot [KIND] PNG
+PLOTS = {
+    "val": report.plot_curves,
+    "rollout": report.plot_rollouts,
+    "weights": report.plot_kept_weights,
+}
 
 
 # --------------------------------------------------------------------------- tables
@@ -94,8 +99,9 @@ def _determined_by(name: str, key: str, configs: list[dict[str, Any]]) -> bool:
 
 
 def rollout_columns(runs: Sequence[Run]) -> list[str]:
-    """The rollout metrics (runs.metrics.ROLLOUT_METRICS) any run reports, in natural order."""
-    keys = {k for r in runs for k in r.metrics if k.startswith("rollout_")}
+    """The rollout and cross-dataset metrics (runs.metrics.ROLLOUT_METRICS,
+    CROSS_DATASET_METRICS) any run reports, in natural order."""
+    keys = {k for r in runs for k in r.metrics if rollout_pattern(k) or cross_dataset_pattern(k)}
     return sorted(keys, key=lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)])
 
 

@@ -20,9 +20,13 @@ from typing import TYPE_CHECKING, Any
 from latent_evolution.runs.epoch_log import read_epoch_log
 from latent_evolution.runs.folder import (
     EPOCH_LOG,
+    EVALUATIONS,
     FINAL_LOSSES,
+    ROLLOUT_CELL_TYPES,
+    ROLLOUT_CELL_TYPES_PLOT,
     ROLLOUT_CURVE,
     ROLLOUT_PLOT,
+    WEIGHTS_BY_EPOCH,
     RunStatus,
 )
 
@@ -281,15 +285,19 @@ def draw_rollout(folder: Path) -> None:
     """A run's (or an evaluation's) rollout.png from its rollout.csv, unless the picture is
     newer than the curve already. The commands call it once the run's results are written: a
     plot that fails is a warning, never a failed run (no pandas: training jobs call it)."""
-    curve, picture = folder / ROLLOUT_CURVE, folder / ROLLOUT_PLOT
-    if not curve.is_file():
-        return
-    if picture.is_file() and picture.stat().st_mtime_ns >= curve.stat().st_mtime_ns:
-        return
-    try:
-        plot_rollout({folder.name or "run": curve}, picture)
-    except Exception as exc:  # matplotlib, a full disk: the results stand without the picture
-        logging.getLogger(__name__).warning("%s not drawn: %s", picture, exc)
+    pictures = (
+        (folder / ROLLOUT_CURVE, folder / ROLLOUT_PLOT, plot_rollout),
+        (folder / ROLLOUT_CELL_TYPES, folder / ROLLOUT_CELL_TYPES_PLOT, plot_cell_types),
+    )
+    for source, picture, plot in pictures:
+        if not source.is_file():
+            continue
+        if picture.is_file() and picture.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+            continue
+        try:
+            plot({folder.name or "run": source}, picture)
+        except Exception as exc:  # matplotlib, a full disk: the results stand without it
+            logging.getLogger(__name__).warning("%s not drawn: %s", picture, exc)
 
 
 def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
@@ -328,6 +336,55 @@ def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
     return path
 
 
+SHOWN_TYPES = 8  # the worst and the best this many cell types, per split
+
+
+def worst_and_best_types(path: Path) -> dict[str, list[tuple[str, float]]]:
+    """split -> (name, model MSE / constant MSE) of its SHOWN_TYPES worst then best cell types
+    at the longest horizon of a rollout_cell_types.csv (a file from before names: the ids)."""
+    rows: dict[str, dict[int, list[tuple[str, float]]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            constant = float(row["constant_mse"])
+            ratio = float(row["mse"]) / constant if constant > 0 else math.inf
+            name = row.get("name") or row["cell_type"]
+            rows.setdefault(row["split"], {}).setdefault(int(row["horizon"]), []).append(
+                (name, ratio)
+            )
+    out = {}
+    for split, by_horizon in rows.items():
+        ranked = sorted(by_horizon[max(by_horizon)], key=lambda r: (-r[1], r[0]))
+        k = min(SHOWN_TYPES, len(ranked) // 2) or len(ranked)
+        out[split] = ranked[:k] + ranked[-k:] if len(ranked) > 2 * k else ranked
+    return out
+
+
+def plot_cell_types(tables: dict[str, Path], path: Path) -> Path:
+    """rollout.png's companion: per split, the worst and best cell types by name at the
+    longest cell-type horizon, as model MSE over the constant model's (1: no better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latent_evolution.files import atomic_write
+
+    (label, table), *_ = tables.items()
+    shown = worst_and_best_types(table)
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 5), squeeze=False)
+    for ax, (split, ranked) in zip(axes[0], shown.items(), strict=True):
+        names, ratios = zip(*reversed(ranked), strict=True)
+        colors = ["tab:red" if r > 1 else "tab:blue" for r in ratios]
+        ax.barh(names, ratios, color=colors)
+        ax.axvline(1, color="black", linestyle="--", linewidth=1)
+        ax.set(title=f"{label} {split}", xlabel="rollout MSE / constant model's")
+    fig.suptitle("Worst (top) and best (bottom) cell types at the longest cell-type horizon")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
 def _rollout_curves(path: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
     """split -> (horizons, model MSEs, constant-model MSEs) of a rollout.csv, in file order."""
     curves: dict[str, tuple[list[int], list[float], list[float]]] = {}
@@ -341,5 +398,39 @@ def _rollout_curves(path: Path) -> dict[str, tuple[list[int], list[float], list[
 
 
 def plot_rollouts(c: Comparison, path: Path) -> Path:
-    """`compare --plot rollout PNG`: every run's rollout.csv overlaid."""
+    """`compare --plot-kind rollout --plot PNG`: every run's rollout.csv overlaid."""
     return plot_rollout({Path(d).name: Path(d) / ROLLOUT_CURVE for d in c.runs["run_dir"]}, path)
+
+
+def plot_kept_weights(c: Comparison, path: Path) -> Path:
+    """`compare --plot-kind weights --plot PNG`: the --sort metric (default final_val_loss) of each run's
+    kept weights by epoch, one line per run and data set (`evaluate --weights all` tables)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latent_evolution.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run_dir in c.runs["run_dir"]:
+        for table in sorted((Path(run_dir) / EVALUATIONS).glob(f"{WEIGHTS_BY_EPOCH}_*.csv")):
+            rows = list(csv.DictReader(table.read_text().splitlines()))
+            points = [(int(r["epoch"]), float(r[c.sort])) for r in rows if r.get(c.sort)]
+            if points:
+                data = table.stem[len(WEIGHTS_BY_EPOCH) + 1 :]
+                ax.plot(
+                    *zip(*points, strict=True), marker=".", label=f"{Path(run_dir).name}: {data}"
+                )
+    if not ax.lines:
+        logging.getLogger(__name__).warning(
+            "No kept weights evaluated (evaluate RUN --weights all): %s is empty", path
+        )
+    ax.set(xlabel="epoch of the kept weights", ylabel=c.sort, yscale="log")
+    ax.set_title(f"{c.sort} of the weights kept along the way")
+    if ax.lines:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return path

@@ -42,7 +42,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=tuple(PLOTS),
         default="val",
         help="val: validation loss per epoch, coloured by --group-by; rollout: the runs' "
-        "rollout MSE vs horizon (rollout.csv) overlaid",
+        "rollout MSE vs horizon (rollout.csv) overlaid; weights: the --sort metric of each "
+        "run's kept weights by epoch (evaluate RUN --weights all)",
     )
     return p.parse_args(argv)
 

@@ -17,7 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from latent_evolution.errors import ConfigError
-from latent_evolution.runs.folder import HELD_OUT_SPLITS, SPLITS
+from latent_evolution.runs.folder import HELD_OUT_SPLITS, SPLITS, cross_loss_key
 from latent_evolution.runs.metrics import objective_names
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 CPU_KERNELS = ("onednn", "torch")  # model.cpu_kernels.place_model; CUDA is always torch
 DATA_SOURCES = ("embedded", "simulation")
 DATA_COLUMNS = ("VOLTAGE", "CALCIUM", "FLUORESCENCE")
+RECORDING_LAYOUTS = ("npy", "zarr")  # x_list_0.npy | x_list_0/{metadata,timeseries}.zarr
 STREAM_CHOICES = ("auto", "true", "false")
 LOGGERS = ("csv", "tensorboard")  # csv: training_log.csv only; tensorboard: plus event files
 LR_SCHEDULES = ("constant", "cosine", "step")  # after training.lr_schedule.warmup_epochs
@@ -135,6 +136,9 @@ class TrainingConfig:
     # epochs between checkpoint.pt saves (0: only after the last); a save of the default model
     # (90 MiB with Adam state) takes 0.2-0.6 s, and warning signals checkpoint at the epoch end
     checkpoint_every: int = field(default=10, metadata=RESUMABLE)
+    # keep the weights every K epochs as weights/epoch_<epoch>.pt (0: none), for `evaluate
+    # --weights epoch_K|all`: intermediate weights may generalise better than the final ones
+    keep_weights_every: int = field(default=0, metadata=RESUMABLE | NOT_A_PARAMETER)
     # the first K epochs descend only the reconstruction loss (the evolve loss is still logged)
     recon_warmup_epochs: int = 0
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
@@ -162,6 +166,8 @@ class EmbeddedConfig:
     n_cell_types: int = 16
     seed: int = 0
     dt: float = 0.02  # seconds per frame
+    # the folder layout it is written in: npy (x_list_0.npy) | zarr (the lab's split zarr)
+    layout: str = "npy"
 
 
 @dataclass
@@ -190,7 +196,8 @@ class DataConfig:
     source: str = "embedded"
     path: str | None = None  # simulation folder; embedded data lives in cache_dir
     path_env: str | None = None  # environment variable a preset's path is read from, if any
-    expected_shape: list[int] | None = None  # [T, N] the file must hold (a preset's guard)
+    # [T, N] the recording must hold (a preset's guard); T null: any number of frames
+    expected_shape: list[int | None] | None = None
     cache_dir: str = field(
         default="${oc.env:LATENT_EVOLUTION_CACHE,'~/.cache/latent_evolution'}",
         metadata=RESUMABLE | NOT_A_PARAMETER,
@@ -250,6 +257,17 @@ class HardwareConfig:
 
 
 @dataclass
+class CrossDatasetConfig:
+    """Another simulation the model is judged on during training, like a split named by its
+    key in evaluation.cross_datasets (generalisation to a new stimulus set)."""
+
+    path: str  # its simulation folder (x_list_0.npy or x_list_0/)
+    window: list[int]  # [start, stop) frames of it
+    column: str | None = None  # default: data.column
+    n_input: int | None = None  # default: data.n_input
+
+
+@dataclass
 class EvaluationConfig:
     """Rollout evaluation (evaluation/rollout.py): from `starts` start frames s per split, encode
     x[s] once, evolve with every frame's stimulus, decode each step; MSE vs x[s+h]."""
@@ -262,6 +280,11 @@ class EvaluationConfig:
     every: int = 0  # epochs between rollouts of val during training (0: only at the end)
     batch_size: int = 256  # starts evolved together
     seed: int = 0
+    # NAME: {path, window: [start, stop]} (CrossDatasetConfig's keys; untyped here so that
+    # `+evaluation.cross_datasets.NAME.path=...` can add one): scored like a split NAME every
+    # training.val_every epochs (cross_NAME_loss), rolled out with the splits
+    # (rollout_NAME_mse_h<H>); read through cross_datasets()
+    cross_datasets: dict[str, Any] = field(default_factory=dict)
 
 
 # -------------------------------------------------------------------------- logger
@@ -334,6 +357,7 @@ def _validate_training(t: TrainingConfig) -> None:
     _positive("training.eval_batch_size", t.eval_batch_size)
     _positive("training.log_every", t.log_every)
     _non_negative("training.checkpoint_every", t.checkpoint_every)
+    _non_negative("training.keep_weights_every", t.keep_weights_every)
     if not 0 < t.learning_rate < math.inf:
         raise ConfigError("training.learning_rate", t.learning_rate, "must be a finite number > 0")
     _choice("training.optimizer", t.optimizer, OPTIMIZERS)
@@ -359,9 +383,10 @@ def _validate_early_stopping_metric(metric: str, e: EvaluationConfig) -> None:
     """val_loss, or a val rollout horizon measured during training."""
     from latent_evolution.runs.folder import rollout_key
 
-    allowed = ["val_loss"]
-    if e.every > 0 and "val" in e.splits:
-        allowed += [rollout_key("val", h) for h in e.horizons]
+    allowed = ["val_loss", *map(cross_loss_key, e.cross_datasets)]
+    if e.every > 0:
+        rolled = ["val"] if "val" in e.splits else []
+        allowed += [rollout_key(s, h) for s in [*rolled, *e.cross_datasets] for h in e.horizons]
     if metric not in allowed:
         note = "" if e.every > 0 else " (rollout metrics need evaluation.every > 0)"
         raise ConfigError("training.early_stopping.metric", metric, f"one of {allowed}{note}")
@@ -374,15 +399,23 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
     _positive("data.n_input", d.n_input)
     if d.source == "simulation" and not d.path:
         where = f"set {d.path_env} or pass data.path=..." if d.path_env else "pass data.path=..."
-        raise ConfigError("data.path", d.path, f"needs the folder holding x_list_0.npy: {where}")
+        raise ConfigError(
+            "data.path", d.path, f"needs the folder holding x_list_0.npy or x_list_0/: {where}"
+        )
     if d.noise_std is not None:
         _non_negative("data.noise_std", d.noise_std)
-    if d.expected_shape is not None and (len(d.expected_shape) != 2 or min(d.expected_shape) <= 0):
-        raise ConfigError("data.expected_shape", d.expected_shape, "must be [T, N], both positive")
+    shape = d.expected_shape
+    if shape is not None and (
+        len(shape) != 2 or shape[1] is None or any(v is not None and v <= 0 for v in shape)
+    ):
+        raise ConfigError(
+            "data.expected_shape", shape, "must be [T, N], both positive (T may be null: any)"
+        )
     if d.source == "embedded":
         e = d.embedded
         for key in ("n_neurons", "n_frames"):
             _positive(f"data.embedded.{key}", getattr(e, key))
+        _choice("data.embedded.layout", e.layout, RECORDING_LAYOUTS)
         if e.n_cell_types < 3:
             raise ConfigError(
                 "data.embedded.n_cell_types", e.n_cell_types, "must be >= 3 (2 input types + 1)"
@@ -502,6 +535,56 @@ def _validate_evaluation(ev: EvaluationConfig, splits: SplitsConfig) -> None:
             )
 
 
+CROSS_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+
+
+def cross_datasets(ev: EvaluationConfig) -> dict[str, CrossDatasetConfig]:
+    """evaluation.cross_datasets typed; ConfigError naming a missing or unknown key."""
+    known = {f.name for f in fields(CrossDatasetConfig)}
+    out = {}
+    for name, entry in ev.cross_datasets.items():
+        key = f"evaluation.cross_datasets.{name}"
+        if not isinstance(entry, dict):
+            raise ConfigError(key, entry, "must be a mapping {path: FOLDER, window: [START, END]}")
+        for k in entry:
+            if k not in known:
+                raise ConfigError(f"{key}.{k}", entry[k], f"unknown key: one of {sorted(known)}")
+        for k in ("path", "window"):
+            if entry.get(k) is None:
+                raise ConfigError(f"{key}.{k}", None, "is required")
+        out[name] = CrossDatasetConfig(**{**entry, "window": list(entry["window"])})
+    return out
+
+
+def _validate_cross_datasets(ev: EvaluationConfig, splits: SplitsConfig) -> None:
+    """Names that cannot be mistaken for a split or another key; windows that fit a rollout."""
+    for name, c in cross_datasets(ev).items():
+        key = f"evaluation.cross_datasets.{name}"
+        if not CROSS_NAME.fullmatch(name) or name in SPLITS or name.endswith("_constant"):
+            raise ConfigError(
+                "evaluation.cross_datasets",
+                name,
+                "names must be lowercase words joined by _ (e.g. optical_flow), not a split "
+                "name and not ending in _constant",
+            )
+        if len(c.window) != 2 or not 0 <= c.window[0] < c.window[1]:
+            raise ConfigError(
+                f"{key}.window", list(c.window), "must be [start, stop], 0 <= start < stop"
+            )
+        if c.column is not None:
+            _choice(f"{key}.column", c.column, DATA_COLUMNS)
+        if c.n_input is not None:
+            _positive(f"{key}.n_input", c.n_input)
+        possible = c.window[1] - c.window[0] - ev.max_horizon
+        if ev.starts > possible:
+            raise ConfigError(
+                f"{key}.window",
+                list(c.window),
+                f"leaves {max(possible, 0)} rollout start frames; evaluation.starts={ev.starts} "
+                f"with evaluation.max_horizon={ev.max_horizon} need more",
+            )
+
+
 def validate(config: Config) -> None:
     """Raise ConfigError (one line: key, value, what is allowed) on the first bad value."""
     _validate_model(config.model)
@@ -515,7 +598,10 @@ def validate(config: Config) -> None:
     _choice("logger.name", config.logger.name, LOGGERS)
     e = config.evaluation
     _validate_evaluation(e, config.data.splits)
-    _choice("optimized_metric", config.optimized_metric, objective_names(e.splits, e.horizons))
+    _validate_cross_datasets(e, config.data.splits)
+    cross = list(e.cross_datasets)
+    objectives = (*objective_names([*e.splits, *cross], e.horizons), *map(cross_loss_key, cross))
+    _choice("optimized_metric", config.optimized_metric, objectives)
     if config.model.use_batch_norm and config.training.batch_size < 2:
         raise ConfigError(
             "training.batch_size",

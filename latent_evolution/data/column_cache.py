@@ -29,7 +29,8 @@ import numpy as np
 from latent_evolution.config.schema import DataConfig
 from latent_evolution.data.simulation_folder import (
     FileStamp,
-    NpyLayout,
+    Layout,
+    blocks,
     kept_bytes,
     npy_header,
     read_exact,
@@ -79,30 +80,37 @@ class CompactSplit:
 
 
 def compact_splits(
-    layout: NpyLayout, cfg: DataConfig, stamp: FileStamp, buffer: tuple[np.ndarray, np.ndarray]
+    layout: Layout,
+    cfg: DataConfig,
+    stamp: FileStamp,
+    buffer: tuple[np.ndarray, np.ndarray],
+    windows: dict[str, list[int]] | None = None,
 ) -> dict[str, CompactSplit] | None:
-    """Each split's compact columns, written first if needed (through buffer: (rows, N),
-    (rows, n_input)); None, with a warning, where they cannot be written or read back."""
-    folder = _folder(layout, cfg, stamp)
+    """Each window's compact columns (default: the split windows), written first if needed
+    (through buffer: (rows, N), (rows, n_input)); None, with a warning, where they cannot be
+    written or read back."""
+    windows = windows or split_windows(cfg)
+    folder = _folder(layout, cfg, stamp, windows)
     widths = (layout.shape[1], cfg.n_input)
 
     def write(tmp: Path) -> None:
-        _check_room(folder.parent, kept_bytes(cfg, layout.shape[1]))
+        _check_room(folder.parent, kept_bytes(cfg, layout.shape[1], windows))
         log.info("Writing the kept columns of %s to %s", layout.path, folder)
-        _write(tmp, layout, cfg, buffer)
+        _write(tmp, layout, cfg, buffer, windows)
         if FileStamp.of(layout.path) != stamp:  # mixed frames: never publish them
             raise OSError(f"{layout.path} changed while its columns were written")
 
     try:
         build_folder_once(folder, write)
-        windows = split_windows(cfg).items()
-        return {s: CompactSplit.open(folder, s, b - a, widths) for s, (a, b) in windows}
+        return {s: CompactSplit.open(folder, s, b - a, widths) for s, (a, b) in windows.items()}
     except OSError as exc:  # no room, or a folder that cannot be written or read back
         log.warning("Streaming from %s itself (data.stream.column_cache): %s", layout.path, exc)
         return None
 
 
-def _folder(layout: NpyLayout, cfg: DataConfig, stamp: FileStamp) -> Path:
+def _folder(
+    layout: Layout, cfg: DataConfig, stamp: FileStamp, windows: dict[str, list[int]]
+) -> Path:
     """`<data.cache_dir>/columns-<key>`, the key naming the recording as stamped and what
     is kept of it."""
     params = {
@@ -111,7 +119,7 @@ def _folder(layout: NpyLayout, cfg: DataConfig, stamp: FileStamp) -> Path:
         **asdict(stamp),
         "column": cfg.column,
         "n_input": cfg.n_input,
-        "windows": split_windows(cfg),
+        "windows": windows,
     }
     return Path(cfg.cache_dir).expanduser() / f"columns-{cache_key(params)}"
 
@@ -126,21 +134,24 @@ def _check_room(cache: Path, need: int) -> None:
 
 
 def _write(
-    folder: Path, layout: NpyLayout, cfg: DataConfig, buffer: tuple[np.ndarray, np.ndarray]
+    folder: Path,
+    layout: Layout,
+    cfg: DataConfig,
+    buffer: tuple[np.ndarray, np.ndarray],
+    windows: dict[str, list[int]],
 ) -> None:
-    """Every window's kept columns, block by block through buffer, each file synced."""
-    block = len(buffer[0])
-    for name, (start, stop) in split_windows(cfg).items():
+    """Every window's kept columns, block by block through buffer (blocks aligned with the
+    recording's stored chunks), each file synced."""
+    for name, (start, stop) in windows.items():
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(open(folder / f"{name}.{p}.npy", "wb")) for p in PARTS]
             for f, rows in zip(files, buffer, strict=True):
                 shape = (stop - start, rows.shape[1])
                 header = {"descr": "<f4", "fortran_order": False, "shape": shape}
                 np.lib.format.write_array_header_1_0(f, header)
-            for t in range(start, stop, block):
-                kept = tuple(b[: min(block, stop - t)] for b in buffer)
-                frames = (t, t + len(kept[0]))
-                read_window(layout, cfg.column, cfg.n_input, name, [start, stop], frames, kept)
+            for a, b in blocks(layout, start, stop, len(buffer[0])):
+                kept = tuple(rows[: b - a] for rows in buffer)
+                read_window(layout, cfg.column, cfg.n_input, name, [start, stop], (a, b), kept)
                 for f, rows in zip(files, kept, strict=True):
                     f.write(memoryview(rows).cast("B"))
             for f in files:

@@ -2,8 +2,8 @@
 
 Cell types in layers wired retinotopically, photoreceptor-like input neurons driven by
 moving gratings, `dV/dt = (-V + W ReLU(V) + e + V_rest) / tau` integrated with Euler at
-dt; written in the real folder layout (`simulation_folder.py`), so the one loader in
-`dataset.py` reads it like a real run.
+dt; written in either real folder layout (data.embedded.layout: x_list_0.npy, or the lab's
+split zarr folder), so the one loader in `dataset.py` reads it like a real run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from latent_evolution.config.schema import DataConfig, EmbeddedConfig
-from latent_evolution.data.simulation_folder import COLUMNS, DATA_FILE, METADATA_FILE
+from latent_evolution.data.convert import write_recording
+from latent_evolution.data.simulation_folder import COLUMNS, METADATA_FILE
 from latent_evolution.files import atomic_write_json, build_folder_once, cache_key
 
 log = logging.getLogger(__name__)
@@ -127,13 +128,20 @@ def embedded_folder(cfg: DataConfig) -> Path:
         "noise_std": cfg.noise_std,
         **asdict(cfg.embedded),
     }
+    if cfg.embedded.layout == "npy":  # the key of folders written before layouts were chosen
+        del params["layout"]
     folder = Path(cfg.cache_dir).expanduser() / f"embedded-{cache_key(params)}"
     if (folder / METADATA_FILE).exists():
         return folder
     log.info("Generating embedded data set into %s (first use only)", folder)
 
     def build(tmp: Path) -> None:
-        np.save(tmp / DATA_FILE, simulate(cfg.embedded, cfg.n_input, cfg.noise_std or 0.0))
+        x = simulate(cfg.embedded, cfg.n_input, cfg.noise_std or 0.0)
+
+        def frames(a: int, b: int, out: np.ndarray) -> None:
+            out[:] = x[a:b]
+
+        write_recording(tmp, cfg.embedded.layout, x.shape[:2], frames)
         atomic_write_json(tmp / METADATA_FILE, {**params, "dt": cfg.embedded.dt})
 
     return build_folder_once(folder, build)

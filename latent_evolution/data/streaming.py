@@ -46,7 +46,7 @@ from latent_evolution.config.schema import (
 )
 from latent_evolution.data.batches import Batch, gather_batch
 from latent_evolution.data.column_cache import CompactSplit, compact_splits
-from latent_evolution.data.simulation_folder import FileStamp, NpyLayout, read_window
+from latent_evolution.data.simulation_folder import FileStamp, Layout, read_window
 from latent_evolution.data.split import RolloutBlock
 from latent_evolution.errors import BadFileError, ConfigError
 from latent_evolution.runs.folder import SPLITS
@@ -84,14 +84,21 @@ def check_budget(s: StreamConfig, n_neurons: int, n_input: int) -> None:
 
 
 def streamed_splits(
-    layout: NpyLayout, cfg: DataConfig, device: torch.device, training: TrainingConfig | None
+    layout: Layout,
+    cfg: DataConfig,
+    device: torch.device,
+    training: TrainingConfig | None,
+    windows: dict[str, list[int]] | None = None,
+    pool: ChunkPool | None = None,
 ) -> dict[str, StreamedSplit]:
-    """The three splits streamed from layout's file through one pool of chunk slots.
+    """The windows (default: the three split windows) streamed from layout's recording
+    through one pool of chunk slots (`pool`: another recording's, shared; else a new one).
 
     Checks the chunk settings against the training config (when given) and the host budget
     first: nothing is allocated or read for a setting that cannot work.
     """
     s = cfg.stream
+    windows = windows or {name: list(getattr(cfg.splits, name)) for name in SPLITS}
     if training is not None:
         validate_stream(s, training.time_units, training.batch_size)
     check_budget(s, layout.shape[1], cfg.n_input)
@@ -102,24 +109,18 @@ def streamed_splits(
         s.chunk_frames,
         s.prefetch,
     )
-    pool = ChunkPool(s, layout.shape[1], cfg.n_input, device)
+    pool = pool or ChunkPool(s, layout.shape[1], cfg.n_input, device)
     stamp = FileStamp.of(layout.path)  # before any read: a change from here on stops the run
     compact = None
     if s.column_cache:  # written through the first chunk slot, before it holds any chunk
-        compact = compact_splits(
-            layout, cfg, stamp, tuple(t[: s.chunk_frames].numpy() for t in pool.host)
-        )
+        pool.take()
+        buffer = tuple(t[: s.chunk_frames].numpy() for t in pool.host)
+        compact = compact_splits(layout, cfg, stamp, buffer, windows)
     return {
         name: StreamedSplit(
-            pool,
-            layout,
-            cfg.column,
-            name,
-            list(getattr(cfg.splits, name)),
-            stamp,
-            compact[name] if compact else None,
+            pool, layout, cfg.column, name, window, stamp, compact[name] if compact else None
         )
-        for name in SPLITS
+        for name, window in windows.items()
     }
 
 
@@ -305,7 +306,7 @@ class StreamedSplit:
     def __init__(
         self,
         pool: ChunkPool,
-        layout: NpyLayout,
+        layout: Layout,
         column: str,
         name: str,
         window: list[int],

@@ -15,7 +15,7 @@ from torch import Tensor
 from latent_evolution.data.dataset import Dataset
 from latent_evolution.data.split import Split
 from latent_evolution.model.latent import LatentModel
-from latent_evolution.runs.folder import SPLITS
+from latent_evolution.runs.folder import SPLITS, cross_loss_key
 
 
 @torch.no_grad()
@@ -55,3 +55,20 @@ def split_losses(
         for k, s in splits.items()
     }
     return losses | baselines
+
+
+def cross_losses(
+    model: LatentModel,
+    data: Dataset,
+    time_units: int,
+    eval_batch_size: int,
+    autocast: contextlib.AbstractContextManager,
+) -> dict[str, float]:
+    """cross_<NAME>_loss and its constant model's of every cross dataset (metrics.json keys)."""
+    out = {}
+    for name, cross in data.cross.items():
+        loss = split_loss(model, cross.split, time_units, eval_batch_size, autocast)
+        out[cross_loss_key(name)] = float(loss)
+        constant = cross.split.constant_baseline(time_units, eval_batch_size)
+        out[cross_loss_key(name, constant=True)] = float(constant)
+    return out

@@ -14,7 +14,7 @@ import contextlib
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class SplitRollout:
     constant_mse: list[float]
     # (horizon, cell type, mse, constant mse) for each evaluation.cell_type_horizons
     cell_types: list[tuple[int, int, float, float]]
+    type_names: dict[int, str] = field(default_factory=dict)  # a cell type's name, if known
 
 
 def draw_starts(window: list[int], ev: EvaluationConfig, split: str) -> np.ndarray:
@@ -174,8 +175,12 @@ def write_rollout_files(folder: Path, results: dict[str, SplitRollout]) -> None:
     atomic_write_text(
         folder / ROLLOUT_CURVE, _csv(("split", "horizon", "mse", "constant_mse"), curve)
     )
-    cells = [(s, *row) for s, r in results.items() for row in r.cell_types]
-    header = ("split", "horizon", "cell_type", "mse", "constant_mse")
+    cells = [
+        (s, h, t, r.type_names.get(t, str(t)), mse, constant)
+        for s, r in results.items()
+        for h, t, mse, constant in r.cell_types
+    ]
+    header = ("split", "horizon", "cell_type", "name", "mse", "constant_mse")
     atomic_write_text(folder / ROLLOUT_CELL_TYPES, _csv(header, cells))
 
 
@@ -186,19 +191,16 @@ def run_rollout(
     autocast: contextlib.AbstractContextManager,
     splits: list[str] | None = None,
 ) -> dict[str, SplitRollout]:
-    """The rollout of every split in `splits` (default: evaluation.splits)."""
+    """The rollout of every split in `splits` (default: evaluation.splits, then the cross
+    datasets, each numbered by its own recording's frames and cell types)."""
     ev = config.evaluation
     # a data set built in memory (benchmarks, tests) has no types: one type 0 for every neuron
     types = data.cell_types if data.cell_types is not None else np.zeros(data.n_neurons, int)
-    return {
-        name: rollout_split(
-            model,
-            data.split(name),
-            name,
-            list(getattr(config.data.splits, name)),
-            types,
-            ev,
-            autocast,
-        )
-        for name in splits or ev.splits
-    }
+    out = {}
+    for name in splits or [*ev.splits, *data.cross]:
+        cross = data.cross.get(name)
+        window = cross.window if cross else list(getattr(config.data.splits, name))
+        kinds = cross.cell_types if cross else types
+        out[name] = rollout_split(model, data.split(name), name, window, kinds, ev, autocast)
+        out[name].type_names = cross.cell_type_names if cross else data.cell_type_names
+    return out

@@ -22,9 +22,14 @@ MODEL = "model.pt"  # final weights, a state_dict
 BEST_MODEL = "best_model.pt"  # the weights of the best training.early_stopping.metric so far
 ROLLOUT_STARTS = "rollout_starts.json"  # {"val": [frame, ...], "test": [...]}, absolute frames
 ROLLOUT_CURVE = "rollout.csv"  # split, horizon, mse, constant_mse for h = 1..max_horizon
-ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, mse, constant_mse
+ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, name, mse, constant_mse
 ROLLOUT_PLOT = "rollout.png"  # MSE vs horizon, log scales, the constant model drawn
+# rollout.png's companion: the worst and best cell types at the longest cell-type horizon
+ROLLOUT_CELL_TYPES_PLOT = "rollout_cell_types.png"
 EVALUATIONS = "evaluations"  # `evaluate`'s results: <run>/evaluations/<name>/, never the above
+KEPT_WEIGHTS = "weights"  # <run>/weights/epoch_<K>.pt, every training.keep_weights_every epochs
+# `evaluate --weights epoch_K|all`: <run>/evaluations/weights_by_epoch_<data name>.csv
+WEIGHTS_BY_EPOCH = "weights_by_epoch"
 EPOCH_LOG = "training_log.csv"  # one row per epoch (EPOCH_LOG_COLUMNS)
 METRICS = "metrics.json"  # written last: its presence means the run finished (Metrics)
 # in a sweep folder, beside the runs <sweep>/<job number>/ (written by the cluster launchers)
@@ -56,6 +61,11 @@ def rollout_key(split: str, horizon: int | str, constant: bool = False) -> str:
     return f"rollout_{split}_{'constant_' if constant else ''}mse_h{horizon}"
 
 
+def kept_weights_file(epoch: int) -> Path:
+    """A run folder's kept weights of an epoch (1-based): weights/epoch_<epoch>.pt."""
+    return Path(KEPT_WEIGHTS) / f"epoch_{epoch}.pt"
+
+
 def rollout_first_worse_key(split: str) -> str:
     return f"rollout_{split}_first_worse_horizon"
 
@@ -64,10 +74,25 @@ def rollout_max_key(split: str) -> str:
     return f"rollout_{split}_max_mse"
 
 
-def epoch_log_columns(rollout_horizons: Sequence[int] = ()) -> tuple[str, ...]:
-    """The epoch log's columns: EPOCH_LOG_COLUMNS, then the val rollout's MSE at each horizon
-    of a run that rolls out during training (evaluation.every > 0)."""
-    return EPOCH_LOG_COLUMNS + tuple(rollout_key("val", h) for h in rollout_horizons)
+def cross_loss_key(name: str, constant: bool = False) -> str:
+    """The epoch log's and metrics.json's name of a cross dataset's loss (evolve-only MSE over
+    its window, as val_loss) or of its constant model's."""
+    return f"cross_{name}_loss{'_constant_model' if constant else ''}"
+
+
+def epoch_log_columns(
+    rollout_horizons: Sequence[int] = (), cross: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """The epoch log's columns: EPOCH_LOG_COLUMNS, each cross dataset's loss and constant
+    model's (evaluation.cross_datasets), then the rollout MSE at each horizon of val and the
+    cross datasets in a run that rolls out during training (evaluation.every > 0)."""
+    losses = tuple(cross_loss_key(n, c) for n in cross for c in (False, True))
+    rolled = ("val", *cross) if rollout_horizons else ()
+    return (
+        EPOCH_LOG_COLUMNS
+        + losses
+        + tuple(rollout_key(s, h) for s in rolled for h in rollout_horizons)
+    )
 
 
 # -------------------------------------------------------------------------- statuses

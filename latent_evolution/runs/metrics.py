@@ -22,6 +22,7 @@ from latent_evolution.runs.folder import (
     METRICS,
     SPLITS,
     RunStatus,
+    cross_loss_key,
     rollout_first_worse_key,
     rollout_key,
     rollout_max_key,
@@ -94,6 +95,10 @@ class Metrics:
     rollout: dict[str, Any] = field(
         default_factory=dict, metadata={"unit": "", "meaning": "see ROLLOUT_METRICS"}
     )
+    # each evaluation.cross_datasets entry's losses (CROSS_DATASET_METRICS), flattened too
+    cross_datasets: dict[str, Any] = field(
+        default_factory=dict, metadata={"unit": "", "meaning": "see CROSS_DATASET_METRICS"}
+    )
 
 
 # metrics.json's rollout keys, for <split> in evaluation.splits and <H> in evaluation.horizons
@@ -112,16 +117,36 @@ ROLLOUT_METRICS = {
 }
 
 
-def rollout_pattern(key: str) -> str | None:
-    """The ROLLOUT_METRICS pattern a metrics.json key is an instance of, None if none."""
-    for pattern in ROLLOUT_METRICS:
-        regex = re.escape(pattern).replace("<split>", "[a-z]+").replace("<H>", "[0-9]+")
+# metrics.json's keys of each evaluation.cross_datasets NAME (its rollout: ROLLOUT_METRICS with
+# <split> = NAME)
+CROSS_DATASET_METRICS = {
+    cross_loss_key("<NAME>"): (MSE, "evolve-only MSE over the cross dataset's window, as val"),
+    cross_loss_key("<NAME>", constant=True): (MSE, "MSE of 'no change' over that window"),
+}
+
+
+def _pattern(key: str, patterns: dict[str, Any]) -> str | None:
+    # longest pattern first: rollout_<split>_constant_mse_h<H> before rollout_<split>_mse_h<H>
+    for pattern in sorted(patterns, key=len, reverse=True):
+        regex = re.escape(pattern).replace("<H>", "[0-9]+")
+        regex = regex.replace("<split>", "[a-z][a-z0-9_]*").replace("<NAME>", "[a-z][a-z0-9_]*")
         if re.fullmatch(regex, key):
             return pattern
     return None
 
 
-METRIC_KEYS = tuple(f.name for f in dataclasses.fields(Metrics) if f.name != "rollout")
+def rollout_pattern(key: str) -> str | None:
+    """The ROLLOUT_METRICS pattern a metrics.json key is an instance of, None if none."""
+    return _pattern(key, ROLLOUT_METRICS)
+
+
+def cross_dataset_pattern(key: str) -> str | None:
+    """The CROSS_DATASET_METRICS pattern a metrics.json key is an instance of, None if none."""
+    return _pattern(key, CROSS_DATASET_METRICS)
+
+
+FLATTENED = ("rollout", "cross_datasets")  # Metrics fields whose keys as_json flattens
+METRIC_KEYS = tuple(f.name for f in dataclasses.fields(Metrics) if f.name not in FLATTENED)
 
 
 def as_number(value: Any) -> float | None:
@@ -189,7 +214,8 @@ def objective(metrics: dict[str, Any], name: str = "final_val_loss") -> float:
 def as_json(metrics: Metrics) -> dict[str, Any]:
     """metrics.json's content, strict JSON: NaN/inf (a diverged model's losses) become null."""
     flat = dataclasses.asdict(metrics)
-    flat.update(flat.pop("rollout"))
+    for name in FLATTENED:
+        flat.update(flat.pop(name))
     return {
         k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in flat.items()
     }

@@ -15,7 +15,7 @@ import torch
 from latent_evolution.config.same_run import USE_SAME, first_difference
 from latent_evolution.errors import BadFileError, ConfigError
 from latent_evolution.files import atomic_write
-from latent_evolution.runs.folder import BEST_MODEL, CHECKPOINT, MODEL
+from latent_evolution.runs.folder import BEST_MODEL, CHECKPOINT, MODEL, kept_weights_file
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
@@ -28,6 +28,13 @@ def save_model(run_dir: Path, model: torch.nn.Module) -> Path:
 
 def save_best_model(run_dir: Path, model: torch.nn.Module) -> Path:
     return atomic_write(Path(run_dir) / BEST_MODEL, lambda f: torch.save(model.state_dict(), f))
+
+
+def save_kept_weights(run_dir: Path, epoch: int, model: torch.nn.Module) -> Path:
+    """weights/epoch_<epoch>.pt: the model's state_dict (weights_only loadable), atomically."""
+    path = Path(run_dir) / kept_weights_file(epoch)
+    path.parent.mkdir(exist_ok=True)
+    return atomic_write(path, lambda f: torch.save(model.state_dict(), f))
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from latent_evolution.config.schema import Config
 from latent_evolution.data.dataset import Dataset
 from latent_evolution.data.simulation_folder import data_fingerprint
 from latent_evolution.data.split import Split
-from latent_evolution.evaluation.losses import split_losses
+from latent_evolution.evaluation.losses import cross_losses, split_losses
 from latent_evolution.evaluation.rollout import rollout_metrics, run_rollout, write_rollout_files
 from latent_evolution.model.latent import LatentModel
 from latent_evolution.runs.folder import BEST_MODEL, LOSS_PARTS, SPLITS, RunStatus
@@ -99,6 +99,9 @@ def final_metrics(trainer: TrainedRun, diverged_at: int | None, gpu: GPUStats) -
         versions=package_versions(),
         data_fingerprint=data_fingerprint(d.path, trainer.config.data),
         rollout=final_rollout(trainer, trainer.run_dir),  # writes the rollout files too
+        cross_datasets=cross_losses(
+            trainer.model, d, t.time_units, t.eval_batch_size, trainer.autocast
+        ),
     )
     metrics.status, metrics.status_note = classify(dataclasses.asdict(metrics))
     return metrics

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from latent_evolution.config.schema import Config
-from latent_evolution.data.dataset import Dataset, load_dataset
+from latent_evolution.data.dataset import Dataset, load_cross_datasets, load_dataset
 from latent_evolution.data.split import Split
 from latent_evolution.errors import BadFileError
 from latent_evolution.evaluation.losses import split_loss
@@ -40,6 +40,7 @@ from latent_evolution.runs.folder import (
     EPOCH_LOG,
     EPOCH_LOG_COLUMNS,
     LOSS_PARTS,
+    cross_loss_key,
     epoch_log_columns,
     rollout_key,
 )
@@ -49,6 +50,7 @@ from latent_evolution.training.checkpoint import (
     load_checkpoint,
     save_best_model,
     save_checkpoint,
+    save_kept_weights,
     save_model,
 )
 from latent_evolution.training.early_stopping import EarlyStopping
@@ -120,6 +122,7 @@ class Trainer:
         self.data = (
             data if data is not None else load_dataset(config.data, self.device, config.training)
         )
+        load_cross_datasets(config, self.data, self.device)  # evaluation.cross_datasets
         # initialised on the CPU (the same weights for a seed on every device), then placed
         model = LatentModel(config.model, self.data.n_neurons, self.data.n_input)
         self.model = place_model(model, self.device, config.hardware.cpu_kernels)
@@ -144,8 +147,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         ev = config.evaluation
         self.epoch_log = EpochLog(
-            self.run_dir / EPOCH_LOG, epoch_log_columns(ev.horizons if ev.every else ())
+            self.run_dir / EPOCH_LOG,
+            epoch_log_columns(ev.horizons if ev.every else (), list(self.data.cross)),
         )
+        self.cross_constants: Tensor | None = None  # computed at the first validation
 
     # ------------------------------------------------------------------ the step
 
@@ -239,6 +244,8 @@ class Trainer:
                 warm = self.epoch > t.recon_warmup_epochs
                 if warm and self.early_stopping.update(t.early_stopping, row):
                     save_best_model(self.run_dir, self.model)
+                if t.keep_weights_every and self.epoch % t.keep_weights_every == 0:
+                    save_kept_weights(self.run_dir, self.epoch, self.model)
                 self._checkpoint_if_due(signals)
                 if self.early_stopping.stop:
                     log.info(
@@ -264,11 +271,13 @@ class Trainer:
         due = epoch == t.epochs - 1 or (epoch + 1) % t.val_every == 0
         val = self.split_loss(self.data.val) if due else None
         values = (torch.cat([parts, val.view(1)]) if val is not None else parts).tolist()
+        cross = self._cross_losses() if due else {}
         row = {
             "epoch": epoch + 1,
             **{f"train_{k}_loss": v for k, v in zip(LOSS_PARTS, values[:4], strict=True)},
             "val_loss": values[4] if val is not None else None,
             "best_val_loss": self._best_val(values[4] if val is not None else None),
+            **cross,  # cross_<NAME>_loss and its constant model's, at validations
             **self._epoch_rollout(epoch),  # rollout_val_mse_h<H>, when evaluation.every is due
             "epoch_duration_seconds": time.perf_counter() - epoch_start,
             "learning_rate": self._last_lr(),
@@ -285,9 +294,31 @@ class Trainer:
         every, last = self.config.evaluation.every, epoch == self.config.training.epochs - 1
         if every <= 0 or not ((epoch + 1) % every == 0 or last):
             return {}
-        result = run_rollout(self.model, self.data, self.config, self.autocast, ["val"])
+        splits = ["val", *self.data.cross]
+        result = run_rollout(self.model, self.data, self.config, self.autocast, splits)
+        horizons = self.config.evaluation.horizons
+        return {rollout_key(s, h): result[s].mse[h - 1] for s in splits for h in horizons}
+
+    def _cross_losses(self) -> dict[str, float]:
+        """Each cross dataset's loss, and its constant model's (computed once: a property of
+        the data), read in one transfer."""
+        names = list(self.data.cross)
+        if not names:
+            return {}
+        t = self.config.training
+        if self.cross_constants is None:
+            self.cross_constants = torch.stack(
+                [
+                    self.data.split(n).constant_baseline(t.time_units, t.eval_batch_size)
+                    for n in names
+                ]
+            )
+        losses = torch.stack([self.split_loss(self.data.split(n)) for n in names])
+        values = torch.stack([losses, self.cross_constants], 1).tolist()
         return {
-            rollout_key("val", h): result["val"].mse[h - 1] for h in self.config.evaluation.horizons
+            cross_loss_key(n, constant): v[constant]
+            for n, v in zip(names, values, strict=True)
+            for constant in (False, True)
         }
 
     def _last_lr(self) -> float:
