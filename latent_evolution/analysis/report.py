@@ -403,8 +403,9 @@ def plot_rollouts(c: Comparison, path: Path) -> Path:
 
 
 def plot_kept_weights(c: Comparison, path: Path) -> Path:
-    """`compare --plot-kind weights --plot PNG`: the --sort metric (default final_val_loss) of each run's
-    kept weights by epoch, one line per run and data set (`evaluate --weights all` tables)."""
+    """`compare --plot-kind weights --plot PNG`: the --sort metric (default final_val_loss) of
+    each run's kept weights by epoch, one line per run and data set (`evaluate --weights all`
+    tables)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -133,8 +133,9 @@ def split_windows(cfg: DataConfig) -> dict[str, list[int]]:
 
 def data_fingerprint(folder: Path, cfg: DataConfig) -> dict[str, Any]:
     """What a run read, for metrics.json: the recording's path, size (bytes) and modification
-    time (UTC, ISO 8601; of a zarr folder: its files' total and newest), the split windows (frames) and the column. Two runs that differ in
-    it did not see the same data, whatever their configs say."""
+    time (UTC, ISO 8601; of a zarr folder, its files' total and newest), the split windows
+    (frames) and the column. Two runs that differ in it did not see the same data, whatever
+    their configs say."""
     folder = Path(folder)
     if is_zarr_folder(folder):  # the split zarr layout: every file under x_list_0/
         recording = folder / DATA_FOLDER
