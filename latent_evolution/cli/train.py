@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from latent_evolution.analysis.report import draw_rollout
 from latent_evolution.cli.errors import one_line_errors
-from latent_evolution.config.compose import conf_dir, to_config
+from latent_evolution.config.compose import conf_dir, save_run_configs, to_config
 from latent_evolution.config.schema import Config
 from latent_evolution.runs.folder import RunStatus
 from latent_evolution.runs.metrics import objective, read_metrics
@@ -47,6 +47,13 @@ class ValidateBeforeRun(Callback):
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
         if not sweeper.endswith(".ValidatingSweeper"):  # that one checks each job, naming it
             self.on_run_start(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """The run folder's .hydra/*.yaml, written atomically (where Hydra does not write them:
+        jobs submitted before conf/config.yaml set hydra.output_subdir to null)."""
+        if config.hydra.output_subdir is None:
+            with one_line_errors():
+                save_run_configs(config)
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")

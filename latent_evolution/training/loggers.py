@@ -26,6 +26,7 @@ class TensorBoardLogger:
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def log_epoch(self, row: dict[str, Any]) -> None:
@@ -96,6 +97,10 @@ class RunLoggers:
                 getattr(logger, method)(*args)
             except Exception as exc:  # a full disk, a closed file: never the run's end
                 log.warning(
-                    "%s.%s failed, logging to it stops: %s", type(logger).__name__, method, exc
+                    "%s.%s failed, logging to %s stops (the run goes on): %s",
+                    type(logger).__name__,
+                    method,
+                    logger.log_dir,
+                    exc,
                 )
                 self.loggers.remove(logger)

@@ -1,0 +1,291 @@
+"""Every write can fail: I/O faults injected at each write of a command (tests/faults.py), the
+way SQLite tests its I/O.
+
+A clean run of the command, recorded, lists its writes. Then for each of them (a repeated
+write: its first and last occurrence) the command runs again from the same start with that
+write failing: with ENOSPC on it and on every write after (a full disk stays full), and with
+EIO on it alone (a failing disk's one bad I/O). After each failure:
+
+- the command ended with one line `error: ...` naming the file, the error and the way out
+  (then the same command again), exit status EXIT_WRITE_FAILED, and no traceback; or, where
+  the failed write was an optional output (TensorBoard, train.log, rollout.png), with a
+  warning naming it and exit status 0;
+- every file that existed before is unchanged or replaced whole, every file parses
+  (checkpoints and weights load with weights_only), and no temp file is left;
+- the same command run again without the fault ends bitwise equal to the clean run (each
+  distinct folder state left behind is rerun once).
+
+The commands run in process (Hydra's own entry point for `train`), the long ones in shards so
+pytest-xdist spreads them over the workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from latent_evolution.errors import EXIT_WRITE_FAILED
+from latent_evolution.runs.epoch_log import read_epoch_log
+from latent_evolution.runs.folder import EPOCH_LOG
+from tests.faults import Event, FaultyFileSystem, fault_points, mask
+from tests.helpers import SHORT_ROLLOUT, TINY
+
+# a full disk: the write and every one after it fail; a failing disk: the one write fails
+MODES = {"enospc": (errno.ENOSPC, True), "eio": (errno.EIO, False)}
+SHARDS = 3  # the long commands' fault points, spread over pytest-xdist's workers
+# outputs a run may go without (with a warning) when its results are complete
+OPTIONAL = ("tensorboard", "train.log", "rollout.png")
+NOT_COMPARED = ("train.log", "tensorboard", ".hydra")  # logs, timestamps: present, not equal
+TIMING = re.compile(r"seconds|per_second|mfu|commit_hash")
+LAST_LINE = re.compile(r"^error: (cannot write )?(?P<path>/\S+): .+, then run the same command again$")
+# the smallest training run that still writes each of its files twice
+RUN = (
+    *TINY,
+    *SHORT_ROLLOUT,
+    "training.epochs=2",
+    "training.batch_size=2048",
+    "training.checkpoint_every=1",
+)
+
+Command = Callable[[], int]  # runs the command in process, returns its exit status
+
+
+@dataclass
+class Outcome:
+    status: int
+    out: str
+    err: str
+    hit: bool
+
+
+def run(command: Command, root: Path, capsys: Any, **fault: Any) -> tuple[Outcome, list[Event]]:
+    """Run command with the fault (none: a clean, recorded run); its outcome and writes."""
+    capsys.readouterr()
+    with FaultyFileSystem(root, **fault) as fs:
+        try:
+            status = command()
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return Outcome(status, out, err, fs.hit), fs.events
+
+
+# ---------------------------------------------------------------------- what a folder holds
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def parses(path: Path) -> None:
+    """Raise unless the file reads as what its name says."""
+    name = path.name
+    if name == "train.log" or name.startswith("events.out.tfevents"):
+        return  # a log: appended, a torn last line is a log's
+    if path.suffix == ".json":
+        json.loads(path.read_text())
+    elif path.suffix == ".pt":
+        import torch
+
+        torch.load(path, weights_only=True)
+    elif path.suffix == ".yaml":
+        from omegaconf import OmegaConf
+
+        assert path.read_text().strip(), f"{path} is empty"
+        OmegaConf.load(path)
+    elif path.suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.verify()
+    elif path.name == EPOCH_LOG:  # appended: a torn (or empty) last line is dropped
+        read_epoch_log(path)
+    elif path.suffix == ".csv":
+        rows = list(csv.reader(io.StringIO(path.read_text())))
+        assert rows, f"{path} is empty"
+    elif path.suffix == ".npy":
+        import numpy as np
+
+        np.load(path)
+
+
+def comparable(path: Path) -> Any:
+    """The file's content as a rerun must reproduce it bitwise (timings left out)."""
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        return {k: v for k, v in data.items() if not TIMING.search(k)} if isinstance(data, dict) else data
+    if path.suffix == ".pt":
+        import torch
+
+        return repr(_bits(torch.load(path, weights_only=True)))
+    if path.name == EPOCH_LOG:
+        return [{k: v for k, v in r.items() if not TIMING.search(k)} for r in csv.DictReader(io.StringIO(path.read_text()))]
+    return path.read_bytes()
+
+
+def _bits(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return hashlib.sha256(value.numpy().tobytes()).hexdigest()
+    if isinstance(value, dict):
+        return {k: _bits(v) for k, v in value.items() if not TIMING.search(str(k))}
+    if isinstance(value, list | tuple):
+        return [_bits(v) for v in value]
+    return value
+
+
+def results(root: Path) -> dict[str, Any]:
+    """Every file under root: its comparable content, or only its presence for logs."""
+    return {
+        mask(rel): None
+        if any(part in NOT_COMPARED for part in Path(rel).parts)
+        else comparable(root / rel)
+        for rel in files(root)
+    }
+
+
+def state(root: Path) -> str:
+    """What a rerun starts from: the files it reads, hashed (logs and Hydra's files left out:
+    the rerun rewrites them)."""
+    h = hashlib.sha256()
+    for rel, data in files(root).items():
+        if not any(part in NOT_COMPARED for part in Path(rel).parts):
+            h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def target(root: Path, event: Event) -> Path:
+    """The file or folder a write event was for: a temp file's target, a temp folder's."""
+    parts = []
+    for part in Path(event[1]).parts:
+        if m := re.fullmatch(r"\.(.+)\.\*\.tmp", part):
+            parts.append(m[1])
+        elif m := re.fullmatch(r"\.tmp-(.+)-\*", part):
+            parts.append(m[1])
+            break
+        else:
+            parts.append(part)
+    return root.joinpath(*parts)
+
+
+def optional_output(root: Path, event: Event) -> Path | None:
+    """The optional output (file or folder) a write event was for, None for a result."""
+    path = target(root, event)
+    return next((p for p in [path, *path.parents] if p.name in OPTIONAL), None)
+
+
+# ---------------------------------------------------------------------- the property
+
+
+def check_failure(root: Path, event: Event, outcome: Outcome, before: dict[str, bytes]) -> None:
+    said = f"{event}:\nstdout:\n{outcome.out[-2000:]}\nstderr:\n{outcome.err[-2000:]}"
+    assert outcome.hit, f"the fault was never reached: {said}"
+    assert "Traceback" not in outcome.out + outcome.err, said
+    optional = optional_output(root, event)
+    if outcome.status == 0:
+        assert optional, f"a failed write of a result ended well: {said}"
+        assert str(optional) in outcome.out + outcome.err, f"no warning: {said}"
+    else:
+        assert outcome.status == EXIT_WRITE_FAILED, said
+        last = outcome.err.strip().splitlines()[-1]
+        match = LAST_LINE.match(last)
+        assert match, said
+        named, wanted = Path(match["path"]), target(root, event)
+        assert named == root or root in named.parents, said
+        if not optional:
+            related = named == wanted or wanted in named.parents or named in wanted.parents
+            assert related, f"names {named}, not {wanted}: {said}"
+    for p in root.rglob("*"):
+        assert not re.fullmatch(r"\..+\.tmp|\.tmp-.+", p.name), f"{p} left: {said}"
+        if p.is_file():
+            parses(p)
+    for rel, data in before.items():
+        assert (root / rel).is_file(), f"{rel} lost: {said}"
+
+
+def check_every_write(
+    command: Command,
+    prepare: Callable[[], None],
+    root: Path,
+    capsys: Any,
+    mode: str,
+    shard: int = 0,
+    shards: int = 1,
+) -> int:
+    """The property at every write of command (this shard's); the number of faults injected."""
+    for _ in range(2):  # the second run's writes: once per process is done (log lines)
+        prepare()
+        clean, events = run(command, root, capsys)
+        assert clean.status == 0, clean.err
+    reference = results(root)
+    code, persistent = MODES[mode]
+    rerun: set[str] = set()
+    points = fault_points(events)[shard::shards]
+    for event, k in points:
+        prepare()
+        before = files(root)
+        outcome, _ = run(command, root, capsys, fail=(event, k), errno=code, persistent=persistent)
+        check_failure(root, event, outcome, before)
+        if state(root) in rerun:  # a rerun from this very state was checked already
+            continue
+        rerun.add(state(root))
+        again, _ = run(command, root, capsys)
+        assert again.status == 0, f"rerun after {event} #{k}: {again.err[-2000:]}"
+        again_results = results(root)
+        assert again_results.keys() == reference.keys(), f"rerun after {event} #{k}"
+        for rel, value in reference.items():
+            assert again_results[rel] == value, f"rerun after {event} #{k}: {rel} differs"
+    return len(points)
+
+
+# ---------------------------------------------------------------------- the commands
+
+
+def train_command(root: Path, *overrides: str) -> Command:
+    """`latent-evolution-train RUN overrides` in process, its run folder root/run."""
+
+    def command() -> int:
+        from hydra.core.global_hydra import GlobalHydra
+
+        from latent_evolution.cli.train import cli
+
+        GlobalHydra.instance().clear()
+        argv = ["latent-evolution-train", *RUN, *overrides, f"hydra.run.dir={root / 'run'}"]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", argv)
+            patch.setenv("HYDRA_FULL_ERROR", "")
+            cli()
+        return 0
+
+    return command
+
+
+def fresh(root: Path) -> Callable[[], None]:
+    def prepare() -> None:
+        shutil.rmtree(root / "run", ignore_errors=True)
+
+    return prepare
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", range(SHARDS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_training_run_at_every_write(tmp_path, capsys, mode, shard):
+    """Hydra's run folder and files, train.log, the epoch log, checkpoints, best weights,
+    the final metrics, rollout files and plot, TensorBoard."""
+    command = train_command(tmp_path, "logger=tensorboard")
+    n = check_every_write(command, fresh(tmp_path), tmp_path, capsys, mode, shard, SHARDS)
+    assert n > 10
