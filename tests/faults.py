@@ -140,16 +140,14 @@ class FaultyFileSystem:
             real_mkdir(path, *args, **kwargs)
 
         def open_(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-            f = real_open(file, mode, *args, **kwargs)
             if not any(c in mode for c in "wax+"):
-                return f
-            path = f"/proc/self/fd/{file}" if isinstance(file, int) else file
-            path = os.readlink(path) if isinstance(file, int) else path
-            try:
+                return real_open(file, mode, *args, **kwargs)
+            if isinstance(file, int):  # os.fdopen: opened already (os.open's event)
+                path = os.readlink(f"/proc/self/fd/{file}")
+            else:
+                path = file
                 self._event("open", path, named=True)
-            except OSError:
-                f.close()
-                raise
+            f = real_open(file, mode, *args, **kwargs)
             return _FaultyFile(f, lambda: self._event("write", path, named=False))
 
         self._patch(os, "open", os_open)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ class TensorBoardLogger:
 
         self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir))
+        _writer_thread_errors_as_warnings()
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         for tag, value in _numbers(row).items():
@@ -50,6 +52,26 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _writer_thread_errors_as_warnings() -> None:
+    """TensorBoard writes from a thread of its own, which dies on a write that fails (a full
+    disk) with a traceback on stderr; make that one warning line. The logger's next call
+    raises the same error, and RunLoggers drops it."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    previous = threading.excepthook
+    if getattr(previous, "tensorboard_warns", False):
+        return
+
+    def hook(args: Any) -> None:
+        if isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError):
+            log.warning("TensorBoard's writer stopped (the run goes on): %s", args.exc_value)
+        else:
+            previous(args)
+
+    hook.tensorboard_warns = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
