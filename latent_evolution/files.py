@@ -174,9 +174,21 @@ class LogFile(logging.FileHandler):
 
     failed = False
 
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, **kw: Any):
+        # opened at the first line, where a failure is the warning (logging.config's own
+        # opening raises it, wrapped in a ValueError, out of the command's start)
+        super().__init__(filename, mode, encoding, **{**kw, "delay": True})
+
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.failed:
-            super().emit(record)
+        if self.failed:
+            return
+        if self.stream is None:
+            try:
+                self.stream = self._open()
+            except OSError:
+                self.handleError(record)
+                return
+        super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
