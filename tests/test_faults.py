@@ -482,3 +482,52 @@ def test_the_kept_columns_cache_at_every_write(tmp_path, capsys):
 
     n = check_every_write(stream, starting_from(root, None), root, capsys)
     assert n >= 20
+
+
+def test_the_launchers_records_at_every_write(tmp_path, capsys):
+    """A cluster sweep's submitted_jobs.json (rewritten, keeping earlier jobs' records) and
+    failed_jobs.txt, as the launcher writes them once its jobs are submitted and have ended:
+    the launcher's own writes, with submitit jobs standing in for the scheduler's."""
+    from types import SimpleNamespace
+
+    from hydra.core.utils import JobStatus
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.latent_evolution_launchers.dispatch_launcher import (
+        PlannedJob,
+        SlurmDispatchLauncher,
+        _job_return,
+    )
+    from latent_evolution.cli.errors import command as one_line_command
+
+    root, template = tmp_path / "root", tmp_path / "template"
+    root.mkdir()
+    (template / "sweep").mkdir(parents=True)
+    earlier = [{"num": 0, "job_id": "7", "scheduler": "slurm", "overrides": ["training.seed=0"]}]
+    (template / "sweep" / "submitted_jobs.json").write_text(json.dumps(earlier))
+    launcher = SlurmDispatchLauncher.__new__(SlurmDispatchLauncher)
+    launcher.config = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": str(root / "sweep")}, "overrides": {"hydra": [], "task": []}}}
+    )
+    plans = []
+    for num in (1, 2):
+        job = SimpleNamespace(
+            job_id=f"8_{num}",
+            paths=SimpleNamespace(stderr=root / f"logs/8_{num}_0_log.err"),
+            get_info=lambda mode: {},
+        )
+        plans.append(PlannedJob(num, [f"training.seed={num}"], {}, job=job))
+    failed = [(plans[1], _job_return(plans[1], JobStatus.FAILED, RuntimeError("killed")))]
+
+    def after_submitting() -> int:
+        launcher._record(plans)
+        launcher._report_failures(failed, len(plans))
+        return 0
+
+    n = check_every_write(
+        one_line_command(lambda argv: after_submitting()),
+        starting_from(root, template),
+        root,
+        capsys,
+    )
+    assert n >= 16
