@@ -9,6 +9,7 @@ as it was and no temp file, and raises `errors.WriteError` naming the file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -82,6 +83,33 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(
         path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
     )
+
+
+class KeptFolder:
+    """A folder a long command writes into (a run folder): made if missing, then `check()`
+    raises WriteError if it was removed or replaced since, so the files of a run whose folder
+    was deleted under it are never written into a new folder of the same name (which the
+    atomic writes, making missing folders, would otherwise do)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.identity = _identity(self.path)
+
+    def check(self) -> None:
+        try:
+            same = _identity(self.path) == self.identity
+        except FileNotFoundError:
+            same = False
+        if not same:
+            gone = OSError(errno.ENOENT, "removed (or replaced) while the command ran")
+            raise WriteError(self.path, gone)
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def claim_new_dir(path: str | Path) -> str:

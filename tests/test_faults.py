@@ -39,6 +39,7 @@ from typing import Any
 
 import pytest
 
+from latent_evolution.config.compose import to_config  # registers the schema before any test
 from latent_evolution.errors import EXIT_WRITE_FAILED
 from latent_evolution.runs.epoch_log import read_epoch_log
 from latent_evolution.runs.folder import EPOCH_LOG
@@ -427,7 +428,6 @@ def test_the_embedded_datas_first_build_at_every_write(compose, tmp_path, capsys
     """The data cache's first build (simulate, np.save, metadata, rename), here of a small
     simulation: every failure is the one line naming the folder, the next build is equal."""
     from latent_evolution.cli.errors import command as one_line_command
-    from latent_evolution.config.compose import to_config
     from latent_evolution.data.simulator import embedded_folder
 
     root = tmp_path / "root"
@@ -450,6 +450,7 @@ def test_the_kept_columns_cache_at_every_write(tmp_path, capsys):
     import numpy as np
 
     from latent_evolution.config.schema import DataConfig, SplitsConfig, StreamConfig
+    from latent_evolution.data import column_cache
     from latent_evolution.data.dataset import load_dataset
     from latent_evolution.data.simulation_folder import DATA_FILE
 
@@ -472,12 +473,12 @@ def test_the_kept_columns_cache_at_every_write(tmp_path, capsys):
 
         import torch
 
+        logger = logging.getLogger(column_cache.__name__)
         warnings = logging.StreamHandler(sys.stderr)
-        logging.getLogger("latent_evolution").addHandler(warnings)
-        try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(logger, "disabled", False)  # whatever a Hydra run before configured
+            patch.setattr(logger, "handlers", [warnings])
             load_dataset(cfg, torch.device("cpu"))
-        finally:
-            logging.getLogger("latent_evolution").removeHandler(warnings)
         return 0
 
     n = check_every_write(stream, starting_from(root, None), root, capsys)
@@ -531,3 +532,100 @@ def test_the_launchers_records_at_every_write(tmp_path, capsys):
         capsys,
     )
     assert n >= 16
+
+
+# ---------------------------------------------------------------------- folders that refuse
+
+
+def test_a_read_only_run_folder_is_one_line_and_nothing_written(tmp_path, capsys):
+    """Every write refused with EROFS from the first (a file system mounted read-only; as root,
+    a chmod would not refuse): one line naming the run folder's file, exit status 74, and no
+    file made anywhere (not in the working folder, not in the data cache)."""
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    command = train_command(root)
+    events = run(command, tmp_path, capsys)[1]  # tmp_path: the working folder's writes too
+    shutil.rmtree(root / "run")
+    (root / "run").mkdir()
+    cwd = set(Path.cwd().iterdir())
+    outcome, _ = run(
+        command, tmp_path, capsys, fail=(events[0], 1), errno=errno.EROFS, persistent=True
+    )
+    assert outcome.status == EXIT_WRITE_FAILED and "Traceback" not in outcome.out + outcome.err
+    last = outcome.err.strip().splitlines()[-1]
+    assert LAST_LINE.match(last) and "Read-only file system (EROFS)" in last, last
+    assert str(root / "run") in last
+    assert not any((root / "run").iterdir()) and set(Path.cwd().iterdir()) == cwd
+
+
+def test_a_run_folder_deleted_while_the_run_goes_on_is_one_line(compose, tmp_path, monkeypatch):
+    """The run folder removed during epoch 2: the run ends with the one line and writes no
+    new folder of that name (the atomic writes would make it, holding a run without its
+    config)."""
+    from latent_evolution.cli.errors import error_line
+    from latent_evolution.errors import WriteError
+    from latent_evolution.training.trainer import Trainer
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(to_config(compose(*RUN, "training.epochs=3")), run_dir)
+    epoch = trainer.train_epoch
+
+    def train_epoch():
+        if trainer.epoch == 1:
+            shutil.rmtree(run_dir)
+        return epoch()
+
+    monkeypatch.setattr(trainer, "train_epoch", train_epoch)
+    with pytest.raises(WriteError) as exc:
+        trainer.fit()
+    line, status = error_line(exc.value)
+    assert status == EXIT_WRITE_FAILED and "\n" not in line
+    assert line.startswith(f"cannot write {run_dir}: removed (or replaced) while the command ran")
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_recording_deleted_or_replaced_mid_run_is_one_line(compose, tmp_path, how):
+    """The streamed recording deleted, or replaced by another file, during epoch 2 (the column
+    cache on): one line naming it, exit status 2; the run's checkpoint, in its own folder, is
+    the only write after it, and no columns folder is made for the new file."""
+    import numpy as np
+
+    from latent_evolution.cli.errors import error_line
+    from latent_evolution.data.simulation_folder import DATA_FILE
+    from latent_evolution.errors import EXIT_BAD_INPUT
+    from tests.test_streaming import streamed_trainer
+
+    recording = tmp_path / "sim"
+    recording.mkdir()
+    np.save(recording / DATA_FILE, np.random.default_rng(0).random((6000, 40, 9), np.float32))
+    trainer = streamed_trainer(compose, tmp_path / "run", recording)
+    cache = sorted(Path(trainer.config.data.cache_dir).expanduser().glob("columns-*"))
+    epoch = trainer.train_epoch
+
+    def train_epoch():
+        if trainer.epoch == 1:
+            path = recording / DATA_FILE
+            data = path.read_bytes()
+            path.unlink()
+            if how == "replaced":
+                (recording / "new.npy").write_bytes(data)
+                (recording / "new.npy").rename(path)
+        return epoch()
+
+    trainer.train_epoch = train_epoch
+    with pytest.raises(Exception) as exc:
+        trainer.fit()
+    line, status = error_line(exc.value)
+    assert status == EXIT_BAD_INPUT and "\n" not in line and str(recording / DATA_FILE) in line
+    assert torch_load_epoch(tmp_path / "run" / "checkpoint.pt") == 1
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    after = sorted(Path(trainer.config.data.cache_dir).expanduser().glob("columns-*"))
+    assert after == cache  # the columns of the first file only
+
+
+def torch_load_epoch(path: Path) -> int:
+    import torch
+
+    return torch.load(path, weights_only=True)["epoch"]
