@@ -38,13 +38,29 @@ UMASK = _read_umask()
 
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[None]:
-    """Raise an OSError met inside as WriteError naming `path` (the file being written)."""
+    """Raise an OSError met inside as WriteError naming `path` (the file being written), also
+    where a library wrapped it in an error of its own (torch.save's zip writer, which goes on
+    writing after a failed write and then raises a RuntimeError)."""
     try:
         yield
     except WriteError:
         raise
-    except OSError as exc:
-        raise WriteError(path, exc) from exc
+    except Exception as exc:
+        cause = _os_error_in(exc)
+        if cause is None:
+            raise
+        raise WriteError(path, cause) from exc
+
+
+def _os_error_in(exc: BaseException | None) -> OSError | None:
+    """exc if an OSError, else the first OSError it was raised from or while handling."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:

@@ -60,9 +60,11 @@ class FaultyFileSystem:
         fail: tuple[Event, int] | None = None,
         errno: int = errno_codes.ENOSPC,
         persistent: bool = False,
+        free_bytes: int | None = None,
     ):
         self.root = os.path.realpath(root)
         self.fail, self.errno, self.persistent = fail, errno, persistent
+        self.free_bytes, self._written = free_bytes, 0  # bytes written, freed ones counted too
         self.events: list[Event] = []  # in order, per thread
         self.hit = False  # whether the fault was raised
         self._seen: Counter[Event] = Counter()
@@ -81,8 +83,8 @@ class FaultyFileSystem:
             return None
         return mask(os.path.relpath(full, self.root))
 
-    def _event(self, op: str, path: Any, named: bool) -> None:
-        """Count the event `(op, path)`; raise the fault where it is due."""
+    def _event(self, op: str, path: Any, named: bool, size: int = 0) -> None:
+        """Count the event `(op, path)` (writing `size` bytes); raise the fault where due."""
         rel = self._relative(path)
         if rel is None:
             return
@@ -90,21 +92,25 @@ class FaultyFileSystem:
         with self._lock:
             self.events.append(event)
             self._seen[event] += 1
-            due = self.fail is not None and (
-                (self.persistent and self.hit) or (event, self._seen[event]) == self.fail
+            full = self.free_bytes is not None and self._written + size > self.free_bytes
+            due = full or (
+                self.fail is not None
+                and ((self.persistent and self.hit) or (event, self._seen[event]) == self.fail)
             )
             if due:
                 self.hit = True
+            else:
+                self._written += size
         if due:
             filename = os.fsdecode(path) if named else None
             raise OSError(self.errno, os.strerror(self.errno), filename)
 
-    def _fd_event(self, op: str, fd: int) -> None:
+    def _fd_event(self, op: str, fd: int, size: int = 0) -> None:
         try:
             path = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             return
-        self._event(op, path, named=False)
+        self._event(op, path, named=False, size=size)
 
     # ------------------------------------------------------------------ patches
 
@@ -119,7 +125,7 @@ class FaultyFileSystem:
             return real_os_open(path, flags, *args, **kwargs)
 
         def write(fd: int, data: Any) -> int:
-            self._fd_event("write", fd)
+            self._fd_event("write", fd, _size(data))
             return real_write(fd, data)
 
         def fsync(fd: Any) -> None:
@@ -148,7 +154,7 @@ class FaultyFileSystem:
                 path = file
                 self._event("open", path, named=True)
             f = real_open(file, mode, *args, **kwargs)
-            return _FaultyFile(f, lambda: self._event("write", path, named=False))
+            return _FaultyFile(f, lambda size: self._event("write", path, False, size))
 
         self._patch(os, "open", os_open)
         self._patch(os, "write", write)
@@ -173,15 +179,16 @@ class FaultyFileSystem:
 class _FaultyFile:
     """A file opened for writing whose write() and writelines() are events first."""
 
-    def __init__(self, file: Any, event: Callable[[], None]):
+    def __init__(self, file: Any, event: Callable[[int], None]):
         self._file, self._event = file, event
 
     def write(self, data: Any) -> Any:
-        self._event()
+        self._event(_size(data))
         return self._file.write(data)
 
     def writelines(self, lines: Any) -> None:
-        self._event()
+        lines = list(lines)
+        self._event(sum(map(_size, lines)))
         self._file.writelines(lines)
 
     def __getattr__(self, name: str) -> Any:
@@ -196,6 +203,11 @@ class _FaultyFile:
 
     def __iter__(self) -> Any:
         return iter(self._file)
+
+
+def _size(data: Any) -> int:
+    """Bytes a write() takes: str as characters, anything else by its buffer."""
+    return len(data) if isinstance(data, str) else memoryview(data).nbytes
 
 
 def fault_points(events: list[Event]) -> list[tuple[Event, int]]:

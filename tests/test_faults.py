@@ -629,3 +629,31 @@ def torch_load_epoch(path: Path) -> int:
     import torch
 
     return torch.load(path, weights_only=True)["epoch"]
+
+
+@pytest.mark.slow
+def test_a_run_with_500_kb_free_ends_in_one_line_and_its_rerun_equals_an_undisturbed_run(
+    tmp_path, capsys
+):
+    """The issue's bar, on a file system emulated with 500 KB free (data=tiny model=small,
+    3 epochs): the run ends with one line naming the file it could not write, no traceback,
+    its earlier files whole; the same command, space freed, ends with the undisturbed run's
+    numbers."""
+    root = tmp_path / "root"
+    root.mkdir()
+    command, prepare = train_command(root, "training.epochs=3"), starting_from(root, None)
+    assert run(command, root, capsys)[0].status == 0
+    reference = results(root)
+    prepare()
+    outcome, _ = run(command, root, capsys, free_bytes=500_000)
+    assert outcome.hit and outcome.status == EXIT_WRITE_FAILED, outcome.err
+    assert "Traceback" not in outcome.out + outcome.err
+    last = outcome.err.strip().splitlines()[-1]
+    assert LAST_LINE.match(last) and "No space left on device (ENOSPC)" in last, last
+    assert (root / "run" / "checkpoint.pt").is_file()  # epoch 1's, whole
+    for p in root.rglob("*"):
+        assert not re.fullmatch(r"\..+\.tmp|\.tmp-.+", p.name), p
+        if p.is_file():
+            parses(p)
+    assert run(command, root, capsys)[0].status == 0
+    check_same(root, reference, "the rerun with space freed")
