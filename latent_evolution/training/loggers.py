@@ -66,7 +66,9 @@ def _writer_thread_errors_as_warnings() -> None:
 
     def hook(args: Any) -> None:
         if isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError):
-            log.warning("TensorBoard's writer stopped (the run goes on): %s", args.exc_value)
+            events = getattr(getattr(args.thread, "_record_writer", None), "_writer", None)
+            where = getattr(events, "filename", "its event file")
+            log.warning("TensorBoard's writer of %s stopped: %s", where, args.exc_value)
         else:
             previous(args)
 
@@ -101,7 +103,7 @@ class RunLoggers:
             try:
                 self.loggers.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR))
             except Exception as exc:  # tensorboard not installed, folder not writable
-                log.warning("TensorBoard logging is off: %s", exc)
+                log.warning("TensorBoard logging to %s is off: %s", run_dir / TENSORBOARD_DIR, exc)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         self._each("log_epoch", row)
