@@ -4,8 +4,8 @@ and on a file it cannot write: `error: <one line>` naming the file, exit status 
 Input errors are `errors.InputError` (a bad value, argument or file) and, in the commands that
 compose a config, Hydra's and OmegaConf's (`config.input_errors.describe` makes them one line).
 A file the command cannot write is `errors.WriteError` (raised by the write helpers of
-`files`), or an OSError of a full, read-only, vanished or failing file system raised by a
-library's own write (Hydra's, TensorBoard's). Anything else is a bug and keeps its traceback.
+`files`), or an OSError of a full, read-only, refused or failing file system raised by a
+library's own write (Hydra's run folder, say). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from latent_evolution.errors import (
     io_error_line,
 )
 
-# the OSErrors of a file system that is full, read-only, gone or failing: not a bug, one line
+# the OSErrors of a file system that is full, read-only, refused or failing: not a bug, one
+# line (a missing file stays a traceback here: the project's own reads name theirs as
+# BadFileError, and its write helpers a folder removed under them as WriteError)
 FILE_SYSTEM_ERRNOS = {
     errno.ENOSPC,
     errno.EDQUOT,
@@ -33,7 +35,6 @@ FILE_SYSTEM_ERRNOS = {
     errno.EPERM,
     errno.EIO,
     errno.ESTALE,
-    errno.ENOENT,
 }
 
 
