@@ -4,19 +4,24 @@ The basic sweeper composes a batch's configs only when that batch launches, and 
 runs `validate()`: a bad value in job 30 would surface after 29 jobs had run (or been
 queued on a cluster). This sweeper composes and validates every combination up front,
 so a bad value ends the command with one line and nothing is written or submitted.
-Sweeps given in `hydra.sweeper.params` work as with the basic sweeper.
+Sweeps given in `hydra.sweeper.params` work as with the basic sweeper, and the sweep folder's
+multirun.yaml is written atomically (a full disk leaves none, or the old one whole).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 
 from latent_evolution.config.compose import to_config
 from latent_evolution.config.input_errors import INPUT_ERRORS, describe
+from latent_evolution.files import atomic_write_text
 
 
 @dataclass
@@ -30,7 +35,9 @@ ConfigStore.instance().store(group="hydra/sweeper", name="validating", node=Vali
 class ValidatingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         self.validate_all_jobs(arguments)
-        return super().sweep(arguments)
+        # the basic sweeper's one write, multirun.yaml, is OmegaConf.save: truncate, then write
+        with mock.patch.object(OmegaConf, "save", _save_atomically):
+            return super().sweep(arguments)
 
     def validate_all_jobs(self, arguments: list[str]) -> None:
         """Compose and validate each job's config; raise the first error naming its job."""
@@ -66,3 +73,8 @@ class SweepJobError(HydraException):
 
     def __init__(self, num: int, overrides: list[str], exc: BaseException):
         super().__init__(f"{describe(exc)} (sweep job {num}: {' '.join(overrides)})")
+
+
+def _save_atomically(config: Any, f: Any, resolve: bool = False) -> None:
+    """OmegaConf.save(config, path) through a temp file and a rename."""
+    atomic_write_text(Path(f), OmegaConf.to_yaml(config, resolve=resolve))

@@ -218,8 +218,10 @@ def plot_curves(c: Comparison, path: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(title=", ".join(keys) or None, fontsize="small")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:  # a failed write too: pyplot keeps every figure not closed
+        plt.close(fig)
     return path
 
 
@@ -331,8 +333,10 @@ def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
     ax.set_title("Rollout MSE vs horizon (dashed: the constant model)")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:  # a failed write too: pyplot keeps every figure not closed
+        plt.close(fig)
     return path
 
 

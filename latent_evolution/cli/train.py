@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from latent_evolution.analysis.report import draw_rollout
 from latent_evolution.cli.errors import one_line_errors
-from latent_evolution.config.compose import conf_dir, to_config
+from latent_evolution.config.compose import conf_dir, save_run_configs, to_config
 from latent_evolution.config.same_run import check_run_folder
 from latent_evolution.config.schema import Config
 from latent_evolution.runs.folder import RunStatus
@@ -69,6 +69,13 @@ class ValidateBeforeRun(Callback):
             to_config(config)
             if not runs_on_a_cluster(config):  # the trials run here: this machine's GPU
                 self.check_local_job(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """The run folder's .hydra/*.yaml, written atomically (where Hydra does not write them:
+        jobs submitted before conf/config.yaml set hydra.output_subdir to null)."""
+        if config.hydra.output_subdir is None:
+            with one_line_errors():
+                save_run_configs(config)
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_evolution.config.schema import Config, validate
 from latent_evolution.errors import ArgumentError
-from latent_evolution.files import claim_new_dir
+from latent_evolution.files import atomic_write_text, claim_new_dir
+from latent_evolution.runs.folder import HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_RUNTIME
 
 if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
@@ -40,6 +41,22 @@ def to_config(cfg: DictConfig) -> Config:
     assert isinstance(config, Config)
     validate(config)
     return config
+
+
+def save_run_configs(config: DictConfig) -> None:
+    """A job's `.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml` in its run folder, as
+    Hydra writes them, but atomically: a job resumed on a full disk keeps the old ones whole
+    (Hydra's own writes truncate first). conf/config.yaml sets `hydra.output_subdir: null`, so
+    Hydra writes none itself; the train command's callback calls this as each job starts."""
+    run_dir = Path(config.hydra.runtime.output_dir)
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    hydra = OmegaConf.masked_copy(config, ["hydra"])
+    for path, node in (
+        (HYDRA_CONFIG, task),
+        (HYDRA_RUNTIME, hydra),
+        (HYDRA_OVERRIDES, config.hydra.overrides.task),
+    ):
+        atomic_write_text(run_dir / path, OmegaConf.to_yaml(node))
 
 
 def conf_dir() -> str:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from latent_evolution.files import atomic_write_text
+from latent_evolution.files import atomic_write_text, writing
 from latent_evolution.runs.folder import EPOCH_LOG_COLUMNS
 
 TAIL_BYTES = 16 * 1024  # some 80 rows
@@ -50,16 +50,20 @@ class EpochLog:
         atomic_write_text(self.path, text)
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one row and make it durable (write + fsync) before returning."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # O_APPEND: the whole line lands at the end in one write
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-        try:
-            header = _header(self.columns) if os.fstat(fd).st_size == 0 else ""
-            os.write(fd, (header + _line(row, self.columns)).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Write one row and make it durable (write + fsync) before returning.
+
+        A write that fails (WriteError) leaves at most a torn last line, which readers drop
+        and a resume rewrites."""
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND: the whole line lands at the end in one write
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            try:
+                header = _header(self.columns) if os.fstat(fd).st_size == 0 else ""
+                os.write(fd, (header + _line(row, self.columns)).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def read_epoch_log(path: str | Path) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ class TensorBoardLogger:
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir))
+        _writer_thread_errors_as_warnings()
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         for tag, value in _numbers(row).items():
@@ -49,6 +52,28 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _writer_thread_errors_as_warnings() -> None:
+    """TensorBoard writes from a thread of its own, which dies on a write that fails (a full
+    disk) with a traceback on stderr; make that one warning line. The logger's next call
+    raises the same error, and RunLoggers drops it."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    previous = threading.excepthook
+    if getattr(previous, "tensorboard_warns", False):
+        return
+
+    def hook(args: Any) -> None:
+        if isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError):
+            events = getattr(getattr(args.thread, "_record_writer", None), "_writer", None)
+            where = getattr(events, "filename", "its event file")
+            log.warning("TensorBoard's writer of %s stopped: %s", where, args.exc_value)
+        else:
+            previous(args)
+
+    hook.tensorboard_warns = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
@@ -78,7 +103,7 @@ class RunLoggers:
             try:
                 self.loggers.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR))
             except Exception as exc:  # tensorboard not installed, folder not writable
-                log.warning("TensorBoard logging is off: %s", exc)
+                log.warning("TensorBoard logging to %s is off: %s", run_dir / TENSORBOARD_DIR, exc)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         self._each("log_epoch", row)
@@ -96,6 +121,10 @@ class RunLoggers:
                 getattr(logger, method)(*args)
             except Exception as exc:  # a full disk, a closed file: never the run's end
                 log.warning(
-                    "%s.%s failed, logging to it stops: %s", type(logger).__name__, method, exc
+                    "%s.%s failed, logging to %s stops (the run goes on): %s",
+                    type(logger).__name__,
+                    method,
+                    logger.log_dir,
+                    exc,
                 )
                 self.loggers.remove(logger)

@@ -31,6 +31,7 @@ from latent_evolution.data.split import Split
 from latent_evolution.errors import BadFileError
 from latent_evolution.evaluation.losses import split_loss
 from latent_evolution.evaluation.rollout import run_rollout
+from latent_evolution.files import KeptFolder
 from latent_evolution.model.cpu_kernels import keep_optimizer_state_as_nn_linear, place_model
 from latent_evolution.model.device import autocast_context, resolve_device
 from latent_evolution.model.latent import LatentModel
@@ -221,6 +222,7 @@ class Trainer:
         diverged_at = None
         # a run resumed after its early stop (killed before metrics.json) trains no further
         epochs = range(self.epoch, self.epoch if self.early_stopping.stop else t.epochs)
+        folder = KeptFolder(self.run_dir)  # deleted under the run: the run ends, one line
         self.epoch_log.restart(self.history)  # exactly the checkpoint's epochs (none if fresh)
         loggers = RunLoggers(self.config.logger.name, self.run_dir)
         with (
@@ -230,6 +232,7 @@ class Trainer:
         ):
             for epoch in epochs:
                 row = self._epoch(epoch, monitor)
+                folder.check()
                 self.epoch_log.append(row)  # durable now: a crash loses only the next epoch
                 loggers.log_epoch(row)
                 self.training_seconds = time.perf_counter() - started
@@ -256,6 +259,7 @@ class Trainer:
                     )
                     break
             gpu = monitor.stop()
+        folder.check()
         metrics = final_metrics(self, diverged_at, gpu)
         self._write_outputs(metrics)
         values = as_json(metrics)
