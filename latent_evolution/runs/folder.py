@@ -79,6 +79,11 @@ class RunStatus(StrEnum):
     DIVERGED = "diverged"  # a loss became NaN or inf
     # val or test loss above the constant model's while the train loss is at or below its own
     FAILED_TO_GENERALIZE = "failed_to_generalize"
+    # the end-of-run rollout is not finite, or above runs.metrics.ROLLOUT_DIVERGENCE_FACTOR x
+    # the constant model's MSE at a reported horizon (evaluation.horizons)
+    ROLLOUT_DIVERGED = "rollout_diverged"
+    # val and test (and train) losses all above the constant model's: it learned nothing
+    WORSE_THAN_CONSTANT = "worse_than_constant"
     FAILED = "failed"  # ended without metrics.json, e.g. an error or a killed job
     RUNNING = "running"  # no metrics.json yet, and recent activity or a checkpoint to resume
 

@@ -19,7 +19,7 @@ from latent_evolution.evaluation.losses import split_losses
 from latent_evolution.evaluation.rollout import rollout_metrics, run_rollout, write_rollout_files
 from latent_evolution.model.latent import LatentModel
 from latent_evolution.runs.folder import BEST_MODEL, LOSS_PARTS, SPLITS, RunStatus
-from latent_evolution.runs.metrics import Metrics, classify, commit_hash
+from latent_evolution.runs.metrics import Metrics, as_json, classify, commit_hash
 from latent_evolution.training.early_stopping import EarlyStopping
 from latent_evolution.training.gpu_monitor import GPUStats, peak_flops, torch_memory_stats
 
@@ -97,7 +97,7 @@ def final_metrics(trainer: TrainedRun, diverged_at: int | None, gpu: GPUStats) -
         commit_hash=commit_hash(),
         rollout=final_rollout(trainer, trainer.run_dir),  # writes the rollout files too
     )
-    metrics.status, metrics.status_note = classify(dataclasses.asdict(metrics))
+    metrics.status, metrics.status_note = classify(as_json(metrics))  # rollout keys flat
     return metrics
 
 
