@@ -134,7 +134,7 @@ def bare_loop(trainer: Trainer, steps: int) -> float:
                 train.x[starts + 1],
             )
             with trainer.autocast:  # the same precision as the trainer's step
-                losses = model.loss_parts(x_t, stim, targets.unsqueeze(1), False)
+                losses = model.loss_parts(x_t, stim, targets.unsqueeze(1), (1,))
             sum(losses).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -171,9 +171,8 @@ def matmul_floor(trainer: Trainer, repeats: int = 3) -> tuple[float, int]:
     trainer (compile "none"): the recorder sees ops as they run, not inside compiled graphs.
     """
     t = trainer.config.training
-    batch = trainer.data.train.random(
-        t.batch_size, 1, t.evolve_multiple_steps, trainer.batch_rng, t.time_units
-    )
+    frames = trainer.loss_frames
+    batch = trainer.data.train.random(t.batch_size, 1, frames, trainer.batch_rng, frames[-1])
     with MatmulRecorder() as recorder:
         trainer.step(*next(iter(batch)))  # the train step's forward and backward, eager
 
@@ -236,7 +235,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         device, t, steps = trainer.device, config.training, trainer.steps_per_epoch
         eager = mode == "none"
         compile_s = timed(trainer.train_epoch, device)  # first epoch: compilation + warm-up
-        flops = trainer.model.train_step_flops(batch_size, t.time_units, t.evolve_multiple_steps)
+        flops = trainer.model.train_step_flops(batch_size, trainer.loss_frames)
         # train steps alone, each epoch beside a fresh GEMM ceiling (shared machines drift by
         # 20-30% within minutes), the plainest loop over the same model and the step's matmul
         # floor: ratios of each epoch to what was measured beside it

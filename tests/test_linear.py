@@ -256,9 +256,9 @@ def test_onednn_on_the_cpu_swaps_only_wide_layers_and_fuses_the_head():
     assert nn.Linear in layer_types(model)  # the 256 -> 256 hidden layers stay plain
     assert model.decoder[-1].transposed and model.head_errors is not head_errors
     x, stim, targets = torch.randn(8, 1200), torch.randn(8, 1, 40), torch.randn(8, 1, 1200)
-    evolve, recon, _ = model.loss_parts(x, stim, targets, evolve_multiple_steps=False)
+    evolve, recon, _ = model.loss_parts(x, stim, targets, ahead=(1,))
     assert "LinearMSE" in str(evolve.grad_fn.next_functions)
-    want = plain.loss_parts(x, stim, targets, evolve_multiple_steps=False)
+    want = plain.loss_parts(x, stim, targets, ahead=(1,))
     torch.testing.assert_close(torch.stack([evolve, recon]), torch.stack(want[:2]))
 
 

@@ -77,7 +77,8 @@ class Batches:
         self.generator, self.tu = torch.Generator().manual_seed(seed), tu
 
     def random(self, split, batch_size: int, steps: int, every_step: bool):
-        return split.random(batch_size, steps, every_step, self.generator, self.tu)
+        ahead = tuple(range(1, self.tu + 1)) if every_step else (self.tu,)
+        return split.random(batch_size, steps, ahead, self.generator, self.tu)
 
     def ordered(self, split, batch_size: int):
         return split.ordered(batch_size, self.tu)
@@ -581,7 +582,7 @@ def test_abandoned_pass_does_not_keep_the_process_alive(folder):
         "from latent_evolution.data.dataset import load_dataset\n"
         "from tests.test_streaming import stream_config\n"
         "data = load_dataset(stream_config(sys.argv[1]), torch.device('cpu'))\n"
-        "it = data.train.random(8, 50, False, torch.Generator().manual_seed(0), 1)\n"
+        "it = data.train.random(8, 50, (1,), torch.Generator().manual_seed(0), 1)\n"
         "next(it)\n"
         "sys.exit(3)\n"
     )

@@ -151,7 +151,7 @@ def test_batches_pair_frame_t_with_the_stimulus_that_drives_t_plus_1(every_step)
     frames = torch.arange(50.0)
     x, stim = frames[:, None].repeat(1, 4), (1000 + frames)[:, None].repeat(1, 2)
     starts = torch.tensor([0, 7, 46])
-    x_t, stim, targets = gather_batch(x, stim, starts, 3, every_step)
+    x_t, stim, targets = gather_batch(x, stim, starts, 3, (1, 2, 3) if every_step else (3,))
     assert torch.equal(x_t[:, 0], starts.float())
     # frame t holds the stimulus driving t+1: steps t..t+2 use stimuli t..t+2 to reach t+3
     assert torch.equal(stim[:, :, 0], 1000.0 + starts[:, None] + torch.arange(3))

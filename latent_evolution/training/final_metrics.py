@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from latent_evolution.config.schema import Config
+from latent_evolution.config.schema import Config, loss_frames
 from latent_evolution.data.dataset import Dataset
 from latent_evolution.data.split import Split
 from latent_evolution.evaluation.losses import split_losses
@@ -108,7 +108,7 @@ def _throughput(trainer: TrainedRun, epoch_seconds: float | None, gpu_type: str 
     None on CPU or an unknown GPU, where benchmarks/bench_train.py measures a roofline.
     """
     t = trainer.config.training
-    step = trainer.model.train_step_flops(t.batch_size, t.time_units, t.evolve_multiple_steps)
+    step = trainer.model.train_step_flops(t.batch_size, loss_frames(t))
     achieved = step * trainer.steps_per_epoch / epoch_seconds if epoch_seconds else None
     peak = peak_flops(gpu_type, trainer.config.hardware.precision)
     return {

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latent_evolution.config.schema import Config
+from latent_evolution.config.schema import Config, loss_frames, refuse_old_keys
 from latent_evolution.data.dataset import Dataset, load_dataset
 from latent_evolution.data.split import Split
 from latent_evolution.errors import BadFileError
@@ -137,6 +137,8 @@ class Trainer:
         self.step = CompiledStep(
             self._losses, config.hardware.compile, list(self.model.parameters())
         )
+        # frames after each start frame the evolve loss covers (multiples of tu, intermediates)
+        self.loss_frames = loss_frames(t)
         # drawn on the host: a seed gives the same batches wherever the data lives
         self.batch_rng = torch.Generator().manual_seed(config.training.seed)
         self.epoch = 0
@@ -154,7 +156,7 @@ class Trainer:
         t = self.config.training
         with self.autocast:
             evolve, recon, reg = self.model.loss_parts(
-                x_t, stim, targets, t.evolve_multiple_steps, t.loss
+                x_t, stim, targets, self.loss_frames, t.loss, t.tv_weight
             )
         objective = self.evolve_weight * evolve + recon + reg
         return torch.stack([objective, evolve, recon, reg])
@@ -171,9 +173,8 @@ class Trainer:
         sums = torch.zeros(len(LOSS_PARTS), device=self.device)
         self.model.train()
         self.evolve_weight.fill_(0.0 if self.epoch < t.recon_warmup_epochs else 1.0)
-        batches = self.data.train.random(
-            t.batch_size, steps, t.evolve_multiple_steps, self.batch_rng, t.time_units
-        )
+        frames = self.loss_frames  # the stimulus of every frame up to the last target
+        batches = self.data.train.random(t.batch_size, steps, frames, self.batch_rng, frames[-1])
         for x_t, stim, targets in batches:
             parts = self.step(x_t, stim, targets)  # forward and backward
             if t.grad_clip_norm > 0:
@@ -384,6 +385,7 @@ class Trainer:
         state = load_checkpoint(self.run_dir)
         if state is None:
             return False
+        refuse_old_keys(state["config"])  # a checkpoint from before a key changed meaning
         check_same_run(state["config"], dataclasses.asdict(self.config))
         self.load_state_dict(state)
         log.info("Resuming from %s at epoch %d", self.run_dir / CHECKPOINT, self.epoch)
