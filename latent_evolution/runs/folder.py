@@ -21,7 +21,8 @@ CHECKPOINT = "checkpoint.pt"  # the resume state, rewritten every training.check
 MODEL = "model.pt"  # final weights, a state_dict
 BEST_MODEL = "best_model.pt"  # the weights of the best training.early_stopping.metric so far
 ROLLOUT_STARTS = "rollout_starts.json"  # {"val": [frame, ...], "test": [...]}, absolute frames
-ROLLOUT_CURVE = "rollout.csv"  # split, horizon, mse, constant_mse for h = 1..max_horizon
+# split, horizon, mse, constant_mse, interp_mse (empty at tu = 1) for h = 1..max_horizon
+ROLLOUT_CURVE = "rollout.csv"
 ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, mse, constant_mse
 ROLLOUT_PLOT = "rollout.png"  # MSE vs horizon, log scales, the constant model drawn
 EVALUATIONS = "evaluations"  # `evaluate`'s results: <run>/evaluations/<name>/, never the above
@@ -53,6 +54,15 @@ NEVER = "never"  # rollout_<split>_first_worse_horizon when the model never pass
 def rollout_key(split: str, horizon: int | str, constant: bool = False) -> str:
     """metrics.json's and the epoch log's name of a rollout MSE at a horizon (frames)."""
     return f"rollout_{split}_{'constant_' if constant else ''}mse_h{horizon}"
+
+
+def rollout_interp_key(split: str, horizon: int | str) -> str:
+    """metrics.json's name of the interpolation baseline's MSE at a horizon (tu > 1)."""
+    return f"rollout_{split}_interp_mse_h{horizon}"
+
+
+def rollout_max_intervening_key(split: str) -> str:
+    return f"rollout_{split}_max_intervening_mse"
 
 
 def rollout_first_worse_key(split: str) -> str:

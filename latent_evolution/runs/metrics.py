@@ -23,7 +23,9 @@ from latent_evolution.runs.folder import (
     SPLITS,
     RunStatus,
     rollout_first_worse_key,
+    rollout_interp_key,
     rollout_key,
+    rollout_max_intervening_key,
     rollout_max_key,
 )
 
@@ -102,6 +104,16 @@ ROLLOUT_METRICS = {
     rollout_max_key("<split>"): (
         MSE,
         "largest model MSE over H = 1..max_horizon; null if one is not finite",
+    ),
+    # at training.time_units > 1, where only every tu-th frame is observed
+    rollout_interp_key("<split>", "<H>"): (
+        MSE,
+        "tu > 1: linear interpolation between x[s+m tu] and x[s+(m+1) tu] as the prediction "
+        "of x[s+H] (0 at multiples; null past the last multiple within max_horizon)",
+    ),
+    rollout_max_intervening_key("<split>"): (
+        MSE,
+        "tu > 1: largest model MSE over the H = 1..max_horizon that are no multiple of tu",
     ),
 }
 
