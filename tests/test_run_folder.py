@@ -97,7 +97,11 @@ def test_a_trained_run_writes_exactly_the_schemas_keys(compose, tmp_path):
     from latent_evolution.config.compose import to_config
     from latent_evolution.training.trainer import Trainer
 
-    config = to_config(compose("data=tiny", "model=small", "hardware=cpu", "training.epochs=1"))
+    config = to_config(  # tu 2: the interpolation baseline's keys too
+        compose(
+            "data=tiny", "model=small", "hardware=cpu", "training.epochs=1", "training.time_units=2"
+        )  # fmt: skip
+    )
     returned = Trainer(config, tmp_path).fit()
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     rollout = [k for k in on_disk if rollout_pattern(k)]

@@ -138,14 +138,14 @@ def evaluate_run(run: Path, config: Config, weights: str, overrides: Sequence[st
     )
     from latent_evolution.model.cpu_kernels import place_model
     from latent_evolution.model.device import autocast_context, resolve_device
-    from latent_evolution.model.latent import LatentModel
+    from latent_evolution.model.latent import build_model
     from latent_evolution.runs.metrics import Metrics, commit_hash, write_metrics
 
     state = load_weights(run / WEIGHTS[weights])
     out = run / EVALUATIONS / evaluation_name(weights, config, overrides)
     device = resolve_device(config.hardware.device)
     data = load_dataset(config.data, device, config.training)
-    model = LatentModel(config.model, data.n_neurons, data.n_input)
+    model = build_model(config.model, data.n_neurons, data.n_input)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

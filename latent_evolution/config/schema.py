@@ -77,8 +77,15 @@ class StimulusEncoderConfig:
     activation: str | None = None  # None: model.activation
 
 
+MODEL_KINDS = ("latent", "stimulus_only")  # model.latent.build_model
+
+
 @dataclass
 class ModelConfig:
+    # latent: the latent evolution model; stimulus_only: the null model, activity predicted
+    # from a window of stimulus_window frames of stimulus alone (model.latent.StimulusOnlyModel)
+    kind: str = "latent"
+    stimulus_window: int = 20  # frames of stimulus the stimulus_only model reads
     latent_dims: int = 256
     activation: str = "relu"
     use_batch_norm: bool = False
@@ -323,6 +330,10 @@ def _non_negative(key: str, value: float) -> None:
 
 
 def _validate_model(m: ModelConfig) -> None:
+    _choice("model.kind", m.kind, MODEL_KINDS)
+    _positive("model.stimulus_window", m.stimulus_window)
+    if m.kind == "stimulus_only" and not m.use_stimulus:
+        raise ConfigError("model.use_stimulus", False, "must be true with model.kind=stimulus_only")
     _positive("model.latent_dims", m.latent_dims)
     _choice("model.activation", m.activation, ACTIVATIONS)
     for part in ("encoder", "decoder", "evolver", "stimulus_encoder"):

@@ -99,14 +99,14 @@ def rollout_sums(
         x_s = frames.start
         observed, between = x_s, []  # the last observed frame; the frames since, (h, x)
         with autocast:
-            z = model.encoder(x_s)
+            z = model.encode(x_s)
         for h0, stim, frame in frames.blocks():
             with autocast:
                 s_enc = model.encode_stimulus(stim)
             for h in range(h0, h0 + stim.shape[1]):
                 with autocast:
                     z = model.evolve_step(z, s_enc[:, h - h0] if s_enc is not None else None)
-                    pred = model.decoder(z)
+                    pred = model.decode(z)
                 x_h = frame(h)
                 err = (pred.float() - x_h).pow(2)
                 base = (x_s - x_h).pow(2)

@@ -196,6 +196,14 @@ class LatentModel(nn.Module):
         b, k = stim.shape[:2]
         return self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(b, k, -1)
 
+    def encode(self, x: Tensor) -> Tensor:
+        """The rollout's state at its start frame x (B, N): the latent."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The frame a rollout state predicts."""
+        return self.decoder(z)
+
     def evolver_update(self, z: Tensor, s_enc: Tensor | None) -> Tensor:
         """The evolver's update dz of one 20 ms frame: evolver(cat[z, s_enc])."""
         return self.evolver(torch.cat([z, s_enc], dim=-1) if s_enc is not None else z)
@@ -316,3 +324,100 @@ class LatentModel(nn.Module):
             2 * layer.in_features * layer.out_features * batch_size * n
             for layer, n, _ in self._linear_uses(time_units, decoder_uses=1)
         )
+
+
+class StimulusOnlyModel(nn.Module):
+    """The null model (model.kind=stimulus_only): activity predicted from the stimulus alone.
+
+    x_hat[t] = predictor(cat[stim_enc(s[t-W]), .., stim_enc(s[t-1])]) over a window of
+    W = model.stimulus_window frames (frame t-1 holds the stimulus driving t); no encoder, no
+    latent state, no reconstruction. The stimulus encoder is model.stimulus_encoder, the
+    predictor an MLP shaped by model.decoder (hidden dims, layers, skips, activation), so the
+    parameter count is comparable with the latent model's. Frames before a sample's (or a
+    rollout's) start frame count as no stimulus (zeros). Its methods are LatentModel's, so
+    training, the final losses and the rollout judge it like any run.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int):
+        super().__init__()
+        s = cfg.stimulus_encoder
+        self.window, self.stim_dims = cfg.stimulus_window, s.output_dims
+        self.stimulus_encoder = build_mlp(n_input, s.output_dims, s, cfg.activation)
+        self.decoder = build_mlp(
+            self.window * s.output_dims, n_neurons, cfg.decoder, cfg.activation
+        )
+        self.batch_norm = False
+        self.head_errors = head_errors  # as LatentModel's: cpu_kernels may fuse it
+        self.l1_weights = {"decoder": cfg.decoder.l1_weight}
+
+    def encode_stimulus(self, stim: Tensor) -> Tensor:
+        b, k = stim.shape[:2]
+        return self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(b, k, -1)
+
+    def _windows(self, s_enc: Tensor, frames: tuple[int, ...]) -> Tensor:
+        """(B * len(frames), W * S): the encoded stimulus of the W frames before each frame t+a
+        of `frames`, zeros before the sample's start."""
+        padded = torch.cat([s_enc.new_zeros(s_enc.shape[0], self.window, self.stim_dims), s_enc], 1)
+        rows = [padded[:, a : a + self.window].flatten(1) for a in frames]
+        return torch.stack(rows, dim=1).flatten(0, 1)
+
+    def forward(self, x_t: Tensor, stim: Tensor) -> Tensor:
+        """The frame after stim's k frames; x_t is not read."""
+        return self.decoder(self._windows(self.encode_stimulus(stim), (stim.shape[1],)))
+
+    # the rollout's state: the encoded stimulus of the last W frames
+    def encode(self, x: Tensor) -> Tensor:
+        return x.new_zeros(x.shape[0], self.window, self.stim_dims)
+
+    def evolve_step(self, window: Tensor, s_enc: Tensor | None) -> Tensor:
+        return torch.cat([window[:, 1:], s_enc.unsqueeze(1)], dim=1)
+
+    def decode(self, window: Tensor) -> Tensor:
+        return self.decoder(window.flatten(1))
+
+    def loss_parts(
+        self,
+        x_t: Tensor,
+        stim: Tensor,
+        targets: Tensor,
+        ahead: tuple[int, ...],
+        loss: str = "mse",
+        tv_weight: float = 0.0,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(prediction, 0, weighted L1) losses as LatentModel.loss_parts' (no reconstruction,
+        no latent path: tv_weight has nothing to weigh)."""
+        hidden = self.decoder.features(self._windows(self.encode_stimulus(stim), ahead))
+        [evolve] = self.head_errors(self.decoder.head, hidden, [targets.flatten(0, 1)], loss)
+        reg = evolve.new_zeros(())
+        if self.l1_weights["decoder"] > 0:
+            reg = reg + self.l1_weights["decoder"] * l1_penalty(self.decoder).float()
+        return evolve, evolve.new_zeros(()), reg
+
+    def _uses(self, frames: int, predictions: int) -> list:
+        rows = []
+        for name, n in (("stimulus_encoder", frames), ("decoder", predictions)):
+            module = getattr(self, name)
+            readers = module.input_readers() if name == "stimulus_encoder" else []
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    rows.append((layer, n, not any(layer is r for r in readers)))
+        return rows
+
+    def train_step_flops(self, batch_size: int, ahead: tuple[int, ...]) -> int:
+        return sum(
+            2 * layer.in_features * layer.out_features * batch_size * n * (3 if grad else 2)
+            for layer, n, grad in self._uses(ahead[-1], len(ahead))
+        )
+
+    def eval_flops(self, batch_size: int, time_units: int) -> int:
+        return sum(
+            2 * layer.in_features * layer.out_features * batch_size * n
+            for layer, n, _ in self._uses(time_units, 1)
+        )
+
+
+def build_model(cfg: ModelConfig, n_neurons: int, n_input: int) -> LatentModel | StimulusOnlyModel:
+    """The model model.kind names."""
+    if cfg.kind == "stimulus_only":
+        return StimulusOnlyModel(cfg, n_neurons, n_input)
+    return LatentModel(cfg, n_neurons, n_input)

@@ -33,7 +33,7 @@ from latent_evolution.evaluation.losses import split_loss
 from latent_evolution.evaluation.rollout import run_rollout
 from latent_evolution.model.cpu_kernels import keep_optimizer_state_as_nn_linear, place_model
 from latent_evolution.model.device import autocast_context, resolve_device
-from latent_evolution.model.latent import LatentModel
+from latent_evolution.model.latent import build_model
 from latent_evolution.runs.epoch_log import EpochLog
 from latent_evolution.runs.folder import (
     CHECKPOINT,
@@ -121,7 +121,7 @@ class Trainer:
             data if data is not None else load_dataset(config.data, self.device, config.training)
         )
         # initialised on the CPU (the same weights for a seed on every device), then placed
-        model = LatentModel(config.model, self.data.n_neurons, self.data.n_input)
+        model = build_model(config.model, self.data.n_neurons, self.data.n_input)
         self.model = place_model(model, self.device, config.hardware.cpu_kernels)
         self.optimizer = build_optimizer(self.model, config)
         keep_optimizer_state_as_nn_linear(self.optimizer, self.model)
