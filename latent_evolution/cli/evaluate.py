@@ -145,7 +145,7 @@ def evaluate_run(run: Path, config: Config, weights: str, overrides: Sequence[st
     out = run / EVALUATIONS / evaluation_name(weights, config, overrides)
     device = resolve_device(config.hardware.device)
     data = load_dataset(config.data, device, config.training)
-    model = build_model(config.model, data.n_neurons, data.n_input)
+    model = build_model(config.model, data.n_neurons, data.n_input, config.training.time_units)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -78,6 +78,10 @@ class StimulusEncoderConfig:
 
 
 MODEL_KINDS = ("latent", "stimulus_only")  # model.latent.build_model
+# what the evolver sees of the stimulus between observed multiples of tu (model.latent)
+STIMULUS_FREQUENCIES = ("every_frame", "held", "none")
+# which frames and neurons of the recording are observed (training.trainer)
+ACQUISITIONS = ("all", "time_aligned", "staggered_random")
 
 
 @dataclass
@@ -97,6 +101,10 @@ class ModelConfig:
     # the evolver's last layer starts at zero: z is unchanged at step 0 (the constant model in
     # latent space), so rollouts start stable
     zero_init_evolver: bool = False
+    # every_frame: each frame's stimulus drives its evolver step; held: the stimulus at the
+    # last multiple of training.time_units since the start, held over the tu frames; none:
+    # no stimulus (zeros), in training and in the rollout alike
+    stimulus_frequency: str = "every_frame"
 
 
 # ------------------------------------------------------------------------ training
@@ -143,6 +151,12 @@ class TrainingConfig:
     evolve_multiple_steps: int = 1
     # frames k in 1..tu-1 after each multiple's start that the loss also covers, e.g. [1]
     intermediate_loss_steps: list[int] = field(default_factory=list)
+    # all: every frame observed; time_aligned: only frames at multiples of tu (of the data
+    # file's frame numbers), so start frames and targets lie on that grid; staggered_random:
+    # starts on the grid, each neuron observed once per tu at its own phase (drawn from seed,
+    # recorded in acquisition_phases.json), the evolve loss over observed (frame, neuron)
+    # pairs of every frame up to M x tu
+    acquisition: str = "all"
     # weight of the total variation of the latent path, mean |dz| per frame (dz: the
     # evolver's update), added to the regularization part (against artifacts between
     # multiples; the lab used 1e-3)
@@ -331,7 +345,18 @@ def _non_negative(key: str, value: float) -> None:
 
 def _validate_model(m: ModelConfig) -> None:
     _choice("model.kind", m.kind, MODEL_KINDS)
+    _choice("model.stimulus_frequency", m.stimulus_frequency, STIMULUS_FREQUENCIES)
+    if m.stimulus_frequency != "every_frame" and not m.use_stimulus:
+        raise ConfigError(
+            "model.stimulus_frequency", m.stimulus_frequency, "needs model.use_stimulus=true"
+        )
     _positive("model.stimulus_window", m.stimulus_window)
+    if m.kind == "stimulus_only" and m.stimulus_frequency != "every_frame":
+        raise ConfigError(
+            "model.stimulus_frequency",
+            m.stimulus_frequency,
+            "must be every_frame with model.kind=stimulus_only (it reads every frame's stimulus)",
+        )
     if m.kind == "stimulus_only" and not m.use_stimulus:
         raise ConfigError("model.use_stimulus", False, "must be true with model.kind=stimulus_only")
     _positive("model.latent_dims", m.latent_dims)
@@ -385,6 +410,11 @@ def _validate_training(t: TrainingConfig) -> None:
             f"must be distinct frames in 1..training.time_units-1={t.time_units - 1}",
         )
     _non_negative("training.tv_weight", t.tv_weight)
+    _choice("training.acquisition", t.acquisition, ACQUISITIONS)
+    if t.acquisition == "staggered_random" and t.time_units < 2:
+        raise ConfigError(
+            "training.acquisition", t.acquisition, "needs training.time_units >= 2 (one phase a tu)"
+        )
     s = t.lr_schedule
     _choice("training.lr_schedule.name", s.name, LR_SCHEDULES)
     _non_negative("training.lr_schedule.warmup_epochs", s.warmup_epochs)
@@ -590,6 +620,10 @@ def validate(config: Config) -> None:
     _validate_stream_choice(config.data.stream)
     if stream_mode(config.data.stream) == "true":
         validate_stream(config.data.stream, span, config.training.batch_size)
+    if config.model.stimulus_frequency == "held" and config.training.time_units < 2:
+        raise ConfigError(
+            "model.stimulus_frequency", "held", "needs training.time_units >= 2 (nothing to hold)"
+        )
     _validate_hardware(config.hardware)
     _choice("logger.name", config.logger.name, LOGGERS)
     e = config.evaluation

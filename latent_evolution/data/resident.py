@@ -40,10 +40,18 @@ class ResidentSplit:
         ahead: tuple[int, ...],
         generator: torch.Generator,
         time_units: int,
+        grid: tuple[int, int] = (1, 0),
     ) -> Iterator[Batch]:
-        """`steps` batches of start frames drawn uniformly, with replacement."""
-        high = len(self) - time_units
-        starts = torch.randint(high, (steps, batch_size), generator=generator)
+        """`steps` batches of start frames drawn uniformly, with replacement, among those
+        phase + k * every for grid (every, phase)."""
+        high, (every, phase) = len(self) - time_units, grid
+        if every == 1:
+            starts = torch.randint(high, (steps, batch_size), generator=generator)
+        else:
+            on_grid = -(-(high - phase) // every)
+            starts = phase + every * torch.randint(
+                on_grid, (steps, batch_size), generator=generator
+            )
         return self._batches(starts.to(self.x.device), ahead, time_units)
 
     def ordered(self, batch_size: int, time_units: int) -> Iterator[Batch]:

@@ -52,10 +52,12 @@ class Split(Protocol):
         ahead: tuple[int, ...],
         generator: torch.Generator,
         time_units: int,
+        grid: tuple[int, int] = (1, 0),
     ) -> Iterator[Batch]:
         """`steps` training batches of start frames drawn from `generator` (on the host, so a
         seed gives the same batches wherever the frames live): the stimulus of time_units
-        frames from each start, the frames t+a for a in `ahead` as targets."""
+        frames from each start, the frames t+a for a in `ahead` as targets. grid (every,
+        phase): starts only at offsets phase + k * every (time-aligned acquisition)."""
         ...
 
     def ordered(self, batch_size: int, time_units: int) -> Iterator[Batch]:

@@ -413,8 +413,15 @@ class StreamedSplit:
         ahead: tuple[int, ...],
         generator: torch.Generator,
         time_units: int,
+        grid: tuple[int, int] = (1, 0),
     ) -> Iterator[Batch]:
         """`steps` batches, each sample a start frame drawn uniformly from its unit's window."""
+        if grid != (1, 0):
+            raise ConfigError(
+                "training.acquisition",
+                "time_aligned",
+                "needs the training split resident (data.stream.enabled=false)",
+            )
         starts = self.chunk_starts(time_units)
         order = torch.randperm(len(starts), generator=generator).numpy()
         lo, hi, rows = random_plan(starts[order], self.pool.config, batch_size, steps, generator)

@@ -93,6 +93,7 @@ def rollout_sums(
     per_neuron = torch.zeros(2, len(cell_h), n, device=device)
     interp = torch.zeros(h_max, device=device)
     interp[(h_max // time_units) * time_units :] = math.nan  # no observed frame after them
+    hold = getattr(model, "stimulus_frequency", "every_frame") == "held"
     per_pass = split.rollout_starts_per_pass(ev.batch_size)
     for chunk in np.array_split(offsets, -(-len(offsets) // per_pass)):
         frames = split.start_frames(chunk, h_max)
@@ -100,12 +101,17 @@ def rollout_sums(
         observed, between = x_s, []  # the last observed frame; the frames since, (h, x)
         with autocast:
             z = model.encode(x_s)
+        held = None  # model.stimulus_frequency=held: the stimulus of the last multiple of tu
         for h0, stim, frame in frames.blocks():
             with autocast:
                 s_enc = model.encode_stimulus(stim)
             for h in range(h0, h0 + stim.shape[1]):
+                s_h = s_enc[:, h - h0] if s_enc is not None else None
+                if hold and (h - 1) % time_units:
+                    s_h = held  # frame s+h-1 lies between multiples: the last one's stimulus
+                held = s_h
                 with autocast:
-                    z = model.evolve_step(z, s_enc[:, h - h0] if s_enc is not None else None)
+                    z = model.evolve_step(z, s_h)
                     pred = model.decode(z)
                 x_h = frame(h)
                 err = (pred.float() - x_h).pow(2)

@@ -160,8 +160,10 @@ def from_lab_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 class LatentModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int):
+    def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int, time_units: int = 1):
+        """time_units: the observation interval, which model.stimulus_frequency=held holds over."""
         super().__init__()
+        self.time_units, self.stimulus_frequency = time_units, cfg.stimulus_frequency
 
         def block(part: MLPConfig, d_in: int, d_out: int) -> MLP | SkipMLP:
             return build_mlp(d_in, d_out, part, cfg.activation, cfg.use_batch_norm)
@@ -190,9 +192,12 @@ class LatentModel(nn.Module):
         }
 
     def encode_stimulus(self, stim: Tensor) -> Tensor | None:
-        """stim (B, k, n_input) -> (B, k, S) in one batched pass; None without a stimulus."""
+        """stim (B, k, n_input) -> (B, k, S) in one batched pass; None without a stimulus.
+        stimulus_frequency=none: the encoding of no stimulus (zeros)."""
         if self.stimulus_encoder is None:
             return None
+        if self.stimulus_frequency == "none":
+            stim = torch.zeros_like(stim)
         b, k = stim.shape[:2]
         return self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(b, k, -1)
 
@@ -212,9 +217,19 @@ class LatentModel(nn.Module):
         """One 20 ms frame: z + evolver(cat[z, s_enc]) for latents z (B, L), s_enc (B, S)."""
         return z + self.evolver_update(z, s_enc)
 
+    def held(self, stim: Tensor) -> Tensor:
+        """stim (B, k, n_input) of frames t..t+k-1 as the evolver sees it: under
+        stimulus_frequency=held each frame gets the stimulus of the last multiple of tu."""
+        if self.stimulus_frequency != "held":
+            return stim
+        frames = torch.arange(stim.shape[1], device=stim.device)
+        return stim[:, (frames // self.time_units) * self.time_units]
+
     def rollout(self, z: Tensor, stim: Tensor) -> Tensor:
         """Evolve latents z (B, L) through stim (B, k, n_input); returns (B, k, L)."""
-        s_enc = self.encode_stimulus(stim)  # all k frames at once instead of k small passes
+        s_enc = self.encode_stimulus(
+            self.held(stim)
+        )  # all k frames at once instead of k small passes
         states = []
         for k in range(stim.shape[1]):
             z = self.evolve_step(z, s_enc[:, k] if s_enc is not None else None)
@@ -249,8 +264,12 @@ class LatentModel(nn.Module):
         ahead: tuple[int, ...],
         loss: str = "mse",
         tv_weight: float = 0.0,
+        observed: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(evolve, reconstruction, regularization) losses, each a 0-d tensor in fp32.
+
+        observed: (K, N) 1 where target frame ahead[i] of neuron n is observed, else 0
+        (staggered acquisition): the evolve loss is the mean error over observed entries only.
 
         stim: (B, F, n_input), the stimulus of frames t..t+F-1 with F = ahead[-1]; targets:
         (B, K, N), frames t+a for each a of `ahead` (K = len(ahead), ascending). The latent is
@@ -261,7 +280,7 @@ class LatentModel(nn.Module):
         mean |dz| over frames, samples and latent dimensions (dz: the evolver's update).
         """
         z0 = self.encoder(x_t)
-        s_enc = self.encode_stimulus(stim)  # all F frames in one pass
+        s_enc = self.encode_stimulus(self.held(stim))  # all F frames in one pass
         kept, variation, z = [], [], z0
         for k in range(ahead[-1]):  # ahead is a Python tuple: the loop unrolls when compiled
             dz = self.evolver_update(z, s_enc[:, k] if s_enc is not None else None)
@@ -273,7 +292,13 @@ class LatentModel(nn.Module):
         b, n_kept = x_t.shape[0], len(kept)
         evolved = torch.stack(kept, dim=1).reshape(b * n_kept, -1) if n_kept > 1 else kept[0]
         frames = targets.reshape(b * n_kept, -1)
-        evolve, recon = self.decoded_errors([evolved, z0], [frames, x_t], loss)
+        if observed is None:
+            evolve, recon = self.decoded_errors([evolved, z0], [frames, x_t], loss)
+        else:  # unobserved entries get no error, so no gradient
+            pred = self.decoder(evolved).float().view(b, n_kept, -1)
+            errors = LOSS_FUNCTIONS[loss](pred, targets, reduction="none") * observed
+            evolve = errors.sum() / (b * observed.sum())
+            recon = LOSS_FUNCTIONS[loss](self.decoder(z0).float(), x_t)
         reg = evolve.new_zeros(())
         for name, weight in self.l1_weights.items():
             if weight > 0:
@@ -416,8 +441,10 @@ class StimulusOnlyModel(nn.Module):
         )
 
 
-def build_model(cfg: ModelConfig, n_neurons: int, n_input: int) -> LatentModel | StimulusOnlyModel:
-    """The model model.kind names."""
+def build_model(
+    cfg: ModelConfig, n_neurons: int, n_input: int, time_units: int = 1
+) -> LatentModel | StimulusOnlyModel:
+    """The model model.kind names (time_units: training.time_units)."""
     if cfg.kind == "stimulus_only":
         return StimulusOnlyModel(cfg, n_neurons, n_input)
-    return LatentModel(cfg, n_neurons, n_input)
+    return LatentModel(cfg, n_neurons, n_input, time_units)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,11 +32,13 @@ from latent_evolution.data.split import Split
 from latent_evolution.errors import BadFileError
 from latent_evolution.evaluation.losses import split_loss
 from latent_evolution.evaluation.rollout import run_rollout
+from latent_evolution.files import atomic_write_json
 from latent_evolution.model.cpu_kernels import keep_optimizer_state_as_nn_linear, place_model
 from latent_evolution.model.device import autocast_context, resolve_device
 from latent_evolution.model.latent import build_model
 from latent_evolution.runs.epoch_log import EpochLog
 from latent_evolution.runs.folder import (
+    ACQUISITION_PHASES,
     CHECKPOINT,
     EPOCH_LOG,
     EPOCH_LOG_COLUMNS,
@@ -121,7 +124,9 @@ class Trainer:
             data if data is not None else load_dataset(config.data, self.device, config.training)
         )
         # initialised on the CPU (the same weights for a seed on every device), then placed
-        model = build_model(config.model, self.data.n_neurons, self.data.n_input)
+        model = build_model(
+            config.model, self.data.n_neurons, self.data.n_input, config.training.time_units
+        )
         self.model = place_model(model, self.device, config.hardware.cpu_kernels)
         self.optimizer = build_optimizer(self.model, config)
         keep_optimizer_state_as_nn_linear(self.optimizer, self.model)
@@ -139,6 +144,7 @@ class Trainer:
         )
         # frames after each start frame the evolve loss covers (multiples of tu, intermediates)
         self.loss_frames = loss_frames(t)
+        self.grid, self.observed = self._acquisition()
         # drawn on the host: a seed gives the same batches wherever the data lives
         self.batch_rng = torch.Generator().manual_seed(config.training.seed)
         self.epoch = 0
@@ -149,6 +155,30 @@ class Trainer:
             self.run_dir / EPOCH_LOG, epoch_log_columns(ev.horizons if ev.every else ())
         )
 
+    def _acquisition(self) -> tuple[tuple[int, int], Tensor | None]:
+        """training.acquisition: the grid (every, phase) of the training split's start frames,
+        and, when staggered, which target entries are observed (K, N) on the device.
+
+        time_aligned and staggered_random start on frames of the data file that are multiples
+        of tu; staggered_random observes neuron n at frames phase_n + k tu, phases drawn from
+        training.seed and written to the run folder, and its loss covers every frame 1..M tu
+        at the observed neurons (the encoder reads the start frame whole)."""
+        t = self.config.training
+        if t.acquisition == "all":
+            return (1, 0), None
+        tu = t.time_units
+        grid = (tu, -self.config.data.splits.train[0] % tu)
+        if t.acquisition == "time_aligned":
+            return grid, None
+        self.loss_frames = tuple(range(1, self.loss_frames[-1] + 1))
+        phases = np.random.default_rng([t.seed, tu]).integers(tu, size=self.data.n_neurons)
+        atomic_write_json(
+            self.run_dir / ACQUISITION_PHASES, {"time_units": tu, "phases": phases.tolist()}
+        )
+        frames = np.array(self.loss_frames)[:, None]
+        observed = torch.from_numpy((frames % tu == phases[None, :]).astype(np.float32))
+        return grid, observed.to(self.device)
+
     # ------------------------------------------------------------------ the step
 
     def _losses(self, x_t: Tensor, stim: Tensor, targets: Tensor) -> Tensor:
@@ -156,7 +186,7 @@ class Trainer:
         t = self.config.training
         with self.autocast:
             evolve, recon, reg = self.model.loss_parts(
-                x_t, stim, targets, self.loss_frames, t.loss, t.tv_weight
+                x_t, stim, targets, self.loss_frames, t.loss, t.tv_weight, self.observed
             )
         objective = self.evolve_weight * evolve + recon + reg
         return torch.stack([objective, evolve, recon, reg])
@@ -174,7 +204,9 @@ class Trainer:
         self.model.train()
         self.evolve_weight.fill_(0.0 if self.epoch < t.recon_warmup_epochs else 1.0)
         frames = self.loss_frames  # the stimulus of every frame up to the last target
-        batches = self.data.train.random(t.batch_size, steps, frames, self.batch_rng, frames[-1])
+        batches = self.data.train.random(
+            t.batch_size, steps, frames, self.batch_rng, frames[-1], self.grid
+        )
         for x_t, stim, targets in batches:
             parts = self.step(x_t, stim, targets)  # forward and backward
             if t.grad_clip_norm > 0:
