@@ -36,6 +36,7 @@ from latent_evolution.config.schema import (
     Config,
     DataConfig,
     HardwareConfig,
+    MLPConfig,
     ModelConfig,
     TrainingConfig,
 )
@@ -100,6 +101,22 @@ def synthetic_dataset(
     return Dataset(*splits, Path("synthetic"), 0.05, {})
 
 
+def notes_model(latent: int) -> ModelConfig:
+    """The notes' fly-sized model (conf/model/notes.yaml): 3 hidden layers of 256, ReLU."""
+
+    def mlp() -> MLPConfig:
+        return MLPConfig(hidden_dims=256, num_hidden_layers=3)
+
+    return replace(
+        ModelConfig(),
+        latent_dims=latent,
+        encoder=mlp(),
+        decoder=mlp(),
+        evolver=mlp(),
+        zero_init_evolver=False,
+    )
+
+
 def make_config(
     args: argparse.Namespace, batch_size: int, compile_mode: str, cpu_kernels: str
 ) -> Config:
@@ -109,8 +126,14 @@ def make_config(
         device=args.device, precision=args.precision, compile=compile_mode, cpu_kernels=cpu_kernels
     )
     return Config(
-        model=replace(ModelConfig(), latent_dims=args.latent),
-        training=TrainingConfig(batch_size=batch_size, data_passes_per_epoch=passes, val_every=5),
+        model=notes_model(args.latent),
+        training=TrainingConfig(  # the notes' one-frame step (training=notes)
+            batch_size=batch_size,
+            data_passes_per_epoch=passes,
+            val_every=5,
+            evolve_multiple_steps=1,
+            recon_warmup_epochs=0,
+        ),
         data=DataConfig(n_input=args.n_input),
         hardware=hardware,
     )

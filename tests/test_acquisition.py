@@ -68,7 +68,9 @@ def test_staggered_loss_has_exactly_zero_gradient_at_every_unobserved_target(com
 
 def model(frequency: str) -> LatentModel:
     torch.manual_seed(0)
-    return LatentModel(ModelConfig(latent_dims=4, stimulus_frequency=frequency), 6, 3, 3)
+    return LatentModel(
+        ModelConfig(latent_dims=4, stimulus_frequency=frequency, zero_init_evolver=False), 6, 3, 3
+    )
 
 
 @pytest.mark.parametrize("frequency", ["every_frame", "held", "none"])

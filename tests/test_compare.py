@@ -31,7 +31,7 @@ from latent_evolution.runs.metrics import classify
 from latent_evolution.runs.reading import Run
 from tests.helpers import child_env, run_module, start_module
 
-TRAIN = ["data=tiny", "model=small", "training.epochs=3", "training.val_every=1"]
+TRAIN = ["data=tiny", "model=small", "training=notes", "training.epochs=3", "training.val_every=1"]
 CRASH = "RuntimeError: CUDA error: an illegal memory access was encountered"
 HOUR_AGO = time.time() - 3600
 

@@ -287,6 +287,7 @@ def test_data_on_host_trains_bitwise_like_device_resident_data(compose, tmp_path
         "data=tiny",
         "model=small",
         "hardware=cpu",
+        "training=notes",
         "training.epochs=2",
         "data.splits.train=[200,1000]",
         "training.time_units=2",

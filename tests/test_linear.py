@@ -233,7 +233,9 @@ def test_compiled_forward_backward_and_fused_head_match_eager():
 def wide_model() -> LatentModel:
     """Wide encoder input, decoder head and stimulus input, narrow hidden layers."""
     torch.manual_seed(0)
-    return LatentModel(ModelConfig(latent_dims=8), n_neurons=1200, n_input=40)
+    return LatentModel(
+        ModelConfig(latent_dims=8, zero_init_evolver=False), n_neurons=1200, n_input=40
+    )
 
 
 def layer_types(model: nn.Module) -> list[type]:

@@ -15,6 +15,7 @@ from latent_evolution.model.latent import LOSS_FUNCTIONS, MLP, LatentModel, l1_p
 def small_model_config(latent_dims: int, **kw) -> ModelConfig:
     mlp = MLPConfig(hidden_dims=32, num_hidden_layers=2)
     stim = StimulusEncoderConfig(hidden_dims=16, num_hidden_layers=1, output_dims=8)
+    kw.setdefault("zero_init_evolver", False)  # an evolver that moves z from the first step
     return ModelConfig(
         latent_dims=latent_dims, encoder=mlp, decoder=mlp, evolver=mlp, stimulus_encoder=stim, **kw
     )

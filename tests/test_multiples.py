@@ -26,7 +26,9 @@ def test_loss_frames_are_the_multiples_and_the_intermediate_frames_of_each():
 
 def test_the_evolve_loss_is_the_mean_over_multiples_of_a_rollout_with_every_frames_stimulus():
     torch.manual_seed(0)
-    model = LatentModel(ModelConfig(latent_dims=6), n_neurons=10, n_input=3)
+    model = LatentModel(
+        ModelConfig(latent_dims=6, zero_init_evolver=False), n_neurons=10, n_input=3
+    )
     x_t, stim = torch.randn(4, 10), torch.randn(4, 6, 3)  # tu 2, 3 multiples: 6 frames
     targets = torch.randn(4, 3, 10)  # frames t+2, t+4, t+6
     evolve, recon, reg = model.loss_parts(x_t, stim, targets, (2, 4, 6))
@@ -46,7 +48,9 @@ def test_the_evolve_loss_is_the_mean_over_multiples_of_a_rollout_with_every_fram
 
 def test_tv_weight_adds_the_mean_absolute_evolver_update_to_the_regularization():
     torch.manual_seed(0)
-    model = LatentModel(ModelConfig(latent_dims=6), n_neurons=10, n_input=3)
+    model = LatentModel(
+        ModelConfig(latent_dims=6, zero_init_evolver=False), n_neurons=10, n_input=3
+    )
     x_t, stim, targets = torch.randn(4, 10), torch.randn(4, 3, 3), torch.randn(4, 1, 10)
     _, _, reg = model.loss_parts(x_t, stim, targets, (3,), tv_weight=0.5)
     z, updates = model.encoder(x_t), []

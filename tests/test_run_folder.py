@@ -79,6 +79,9 @@ def test_an_exploding_model_ends_rollout_diverged_in_metrics_json(compose, tmp_p
             "data=tiny",
             "model=small",
             "hardware=cpu",
+            "training=notes",
+            "model.zero_init_evolver=false",  # the notes' model: ReLU, a trained-size init
+            "model.evolver.activation=relu",
             "training.epochs=1",
             "training.learning_rate=1e-12",
         )  # fmt: skip
@@ -99,7 +102,12 @@ def test_a_trained_run_writes_exactly_the_schemas_keys(compose, tmp_path):
 
     config = to_config(  # tu 2: the interpolation baseline's keys too
         compose(
-            "data=tiny", "model=small", "hardware=cpu", "training.epochs=1", "training.time_units=2"
+            "data=tiny",
+            "model=small",
+            "hardware=cpu",
+            "training=notes",
+            "training.epochs=1",
+            "training.time_units=2",
         )  # fmt: skip
     )
     returned = Trainer(config, tmp_path).fit()

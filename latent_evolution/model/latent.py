@@ -408,11 +408,17 @@ class StimulusOnlyModel(nn.Module):
         ahead: tuple[int, ...],
         loss: str = "mse",
         tv_weight: float = 0.0,
+        observed: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(prediction, 0, weighted L1) losses as LatentModel.loss_parts' (no reconstruction,
-        no latent path: tv_weight has nothing to weigh)."""
+        no latent path: tv_weight has nothing to weigh; observed as there)."""
         hidden = self.decoder.features(self._windows(self.encode_stimulus(stim), ahead))
-        [evolve] = self.head_errors(self.decoder.head, hidden, [targets.flatten(0, 1)], loss)
+        if observed is None:
+            [evolve] = self.head_errors(self.decoder.head, hidden, [targets.flatten(0, 1)], loss)
+        else:
+            pred = self.decoder.head(hidden).float().view_as(targets)
+            errors = LOSS_FUNCTIONS[loss](pred, targets, reduction="none") * observed
+            evolve = errors.sum() / (targets.shape[0] * observed.sum())
         reg = evolve.new_zeros(())
         if self.l1_weights["decoder"] > 0:
             reg = reg + self.l1_weights["decoder"] * l1_penalty(self.decoder).float()
