@@ -399,7 +399,8 @@ def test_streamed_training_finishes_near_resident_training(compose, tmp_path):
             )
         )
         runs[mode] = Trainer(cfg, tmp_path / mode).fit()
-    assert runs["true"]["status"] == runs["false"]["status"] == "ok"
+    # the same judgement streamed or not (a 3-epoch one-frame model may roll out diverged)
+    assert runs["true"]["status"] == runs["false"]["status"] != "diverged"
     # the constant model is a property of the data: streamed in order, it is the same
     for split in ("train", "val", "test"):
         key = f"{split}_loss_constant_model"

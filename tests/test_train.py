@@ -43,7 +43,9 @@ def fit(compose, run_dir: Path, *overrides: str) -> dict:
 
 def test_short_training_beats_the_constant_baseline(compose, tmp_path):
     metrics = fit(compose, tmp_path, "training.epochs=30", "training.batch_size=32")
-    assert metrics["status"] == "ok"
+    # the one-frame model (training=notes) beats the constant model one frame ahead; rolled
+    # out it may explode, which its status then says (issue 26)
+    assert metrics["status"] in ("ok", "rollout_diverged")
     assert metrics["final_val_loss"] < 0.8 * metrics["val_loss_constant_model"]
     assert metrics["final_test_loss"] < 0.8 * metrics["test_loss_constant_model"]
     assert metrics["noise_floor_loss"] == pytest.approx(0.05**2)
@@ -142,7 +144,8 @@ def test_cli_multirun_writes_two_complete_run_folders(tmp_path):
         }
         overrides = (run / ".hydra" / "overrides.yaml").read_text()
         batch_sizes.add(next(int(w.split("=")[1]) for w in overrides.split() if "batch_size" in w))
-        assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
+        status = json.loads((run / "metrics.json").read_text())["status"]
+        assert status not in ("diverged", "failed")  # finished (2 epochs: not yet ok)
     assert batch_sizes == {32, 64}
 
 
