@@ -445,6 +445,23 @@ RETYPED = {
 }
 
 
+# keys added with a default that is not what runs made before them did: a saved config that
+# lacks one gets this value instead (the evolver's activation was model.activation's)
+ADDED_WITH_NEW_DEFAULT = {"model.evolver.activation": None}
+
+
+def keep_old_behaviour(config: Any) -> None:
+    """Fill a saved config's (a run folder's) missing ADDED_WITH_NEW_DEFAULT keys with the
+    value that reproduces the run; a freshly composed config holds every key already."""
+    for key, old in ADDED_WITH_NEW_DEFAULT.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if hasattr(node, "get") and leaf not in node:
+            node[leaf] = old
+
+
 def refuse_old_keys(config: Any) -> None:
     """ConfigError for a config (or a checkpoint's, as a dict) that holds a boolean where a
     RETYPED key now takes a number."""
