@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from latent_evolution.config.schema import Config, loss_frames
+from latent_evolution.config.schema import Config
 from latent_evolution.data.dataset import Dataset
 from latent_evolution.data.split import Split
 from latent_evolution.evaluation.losses import split_losses
@@ -39,6 +39,7 @@ class TrainedRun(Protocol):
     training_seconds: float
     compiled: bool
     steps_per_epoch: int
+    loss_frames: tuple[int, ...]  # the frames a training sample's loss covers
 
     def split_loss(self, split: Split) -> Tensor: ...
 
@@ -108,7 +109,7 @@ def _throughput(trainer: TrainedRun, epoch_seconds: float | None, gpu_type: str 
     None on CPU or an unknown GPU, where benchmarks/bench_train.py measures a roofline.
     """
     t = trainer.config.training
-    step = trainer.model.train_step_flops(t.batch_size, loss_frames(t))
+    step = trainer.model.train_step_flops(t.batch_size, trainer.loss_frames)
     achieved = step * trainer.steps_per_epoch / epoch_seconds if epoch_seconds else None
     peak = peak_flops(gpu_type, trainer.config.hardware.precision)
     return {
