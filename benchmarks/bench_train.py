@@ -36,6 +36,7 @@ from latent_evolution.config.schema import (
     Config,
     DataConfig,
     HardwareConfig,
+    MLPConfig,
     ModelConfig,
     TrainingConfig,
 )
@@ -100,6 +101,22 @@ def synthetic_dataset(
     return Dataset(*splits, Path("synthetic"), 0.05, {})
 
 
+def notes_model(latent: int) -> ModelConfig:
+    """The notes' fly-sized model (conf/model/notes.yaml): 3 hidden layers of 256, ReLU."""
+
+    def mlp() -> MLPConfig:
+        return MLPConfig(hidden_dims=256, num_hidden_layers=3)
+
+    return replace(
+        ModelConfig(),
+        latent_dims=latent,
+        encoder=mlp(),
+        decoder=mlp(),
+        evolver=mlp(),
+        zero_init_evolver=False,
+    )
+
+
 def make_config(
     args: argparse.Namespace, batch_size: int, compile_mode: str, cpu_kernels: str
 ) -> Config:
@@ -109,8 +126,14 @@ def make_config(
         device=args.device, precision=args.precision, compile=compile_mode, cpu_kernels=cpu_kernels
     )
     return Config(
-        model=replace(ModelConfig(), latent_dims=args.latent),
-        training=TrainingConfig(batch_size=batch_size, data_passes_per_epoch=passes, val_every=5),
+        model=notes_model(args.latent),
+        training=TrainingConfig(  # the notes' one-frame step (training=notes)
+            batch_size=batch_size,
+            data_passes_per_epoch=passes,
+            val_every=5,
+            evolve_multiple_steps=1,
+            recon_warmup_epochs=0,
+        ),
         data=DataConfig(n_input=args.n_input),
         hardware=hardware,
     )
@@ -134,7 +157,7 @@ def bare_loop(trainer: Trainer, steps: int) -> float:
                 train.x[starts + 1],
             )
             with trainer.autocast:  # the same precision as the trainer's step
-                losses = model.loss_parts(x_t, stim, targets.unsqueeze(1), False)
+                losses = model.loss_parts(x_t, stim, targets.unsqueeze(1), (1,))
             sum(losses).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -171,9 +194,8 @@ def matmul_floor(trainer: Trainer, repeats: int = 3) -> tuple[float, int]:
     trainer (compile "none"): the recorder sees ops as they run, not inside compiled graphs.
     """
     t = trainer.config.training
-    batch = trainer.data.train.random(
-        t.batch_size, 1, t.evolve_multiple_steps, trainer.batch_rng, t.time_units
-    )
+    frames = trainer.loss_frames
+    batch = trainer.data.train.random(t.batch_size, 1, frames, trainer.batch_rng, frames[-1])
     with MatmulRecorder() as recorder:
         trainer.step(*next(iter(batch)))  # the train step's forward and backward, eager
 
@@ -236,7 +258,7 @@ def bench_one(args: argparse.Namespace, data: Dataset, batch_size: int, mode: st
         device, t, steps = trainer.device, config.training, trainer.steps_per_epoch
         eager = mode == "none"
         compile_s = timed(trainer.train_epoch, device)  # first epoch: compilation + warm-up
-        flops = trainer.model.train_step_flops(batch_size, t.time_units, t.evolve_multiple_steps)
+        flops = trainer.model.train_step_flops(batch_size, trainer.loss_frames)
         # train steps alone, each epoch beside a fresh GEMM ceiling (shared machines drift by
         # 20-30% within minutes), the plainest loop over the same model and the step's matmul
         # floor: ratios of each epoch to what was measured beside it

@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 # the smallest real run: embedded data of 128 neurons, a narrow model, the CPU
-TINY = ("data=tiny", "model=small", "hardware=cpu")
+# one-frame training (training=notes): the tests of a feature run fast, as before issue 26
+TINY = ("data=tiny", "model=small", "hardware=cpu", "training=notes")
 # a rollout that fits splits of 100 frames (the default evolves 200 frames from 64 starts)
 SHORT_ROLLOUT = (
     "evaluation.max_horizon=20",

@@ -98,3 +98,19 @@ def test_gpu_check_refuses_without_cuda_in_one_line():
     assert done.returncode == 2
     last = "error: gpu_check needs a CUDA device; torch.cuda.is_available() is False"
     assert done.stderr.splitlines()[-1] == last  # (a broken driver may warn first)
+
+
+@pytest.mark.slow
+def test_bench_multiples_reports_consistent_step_ratios(benchmarks, tmp_path):
+    import bench_multiples
+
+    out = tmp_path / "multiples.json"
+    args = ["--n-neurons", "64", "--n-input", "8", "--latent", "8", "--batch-size", "16",
+            "--time-units", "2", "--multiples", "3", "--steps", "2", "--train-frames", "64",
+            "--epochs", "1", "--json", str(out)]  # fmt: skip
+    result = bench_multiples.main(args)
+    assert json.loads(out.read_text())["step_seconds"] == result["step_seconds"]
+    step = result["step_seconds"]
+    assert result["multiples_step_ratio"] == step["multiples"] / step["one"]
+    assert result["skips_vs_plain_step"] == step["skips"] / step["one"]
+    assert result["multiples_target"] == pytest.approx(3 * 1.1)

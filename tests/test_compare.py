@@ -27,11 +27,12 @@ from omegaconf import OmegaConf
 
 from latent_evolution.analysis import compare
 from latent_evolution.cli import compare as compare_cli
+from latent_evolution.runs.folder import RunStatus
 from latent_evolution.runs.metrics import classify
 from latent_evolution.runs.reading import Run
 from tests.helpers import child_env, run_module, start_module
 
-TRAIN = ["data=tiny", "model=small", "training.epochs=3", "training.val_every=1"]
+TRAIN = ["data=tiny", "model=small", "training=notes", "training.epochs=3", "training.val_every=1"]
 CRASH = "RuntimeError: CUDA error: an illegal memory access was encountered"
 HOUR_AGO = time.time() - 3600
 
@@ -105,7 +106,10 @@ def test_every_row_carries_its_own_runs_config_and_metrics(sweeps, capsys):
         for key in compare.METRIC_COLUMNS:
             if key != "improvement_vs_constant_pct":
                 assert same(row[key], metrics.get(key)), (key, row)
-    ok_losses = [r["final_val_loss"] for r in out["runs"] if r["status"] == "ok"]
+    # the four runs that finished with finite losses (3 epochs: no better than the constant
+    # model yet, so not all of them are ok)
+    finished = ("failed", "running", "diverged")
+    ok_losses = [r["final_val_loss"] for r in out["runs"] if r["status"] not in finished]
     assert len(set(ok_losses)) == len(ok_losses) == 4  # distinct, so a swapped row would show
     assert ok_losses == sorted(ok_losses)
     # no val loss: after every ok run, in folder order (sweepA/2, sweepA/5, sweepB/0)
@@ -134,6 +138,7 @@ def test_repeats_table_matches_statistics_computed_from_the_files(sweeps, capsys
         t = OmegaConf.load(config).training
         groups.setdefault((t.batch_size, t.learning_rate), []).append(config.parent.parent)
     assert set(groups) == set(repeats)
+    not_ok: dict[tuple, int] = {}
     for key, row in repeats.items():
         done = [
             json.loads((f / "metrics.json").read_text())
@@ -142,6 +147,7 @@ def test_repeats_table_matches_statistics_computed_from_the_files(sweeps, capsys
         ]
         ok = [m for m in done if m["status"] == "ok"]
         assert (row["n"], row["n_ok"]) == (len(groups[key]), len(ok))
+        not_ok[key] = len(done) - len(ok)  # 3 epochs: some roll out diverged or learn nothing
         for loss in ("final_val_loss", "final_test_loss"):
             values = [m[loss] for m in ok]
             if len(values) >= 2:
@@ -149,17 +155,22 @@ def test_repeats_table_matches_statistics_computed_from_the_files(sweeps, capsys
                 assert row[f"{loss}_mean"] == pytest.approx(mean, rel=1e-12)
                 assert row[f"{loss}_std"] == pytest.approx(std, rel=1e-9)
                 assert row[f"{loss}_cv_pct"] == pytest.approx(100 * std / mean, rel=1e-9)
-    # 64: two ok + one crash; 128: two ok + one running (not finished: not counted); 1e6: NaN
-    assert repeats[(64, 0.001)]["failure_rate_pct"] == pytest.approx(100 / 3)
-    assert repeats[(128, 0.001)]["failure_rate_pct"] == 0
+    # 64: two finished + one crash; 128: two finished + one running (not finished: not
+    # counted); 1e6: NaN
+    rate = pytest.approx(100 * (1 + not_ok[64, 0.001]) / 3)
+    assert repeats[(64, 0.001)]["failure_rate_pct"] == rate
+    assert repeats[(128, 0.001)]["failure_rate_pct"] == pytest.approx(50 * not_ok[128, 0.001])
     assert repeats[(64, 1e6)]["failure_rate_pct"] == 100
 
 
 def test_text_formats_show_every_run_and_write_atomically(sweeps, capsys, tmp_path):
     n = 7
+    statuses = [r["status"] for r in compare_json(capsys, str(sweeps))["runs"]]
+    assert statuses.count("diverged") == statuses.count("failed") == statuses.count("running") == 1
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in RunStatus if s in statuses)
     assert compare_cli.main([str(sweeps)]) == 0
     terminal = capsys.readouterr().out
-    assert terminal.startswith(f"{n} runs: 4 ok, 1 diverged, 1 failed, 1 running\n")
+    assert terminal.startswith(f"{n} runs: {counts}\n")
     assert "Runs, sorted by final_val_loss:" in terminal and "Repeats:" in terminal
     for folder in sweeps.rglob(".hydra"):
         assert terminal.count(str(folder.parent)) == 1
@@ -186,7 +197,7 @@ def test_csv_holds_one_row_per_run_with_every_column(sweeps, capsys):
     ]
     for row in rows:
         metrics_file = Path(row["run_dir"]) / "metrics.json"
-        if row["status"] == "ok":
+        if metrics_file.exists() and row["status"] != "diverged":  # NaN: an empty cell
             metrics = json.loads(metrics_file.read_text())
             assert float(row["final_test_loss"]) == metrics["final_test_loss"]
             assert (
@@ -274,7 +285,7 @@ def test_mixed_metric_sets_and_commits_compare_with_gaps(two_runs, capsys):
     metrics |= {"commit_hash": "0000000", "a_metric_from_the_future": 1.5}
     (a / "metrics.json").write_text(json.dumps(metrics))
     rows = {r["run_dir"]: r for r in compare_json(capsys, str(a.parent))["runs"]}
-    assert rows[str(a)]["status"] == "ok"
+    assert rows[str(a)]["status"] == classify(metrics)[0] != "failed"
     assert rows[str(a)]["noise_floor_loss"] is None
     assert rows[str(a)]["improvement_vs_constant_pct"] is None
     assert rows[str(b)]["noise_floor_loss"] == 0.0025000000000000005
@@ -289,6 +300,7 @@ def test_val_loss_above_constant_while_train_normal_failed_to_generalize(two_run
     """The lab's batch-size-32 run, seed 12345: train 0.031628, val 0.213628, test 0.523897."""
     a, b = two_runs
     metrics = json.loads((a / "metrics.json").read_text())
+    metrics |= stable_rollout(metrics)  # only the split losses decide
     metrics |= {
         "final_train_loss": 0.031628,
         "final_val_loss": 0.213628,
@@ -303,14 +315,17 @@ def test_val_loss_above_constant_while_train_normal_failed_to_generalize(two_run
     assert rows[str(a)]["note"] == (
         "val loss 0.213628 > constant 0.035517 while train loss 0.031628 <= constant 0.035541"
     )
-    assert rows[str(b)]["status"] == "ok"  # a real 3-epoch run: train loss above its baseline
+    # a real 3-epoch run: train loss above its baseline, never failed_to_generalize
+    b_status = rows[str(b)]["status"]
+    assert b_status == classify(json.loads((b / "metrics.json").read_text()))[0]
+    assert b_status in ("ok", "worse_than_constant", "rollout_diverged")
     assert classify(metrics | {"final_val_loss": 0.026214, "final_test_loss": 0.030967}) == (
         "ok",
         "",
     )
     latent1d = {"final_train_loss": 0.1026, "final_val_loss": 0.0570, "final_test_loss": 0.0585}
     assert classify(metrics | latent1d) == (  # a 1-d latent learned nothing
-        "ok",
+        "worse_than_constant",
         "no better than the constant model on any split",
     )
 
@@ -370,11 +385,32 @@ def test_fresh_run_without_metrics_is_running_unless_its_log_ends_in_an_error(tw
     assert rows[str(b)]["status"] == "running"
 
 
+def stable_rollout(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Rollout MSEs equal to the constant model's: a rollout judged not diverged."""
+    pattern = r"rollout_[a-z]+_mse_h[0-9]+"
+    return {
+        k: metrics[k.replace("_mse_", "_constant_mse_")]
+        for k in metrics
+        if re.fullmatch(pattern, k)
+    }
+
+
+def healthy(run: Path, ratio: float) -> None:
+    """A 3-epoch run's metrics.json made an ok run's: split losses `ratio` x the constant
+    model's and a stable rollout (3 epochs learn neither)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics |= stable_rollout(metrics) | {"status": "ok", "status_note": ""}
+    for split in ("train", "val", "test"):
+        metrics[f"final_{split}_loss"] = ratio * metrics[f"{split}_loss_constant_model"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
 def test_seed_only_sweep_is_one_repeats_group(sweeps, tmp_path, capsys):
     """Reproducibility presets: nothing but the seed differs."""
     for seed in (1, 2):
         run = run_with(sweeps, **{"training.batch_size": 64, "training.seed": seed})
         shutil.copytree(run, tmp_path / "seeds" / str(seed))
+        healthy(tmp_path / "seeds" / str(seed), ratio=0.5 + 0.1 * seed)
     out = compare_json(capsys, str(tmp_path / "seeds"))
     assert out["swept"] == ["training.seed"] and out["repeat_keys"] == []
     [group] = out["repeats"]

@@ -23,6 +23,7 @@ from tests.helpers import child_env, wait_for
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 N, N_INPUT, TU = 64, 8, 2
+EVERY = (1, 2)  # targets: every frame t+1..t+TU
 
 
 def host_dataset(staged: bool) -> Dataset:
@@ -48,7 +49,7 @@ def reference(data: Dataset, seed: int, steps: int, batch: int) -> list:
     starts = torch.randint(
         len(data.train) - TU, (steps, batch), generator=torch.Generator().manual_seed(seed)
     )
-    return [gather_batch(data.train.x, data.train.stim, s, TU, True) for s in starts]
+    return [gather_batch(data.train.x, data.train.stim, s, TU, EVERY) for s in starts]
 
 
 def test_host_staged_batches_wait_for_their_copy_before_the_step_reads_them(monkeypatch):
@@ -63,7 +64,7 @@ def test_host_staged_batches_wait_for_their_copy_before_the_step_reads_them(monk
 
     monkeypatch.setattr(ResidentSplit, "_copy", late_copy)
     data = host_dataset(staged=True)
-    batches = data.train.random(16, 6, True, torch.Generator().manual_seed(3), TU)
+    batches = data.train.random(16, 6, EVERY, torch.Generator().manual_seed(3), TU)
     # clone() runs on the training stream at once, as a step's first kernel would
     got = [tuple(t.clone() for t in b) for b in batches]
     for batch, want in zip(got, reference(data, 3, 6, 16), strict=True):
@@ -74,7 +75,7 @@ def test_host_staged_batches_wait_for_their_copy_before_the_step_reads_them(monk
 def test_device_resident_batches_are_gathered_on_the_device():
     host = host_dataset(staged=False)
     data = on_device(host)
-    got = list(data.train.random(16, 4, True, torch.Generator().manual_seed(5), TU))
+    got = list(data.train.random(16, 4, EVERY, torch.Generator().manual_seed(5), TU))
     for batch, want in zip(got, reference(host, 5, 4, 16), strict=True):
         assert all(t.device.type == "cuda" for t in batch)
         assert all(torch.equal(u.cpu(), v) for u, v in zip(batch, want, strict=True))

@@ -245,13 +245,18 @@ def test_fly_preset_holds_the_lab_numbers_and_guards_the_shape(compose, monkeypa
 
 
 def batches(data, seed: int, every_step: bool) -> list:
-    drawn = data.train.random(4, 5, every_step, torch.Generator().manual_seed(seed), 3)
+    drawn = data.train.random(4, 5, ahead(every_step), torch.Generator().manual_seed(seed), 3)
     got = [tuple(t.clone() for t in b) for b in drawn]  # a staged batch lives until the next
     return got + [tuple(t.clone() for t in b) for b in data.val.ordered(3, 3)]
 
 
+def ahead(every_step: bool) -> tuple[int, ...]:
+    """The target frames: every frame t+1..t+3, or t+3 alone."""
+    return (1, 2, 3) if every_step else (3,)
+
+
 def gather(split, starts, every_step: bool) -> tuple:
-    return gather_batch(split.x, split.stim, starts, 3, every_step)
+    return gather_batch(split.x, split.stim, starts, 3, ahead(every_step))
 
 
 @pytest.mark.parametrize("every_step", [True, False])
@@ -283,10 +288,11 @@ def test_data_on_host_trains_bitwise_like_device_resident_data(compose, tmp_path
         "data=tiny",
         "model=small",
         "hardware=cpu",
+        "training=notes",
         "training.epochs=2",
         "data.splits.train=[200,1000]",
         "training.time_units=2",
-        "training.evolve_multiple_steps=true",
+        "training.intermediate_loss_steps=[1]",
         "training.eval_batch_size=250",
     )
     runs = {}

@@ -67,6 +67,7 @@ SHORT = (
     "data=tiny",
     "model=small",
     "hardware=cpu",
+    "training=notes",
     "training.epochs=1",
     "training.batch_size=4",
     "data.splits.train=[200,300]",

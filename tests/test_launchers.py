@@ -48,6 +48,11 @@ EXPERIMENTS = {
     "latent1d": (1, 10000),
     "add_stimulus_lr": (24, 10000),
     "l1_reg_encoder_decoder_only": (7, 10000),
+    # after the notes: the lab's latent_20step default and the sweeps it ran on it
+    "latent_20step": (1, 100),
+    "latent_20step_tu_multiples": (9, 100),
+    "latent_20step_tv": (4, 100),
+    "latent_20step_stimulus": (3, 100),
 }
 
 

@@ -233,7 +233,9 @@ def test_compiled_forward_backward_and_fused_head_match_eager():
 def wide_model() -> LatentModel:
     """Wide encoder input, decoder head and stimulus input, narrow hidden layers."""
     torch.manual_seed(0)
-    return LatentModel(ModelConfig(latent_dims=8), n_neurons=1200, n_input=40)
+    return LatentModel(
+        ModelConfig(latent_dims=8, zero_init_evolver=False), n_neurons=1200, n_input=40
+    )
 
 
 def layer_types(model: nn.Module) -> list[type]:
@@ -256,9 +258,9 @@ def test_onednn_on_the_cpu_swaps_only_wide_layers_and_fuses_the_head():
     assert nn.Linear in layer_types(model)  # the 256 -> 256 hidden layers stay plain
     assert model.decoder[-1].transposed and model.head_errors is not head_errors
     x, stim, targets = torch.randn(8, 1200), torch.randn(8, 1, 40), torch.randn(8, 1, 1200)
-    evolve, recon, _ = model.loss_parts(x, stim, targets, evolve_multiple_steps=False)
+    evolve, recon, _ = model.loss_parts(x, stim, targets, ahead=(1,))
     assert "LinearMSE" in str(evolve.grad_fn.next_functions)
-    want = plain.loss_parts(x, stim, targets, evolve_multiple_steps=False)
+    want = plain.loss_parts(x, stim, targets, ahead=(1,))
     torch.testing.assert_close(torch.stack([evolve, recon]), torch.stack(want[:2]))
 
 

@@ -17,18 +17,27 @@ from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize(
-    ("time_units", "every_step", "use_stimulus"),
-    [(1, False, True), (3, True, True), (2, False, False)],
+    ("time_units", "ahead", "use_stimulus", "skips"),
+    [
+        (1, (1,), True, False),
+        (3, (1, 2, 3), True, False),
+        (2, (2,), False, False),
+        (6, (2, 4, 6), True, False),  # tu 2, 3 multiples: the decoder at 3 of 6 frames
+        (2, (1, 2), True, True),  # input-skip MLPs in all four modules
+    ],
 )
-def test_analytic_flops_match_torch_flop_counter(time_units, every_step, use_stimulus):
-    model = LatentModel(ModelConfig(latent_dims=16, use_stimulus=use_stimulus), 50, 7)
+def test_analytic_flops_match_torch_flop_counter(time_units, ahead, use_stimulus, skips):
+    config = ModelConfig(latent_dims=16, use_stimulus=use_stimulus)
+    for part in (config.encoder, config.decoder, config.evolver, config.stimulus_encoder):
+        part.input_skips = skips
+    model = LatentModel(config, 50, 7)
     x_t, stim = torch.randn(8, 50), torch.randn(8, time_units, 7)
-    targets = torch.randn(8, time_units if every_step else 1, 50)
+    targets = torch.randn(8, len(ahead), 50)
     with FlopCounterMode(display=False) as train:
-        sum(model.loss_parts(x_t, stim, targets, every_step)).backward()
+        sum(model.loss_parts(x_t, stim, targets, ahead)).backward()
     with FlopCounterMode(display=False) as infer, torch.no_grad():
         model(x_t, stim)
-    assert model.train_step_flops(8, time_units, every_step) == train.get_total_flops()
+    assert model.train_step_flops(8, ahead) == train.get_total_flops()
     assert model.eval_flops(8, time_units) == infer.get_total_flops()
 
 

@@ -15,6 +15,7 @@ from latent_evolution.model.latent import LOSS_FUNCTIONS, MLP, LatentModel, l1_p
 def small_model_config(latent_dims: int, **kw) -> ModelConfig:
     mlp = MLPConfig(hidden_dims=32, num_hidden_layers=2)
     stim = StimulusEncoderConfig(hidden_dims=16, num_hidden_layers=1, output_dims=8)
+    kw.setdefault("zero_init_evolver", False)  # an evolver that moves z from the first step
     return ModelConfig(
         latent_dims=latent_dims, encoder=mlp, decoder=mlp, evolver=mlp, stimulus_encoder=stim, **kw
     )
@@ -29,7 +30,8 @@ def test_prediction_and_loss_shapes(latent_dims, time_units):
     assert model.rollout(model.encoder(x_t), stim).shape == (5, time_units, latent_dims)
     for every_step in (False, True):
         targets = torch.randn(5, time_units if every_step else 1, 40)
-        parts = model.loss_parts(x_t, stim, targets, every_step)
+        ahead = tuple(range(1, time_units + 1)) if every_step else (time_units,)
+        parts = model.loss_parts(x_t, stim, targets, ahead)
         assert all(p.shape == () and torch.isfinite(p) for p in parts)
 
 
@@ -69,7 +71,7 @@ ERRORS = {  # each configurable loss written out by hand
 def test_every_configurable_loss_is_the_named_error(loss):
     model = LatentModel(small_model_config(4), n_neurons=6, n_input=2)
     x_t, stim, targets = 2 * torch.randn(3, 6), torch.randn(3, 1, 2), 2 * torch.randn(3, 1, 6)
-    evolve, recon, _ = model.loss_parts(x_t, stim, targets, False, loss)
+    evolve, recon, _ = model.loss_parts(x_t, stim, targets, (1,), loss)
     with torch.no_grad():
         expected_recon = ERRORS[loss](model.decoder(model.encoder(x_t)) - x_t)
         expected_evolve = ERRORS[loss](model(x_t, stim) - targets[:, -1])
@@ -92,7 +94,7 @@ def test_l1_terms_are_weighted_sums_of_mean_abs_per_parameter():
     model = LatentModel(cfg, n_neurons=6, n_input=2)
     expected = 0.5 * sum(p.abs().mean() for p in model.encoder.parameters())
     _, _, reg = model.loss_parts(
-        torch.randn(3, 6), torch.randn(3, 1, 2), torch.randn(3, 1, 6), False
+        torch.randn(3, 6), torch.randn(3, 1, 2), torch.randn(3, 1, 6), (1,)
     )
     assert reg.item() == pytest.approx(expected.item())
     assert l1_penalty(model.decoder).item() > 0
@@ -114,7 +116,8 @@ def test_loss_parts_equal_decoding_prediction_and_reconstruction_apart(
     targets = torch.randn(8, time_units if every_step else 1, n_neurons)
     calls = []
     hook = model.decoder[0].register_forward_hook(lambda module, args, out: calls.append(1))
-    evolve, recon, _ = model.loss_parts(x_t, stim, targets, every_step)
+    ahead = tuple(range(1, time_units + 1)) if every_step else (time_units,)
+    evolve, recon, _ = model.loss_parts(x_t, stim, targets, ahead)
     hook.remove()
     assert len(calls) == (2 if use_batch_norm else 1)
     fused = "LinearMSE" in str(evolve.grad_fn.next_functions)
@@ -144,7 +147,7 @@ def test_compiled_loss_parts_match_eager_in_one_graph(cpu_kernels):
     x_t, stim, targets = torch.randn(8, 200), torch.randn(8, 1, 4), torch.randn(8, 1, 200)
 
     def loss(*batch: torch.Tensor) -> torch.Tensor:
-        return sum(model.loss_parts(*batch, evolve_multiple_steps=False))
+        return sum(model.loss_parts(*batch, ahead=(1,)))
 
     def backward_grads(value: torch.Tensor) -> list[torch.Tensor]:
         value.backward()

@@ -87,7 +87,7 @@ def test_the_compiled_step_has_no_graph_break(compose, tmp_path, mode):
     torch._dynamo.reset()
     counters.clear()
     trainer = trainer_for(compose, tmp_path, f"hardware.compile={mode}")
-    batch = next(trainer.data.train.random(32, 1, False, trainer.batch_rng, 1))
+    batch = next(trainer.data.train.random(32, 1, (1,), trainer.batch_rng, 1))
     trainer.step(*batch)
     assert trainer.step.compiled  # compiled, not the eager fallback
     assert dict(counters["graph_break"]) == {}

@@ -25,7 +25,7 @@ def test_every_epoch_line_is_in_the_log_file(compose, tmp_path, monkeypatch, ter
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    overrides = ("data=tiny", "model=small", "hardware=cpu", "training.epochs=2")
+    overrides = ("data=tiny", "model=small", "hardware=cpu", "training=notes", "training.epochs=2")
     config = to_config(compose(*overrides, "training.log_every=1", "training.val_every=5"))
     try:
         Trainer(config, tmp_path / "run").fit()

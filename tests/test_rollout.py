@@ -34,7 +34,9 @@ from latent_evolution.runs.folder import (
     ROLLOUT_STARTS,
     epoch_log_columns,
     rollout_first_worse_key,
+    rollout_interp_key,
     rollout_key,
+    rollout_max_intervening_key,
     rollout_max_key,
 )
 from latent_evolution.runs.metrics import read_metrics
@@ -247,3 +249,42 @@ def test_a_split_too_short_for_the_rollout_is_one_line_naming_the_key():
     assert len(draw_starts([1000, 1264], ev, "val")) == 64  # exactly enough start frames
     with pytest.raises(ConfigError, match=r"^evaluation\.starts=64: must be <= the 63 start"):
         draw_starts([1000, 1263], ev, "val")
+
+
+def test_at_tu_4_with_3_multiples_the_interpolation_baseline_matches_the_data_file(
+    compose, tmp_path
+):
+    """The bar of issue 26: a tu 4, 3-multiple run reports the interpolation baseline, and the
+    data file read with numpy over the recorded starts gives the same numbers."""
+    trainer, metrics = trained(
+        compose, tmp_path, "training.time_units=4", "training.evolve_multiple_steps=3",
+        "evaluation.horizons=[1,4,7,30]",
+    )  # fmt: skip
+    x, starts = by_hand(tmp_path, trainer)
+    curve = list(csv.DictReader((tmp_path / ROLLOUT_CURVE).open()))
+    for split, frames in starts.items():
+        s = np.array(frames)
+        expected = []
+        for h in range(1, 31):
+            m, weight = (h // 4) * 4, (h % 4) / 4  # the observed frames s+m, s+m+4 around s+h
+            if m + 4 > 30 and h % 4:  # no observation after it within the horizon
+                expected.append(np.nan)
+                continue
+            line = x[s + m] + weight * (x[s + min(m + 4, 30)] - x[s + m])
+            expected.append(((line - x[s + h]) ** 2).mean())
+        interp = [float(r["interp_mse"]) for r in curve if r["split"] == split]
+        np.testing.assert_allclose(interp, expected, rtol=1e-4, atol=1e-9)
+        for h in (1, 4, 7, 30):
+            got = metrics[rollout_interp_key(split, h)]
+            assert (
+                got is None
+                if np.isnan(expected[h - 1])
+                else got == pytest.approx(expected[h - 1], rel=1e-4, abs=1e-9)
+            )
+        assert metrics[rollout_interp_key(split, 4)] == 0  # observed
+        mse = [float(r["mse"]) for r in curve if r["split"] == split]
+        intervening = max(m for h, m in enumerate(mse, 1) if h % 4)
+        assert metrics[rollout_max_intervening_key(split)] == pytest.approx(intervening)
+    rows = compare.compare([tmp_path]).runs
+    assert rollout_interp_key("val", 7) in rows.columns  # compare shows the baseline
+    assert rollout_max_intervening_key("test") in rows.columns

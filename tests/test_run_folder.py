@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 
 from latent_evolution.analysis import compare
-from latent_evolution.runs.folder import RunStatus
+from latent_evolution.runs.folder import RunStatus, rollout_key
 from latent_evolution.runs.metrics import (
     METRIC_KEYS,
     RESULT_PACKAGES,
+    ROLLOUT_DIVERGENCE_FACTOR,
     ROLLOUT_METRICS,
     Metrics,
     classify,
+    objective,
     rollout_pattern,
 )
 from tests.conftest import ROOT
@@ -48,11 +50,71 @@ def test_one_status_each_for_not_finite_and_not_generalizing():
     assert len({s.value for s in RunStatus}) == len(RunStatus)
 
 
+def test_a_diverged_rollout_or_a_model_worse_everywhere_is_never_ok():
+    good = BASE | {"final_val_loss": 0.03, "final_test_loss": 0.03}
+    roll = {rollout_key("val", 200): 0.4, rollout_key("val", 200, constant=True): 0.46}
+    assert classify(good | roll) == (RunStatus.OK, "")
+    # the issue's default run: 2e10 at 200 frames against the constant model's 0.46
+    exploded = good | roll | {rollout_key("val", 200): 2e10}
+    status, note = classify(exploded)
+    assert status == RunStatus.ROLLOUT_DIVERGED and "h=200" in note
+    above = good | roll | {rollout_key("val", 200): 0.46 * ROLLOUT_DIVERGENCE_FACTOR * 1.01}
+    assert classify(above)[0] == RunStatus.ROLLOUT_DIVERGED
+    worse_only = good | roll | {rollout_key("val", 200): 0.46 * 2}  # worse, not diverged
+    assert classify(worse_only)[0] == RunStatus.OK
+    not_finite = good | roll | {rollout_key("val", 200): None}  # as_json's NaN
+    assert classify(not_finite) == (RunStatus.ROLLOUT_DIVERGED, "val rollout not finite at h=200")
+    learned_nothing = BASE | {"final_train_loss": 0.05, "final_val_loss": 0.05,
+                              "final_test_loss": 0.05}  # fmt: skip
+    assert classify(learned_nothing)[0] == RunStatus.WORSE_THAN_CONSTANT
+    # the sweep's objective ranks them last, even where metrics.json predates the rule
+    for bad in (exploded, not_finite, learned_nothing):
+        assert objective(bad | {"status": "ok"}) == float("inf")
+    assert objective(good | roll) == 0.03
+
+
+def test_an_exploding_model_ends_rollout_diverged_in_metrics_json(compose, tmp_path):
+    import torch
+
+    from latent_evolution.config.compose import to_config
+    from latent_evolution.training.trainer import Trainer
+
+    config = to_config(
+        compose(
+            "data=tiny",
+            "model=small",
+            "hardware=cpu",
+            "training=notes",
+            "model.zero_init_evolver=false",  # the notes' model: ReLU, a trained-size init
+            "model.evolver.activation=relu",
+            "training.epochs=1",
+            "training.learning_rate=1e-12",
+        )  # fmt: skip
+    )
+    trainer = Trainer(config, tmp_path)
+    with torch.no_grad():  # an evolver whose residual step multiplies z: a rollout blows up
+        for p in trainer.model.evolver.parameters():
+            p.mul_(30.0)
+    metrics = trainer.fit()
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == on_disk["status"] == RunStatus.ROLLOUT_DIVERGED
+    assert "rollout" in on_disk["status_note"]
+
+
 def test_a_trained_run_writes_exactly_the_schemas_keys(compose, tmp_path):
     from latent_evolution.config.compose import to_config
     from latent_evolution.training.trainer import Trainer
 
-    config = to_config(compose("data=tiny", "model=small", "hardware=cpu", "training.epochs=1"))
+    config = to_config(  # tu 2: the interpolation baseline's keys too
+        compose(
+            "data=tiny",
+            "model=small",
+            "hardware=cpu",
+            "training=notes",
+            "training.epochs=1",
+            "training.time_units=2",
+        )  # fmt: skip
+    )
     returned = Trainer(config, tmp_path).fit()
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     rollout = [k for k in on_disk if rollout_pattern(k)]

@@ -43,7 +43,9 @@ def fit(compose, run_dir: Path, *overrides: str) -> dict:
 
 def test_short_training_beats_the_constant_baseline(compose, tmp_path):
     metrics = fit(compose, tmp_path, "training.epochs=30", "training.batch_size=32")
-    assert metrics["status"] == "ok"
+    # the one-frame model (training=notes) beats the constant model one frame ahead; rolled
+    # out it may explode, which its status then says (issue 26)
+    assert metrics["status"] in ("ok", "rollout_diverged")
     assert metrics["final_val_loss"] < 0.8 * metrics["val_loss_constant_model"]
     assert metrics["final_test_loss"] < 0.8 * metrics["test_loss_constant_model"]
     assert metrics["noise_floor_loss"] == pytest.approx(0.05**2)
@@ -142,7 +144,8 @@ def test_cli_multirun_writes_two_complete_run_folders(tmp_path):
         }
         overrides = (run / ".hydra" / "overrides.yaml").read_text()
         batch_sizes.add(next(int(w.split("=")[1]) for w in overrides.split() if "batch_size" in w))
-        assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
+        status = json.loads((run / "metrics.json").read_text())["status"]
+        assert status not in ("diverged", "failed")  # finished (2 epochs: not yet ok)
     assert batch_sizes == {32, 64}
 
 
@@ -151,7 +154,7 @@ def test_batches_pair_frame_t_with_the_stimulus_that_drives_t_plus_1(every_step)
     frames = torch.arange(50.0)
     x, stim = frames[:, None].repeat(1, 4), (1000 + frames)[:, None].repeat(1, 2)
     starts = torch.tensor([0, 7, 46])
-    x_t, stim, targets = gather_batch(x, stim, starts, 3, every_step)
+    x_t, stim, targets = gather_batch(x, stim, starts, 3, (1, 2, 3) if every_step else (3,))
     assert torch.equal(x_t[:, 0], starts.float())
     # frame t holds the stimulus driving t+1: steps t..t+2 use stimuli t..t+2 to reach t+3
     assert torch.equal(stim[:, :, 0], 1000.0 + starts[:, None] + torch.arange(3))

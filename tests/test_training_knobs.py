@@ -33,7 +33,7 @@ def test_recon_warmup_leaves_the_evolver_alone_while_the_encoder_learns(compose,
 
 def test_zero_init_evolver_first_prediction_is_the_reconstruction(compose, tmp_path):
     t = trainer(compose, tmp_path, "model.zero_init_evolver=true", "training.time_units=3")
-    x_t, stim, _ = next(t.data.train.random(8, 1, False, t.batch_rng, 3))
+    x_t, stim, _ = next(t.data.train.random(8, 1, (3,), t.batch_rng, 3))
     t.model.eval()
     with torch.no_grad():
         assert torch.equal(t.model(x_t, stim), t.model.decoder(t.model.encoder(x_t)))

@@ -304,7 +304,8 @@ def draw_rollout(folder: Path) -> None:
 
 def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
     """MSE vs horizon from rollout.csv files (label -> file), log-log: per run and split the
-    model solid and the constant model dashed, in one colour. Missing files are skipped."""
+    model solid, the constant model dashed and, at tu > 1, the interpolation baseline dotted,
+    in one colour. Missing files are skipped."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -317,10 +318,13 @@ def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
     for label, csv_path in curves.items():
         if not Path(csv_path).is_file():
             continue
-        for split, (horizon, mse, constant_mse) in _rollout_curves(Path(csv_path)).items():
+        for split, (horizon, mse, constant_mse, interp) in _rollout_curves(Path(csv_path)).items():
             color = cmap(i % 10)
             i += 1
             ax.plot(horizon, mse, color=color, label=f"{label} {split}")
+            if interp:  # tu > 1: zero at the observed multiples, which a log scale leaves out
+                style = {"color": color, "linestyle": ":", "linewidth": 1}
+                ax.plot(*zip(*interp, strict=True), **style, label=f"{label} {split} interpolation")
             ax.plot(
                 horizon,
                 constant_mse,
@@ -330,7 +334,7 @@ def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
                 label=f"{label} {split} constant",
             )
     ax.set(xlabel="horizon (frames of 20 ms)", ylabel="rollout MSE", xscale="log", yscale="log")
-    ax.set_title("Rollout MSE vs horizon (dashed: the constant model)")
+    ax.set_title("Rollout MSE vs horizon (dashed: constant model; dotted: interpolation)")
     ax.legend(fontsize="small")
     fig.tight_layout()
     try:
@@ -389,15 +393,19 @@ def plot_cell_types(tables: dict[str, Path], path: Path) -> Path:
     return path
 
 
-def _rollout_curves(path: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
-    """split -> (horizons, model MSEs, constant-model MSEs) of a rollout.csv, in file order."""
-    curves: dict[str, tuple[list[int], list[float], list[float]]] = {}
+def _rollout_curves(path: Path) -> dict[str, tuple[list[int], list[float], list[float], list]]:
+    """split -> (horizons, model MSEs, constant-model MSEs, (horizon, interpolation MSE) where
+    one is positive and finite) of a rollout.csv, in file order (older files lack the last)."""
+    curves: dict[str, tuple[list[int], list[float], list[float], list]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            horizon, mse, constant_mse = curves.setdefault(row["split"], ([], [], []))
+            horizon, mse, constant_mse, interp = curves.setdefault(row["split"], ([], [], [], []))
             horizon.append(int(row["horizon"]))
             mse.append(float(row["mse"]))
             constant_mse.append(float(row["constant_mse"]))
+            value = float(row.get("interp_mse") or "nan")
+            if 0 < value < math.inf:
+                interp.append((horizon[-1], value))
     return curves
 
 

@@ -39,9 +39,9 @@ SWEEP_CONFIG = "multirun.yaml"  # Hydra writes it when a sweep starts, before an
 PENDING, UNKNOWN, CANCELLED = JobState.PENDING, JobState.UNKNOWN, JobState.CANCELLED
 RUNNING, OK, FAILED = RunStatus.RUNNING, RunStatus.OK, RunStatus.FAILED
 # the order of the totals line
-JOB_STATES = (PENDING, RUNNING, OK, RunStatus.FAILED_TO_GENERALIZE, RunStatus.DIVERGED, FAILED,
-              CANCELLED, UNKNOWN)  # fmt: skip
-DONE_STATES = (OK, RunStatus.FAILED_TO_GENERALIZE, RunStatus.DIVERGED)  # metrics.json written
+# metrics.json written: every RunStatus but running and failed
+DONE_STATES = tuple(s for s in RunStatus if s not in (RUNNING, FAILED))
+JOB_STATES = (PENDING, RUNNING, *DONE_STATES, FAILED, CANCELLED, UNKNOWN)
 FINAL_STATES = (*DONE_STATES, FAILED, CANCELLED)  # --watch stops once every job is in one
 FORMATS = ("terminal", "json")
 RATE_EPOCHS = 10  # epochs per minute: over the last this many epochs

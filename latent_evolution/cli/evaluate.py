@@ -175,7 +175,7 @@ def evaluate_run(
     )
     from latent_evolution.model.cpu_kernels import place_model
     from latent_evolution.model.device import autocast_context, resolve_device
-    from latent_evolution.model.latent import LatentModel
+    from latent_evolution.model.latent import build_model
     from latent_evolution.runs.metrics import (
         Metrics,
         commit_hash,
@@ -189,7 +189,7 @@ def evaluate_run(
     device = resolve_device(config.hardware.device)
     data = load_dataset(config.data, device, config.training)
     load_cross_datasets(config, data, device)
-    model = LatentModel(config.model, data.n_neurons, data.n_input)
+    model = build_model(config.model, data.n_neurons, data.n_input, config.training.time_units)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

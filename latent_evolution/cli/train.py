@@ -94,18 +94,16 @@ def main(cfg: DictConfig) -> float:
             run_dir,
         )
         return objective(metrics, config.optimized_metric)
-    if metrics["status"] != RunStatus.OK:
-        log.warning("Run %s: %s", metrics["status"], metrics.get("status_note", ""))
     test, constant = metrics["final_test_loss"], metrics["test_loss_constant_model"]
     improvement = f"{100 * (1 - test / constant):.1f}%" if constant else "n/a"
-    log.info(
-        "test loss %.6f vs constant model %.6f (improvement %s), noise floor %s; results in %s",
-        test,
-        constant,
-        improvement,
-        metrics["noise_floor_loss"],
-        run_dir,
+    line = (
+        f"test loss {test:.6f} vs constant model {constant:.6f} (improvement {improvement}), "
+        f"noise floor {metrics['noise_floor_loss']}; results in {run_dir}"
     )
+    if metrics["status"] == RunStatus.OK:
+        log.info(line)
+    else:  # the last line says what is wrong, whatever the one-frame improvement
+        log.warning("Run %s (%s): %s", metrics["status"], metrics.get("status_note", ""), line)
     return objective(metrics, config.optimized_metric)
 
 

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from latent_evolution.config.schema import Config, validate
+from latent_evolution.config.schema import (
+    Config,
+    keep_old_behaviour,
+    refuse_old_keys,
+    validate,
+)
 from latent_evolution.errors import ArgumentError
 from latent_evolution.files import atomic_write_text, claim_new_dir
 from latent_evolution.runs.folder import HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_RUNTIME
@@ -37,6 +42,8 @@ if not OmegaConf.has_resolver("unique_dir"):
 def to_config(cfg: DictConfig) -> Config:
     """Turn Hydra's composed config into the typed `Config` and validate it."""
     node = {k: v for k, v in cfg.items() if k != "hydra"} if "hydra" in cfg else cfg
+    keep_old_behaviour(node)  # a run folder's config from before a key was added
+    refuse_old_keys(node)  # before the schema's type check, which would not name the new keys
     config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), node))
     assert isinstance(config, Config)
     validate(config)

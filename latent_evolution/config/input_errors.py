@@ -11,7 +11,8 @@ import dataclasses
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from latent_evolution.errors import InputError
+from latent_evolution.config.schema import RETYPED
+from latent_evolution.errors import ConfigError, InputError
 
 INPUT_ERRORS = (InputError, HydraException, OmegaConfBaseException)
 
@@ -29,5 +30,7 @@ def describe(exc: BaseException) -> str:
         if isinstance(cause, (ConfigKeyError, AttributeError)) and dataclasses.is_dataclass(owner):
             keys = ", ".join(f.name for f in dataclasses.fields(owner))
             return f"{cause.full_key}: unknown key; {owner.__name__} has {keys}"
+        if cause.full_key in RETYPED and isinstance(getattr(cause, "value", None), bool):
+            return str(ConfigError(cause.full_key, cause.value, RETYPED[cause.full_key]))
         return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"
     return str(exc).strip().splitlines()[0]

@@ -58,11 +58,21 @@ def marked_keys(marker: dict[str, bool], node: type | None = None, prefix: str =
 # --------------------------------------------------------------------------- model
 
 
+# The defaults are the default experiment's (issue 26): chosen so the Quickstart's run rolls
+# out below the constant model for 200 frames; the notes' model and one-step training, which
+# explode after 13 frames, are model=notes and training=notes (conf/), which the notes'
+# experiment presets use.
+
+
 @dataclass
 class MLPConfig:
-    hidden_dims: int = 256
-    num_hidden_layers: int = 3
+    hidden_dims: int = 128
+    num_hidden_layers: int = 2
     l1_weight: float = 0.0  # weight of sum over parameter tensors of mean(|p|)
+    # the lab's MLPWithSkips (model.latent.SkipMLP): every layer also reads a linear
+    # projection of the module's input; no batch norm
+    input_skips: bool = False
+    activation: str | None = None  # one of ACTIVATIONS; None: model.activation
 
 
 @dataclass
@@ -70,21 +80,38 @@ class StimulusEncoderConfig:
     hidden_dims: int = 64
     num_hidden_layers: int = 3
     output_dims: int = 64
+    input_skips: bool = False  # as MLPConfig.input_skips
+    activation: str | None = None  # None: model.activation
+
+
+MODEL_KINDS = ("latent", "stimulus_only")  # model.latent.build_model
+# what the evolver sees of the stimulus between observed multiples of tu (model.latent)
+STIMULUS_FREQUENCIES = ("every_frame", "held", "none")
+# which frames and neurons of the recording are observed (training.trainer)
+ACQUISITIONS = ("all", "time_aligned", "staggered_random")
 
 
 @dataclass
 class ModelConfig:
-    latent_dims: int = 256
+    # latent: the latent evolution model; stimulus_only: the null model, activity predicted
+    # from a window of stimulus_window frames of stimulus alone (model.latent.StimulusOnlyModel)
+    kind: str = "latent"
+    stimulus_window: int = 20  # frames of stimulus the stimulus_only model reads
+    latent_dims: int = 64
     activation: str = "relu"
     use_batch_norm: bool = False
     use_stimulus: bool = True
     encoder: MLPConfig = field(default_factory=MLPConfig)
     decoder: MLPConfig = field(default_factory=MLPConfig)
-    evolver: MLPConfig = field(default_factory=MLPConfig)
+    evolver: MLPConfig = field(default_factory=lambda: MLPConfig(activation="tanh"))
     stimulus_encoder: StimulusEncoderConfig = field(default_factory=StimulusEncoderConfig)
     # the evolver's last layer starts at zero: z is unchanged at step 0 (the constant model in
     # latent space), so rollouts start stable
-    zero_init_evolver: bool = False
+    zero_init_evolver: bool = True
+    # every_frame: each frame's stimulus drives its evolver step; held: the stimulus at the
+    # last multiple of training.time_units since the start, held over the tu frames; none:
+    # no stimulus (zeros), in training and in the rollout alike
+    stimulus_frequency: str = "every_frame"
 
 
 # ------------------------------------------------------------------------ training
@@ -125,8 +152,22 @@ class TrainingConfig:
     grad_clip_norm: float = 0.0  # 0 disables clipping
     seed: int = 42
     time_units: int = 1  # frames predicted ahead (one frame = 20 ms)
-    # the evolve loss on every frame t+1..t+tu, not only on t+tu
-    evolve_multiple_steps: bool = False
+    # M: the latent evolves M x tu frames (the stimulus of every frame) and the evolve loss
+    # is the mean over the M multiples t+tu, t+2tu, .., t+M tu (the lab's
+    # evolve_multiple_steps); 1: one frame t+tu
+    evolve_multiple_steps: int = 12
+    # frames k in 1..tu-1 after each multiple's start that the loss also covers, e.g. [1]
+    intermediate_loss_steps: list[int] = field(default_factory=list)
+    # all: every frame observed; time_aligned: only frames at multiples of tu (of the data
+    # file's frame numbers), so start frames and targets lie on that grid; staggered_random:
+    # starts on the grid, each neuron observed once per tu at its own phase (drawn from seed,
+    # recorded in acquisition_phases.json), the evolve loss over observed (frame, neuron)
+    # pairs of every frame up to M x tu
+    acquisition: str = "all"
+    # weight of the total variation of the latent path, mean |dz| per frame (dz: the
+    # evolver's update), added to the regularization part (against artifacts between
+    # multiples; the lab used 1e-3)
+    tv_weight: float = 0.0
     data_passes_per_epoch: int = 1
     val_every: int = 5  # epochs between validations; the last epoch always validates
     eval_batch_size: int = 4096  # frames per chunk when evaluating a whole split
@@ -140,7 +181,7 @@ class TrainingConfig:
     # --weights epoch_K|all`: intermediate weights may generalise better than the final ones
     keep_weights_every: int = field(default=0, metadata=RESUMABLE | NOT_A_PARAMETER)
     # the first K epochs descend only the reconstruction loss (the evolve loss is still logged)
-    recon_warmup_epochs: int = 0
+    recon_warmup_epochs: int = 5
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
@@ -332,8 +373,33 @@ def _non_negative(key: str, value: float) -> None:
 
 
 def _validate_model(m: ModelConfig) -> None:
+    _choice("model.kind", m.kind, MODEL_KINDS)
+    _choice("model.stimulus_frequency", m.stimulus_frequency, STIMULUS_FREQUENCIES)
+    if m.stimulus_frequency != "every_frame" and not m.use_stimulus:
+        raise ConfigError(
+            "model.stimulus_frequency", m.stimulus_frequency, "needs model.use_stimulus=true"
+        )
+    _positive("model.stimulus_window", m.stimulus_window)
+    if m.kind == "stimulus_only" and m.stimulus_frequency != "every_frame":
+        raise ConfigError(
+            "model.stimulus_frequency",
+            m.stimulus_frequency,
+            "must be every_frame with model.kind=stimulus_only (it reads every frame's stimulus)",
+        )
+    if m.kind == "stimulus_only" and not m.use_stimulus:
+        raise ConfigError("model.use_stimulus", False, "must be true with model.kind=stimulus_only")
     _positive("model.latent_dims", m.latent_dims)
     _choice("model.activation", m.activation, ACTIVATIONS)
+    for part in ("encoder", "decoder", "evolver", "stimulus_encoder"):
+        module = getattr(m, part)
+        if module.activation is not None:
+            _choice(f"model.{part}.activation", module.activation, ACTIVATIONS)
+        if module.input_skips and m.use_batch_norm and part != "stimulus_encoder":
+            raise ConfigError(
+                f"model.{part}.input_skips",
+                True,
+                "needs model.use_batch_norm=false (the lab's skip MLP has no batch norm)",
+            )
     for part in ("encoder", "decoder", "evolver"):
         mlp: MLPConfig = getattr(m, part)
         _positive(f"model.{part}.hidden_dims", mlp.hidden_dims)
@@ -365,6 +431,20 @@ def _validate_training(t: TrainingConfig) -> None:
     _non_negative("training.weight_decay", t.weight_decay)
     _non_negative("training.grad_clip_norm", t.grad_clip_norm)
     _non_negative("training.recon_warmup_epochs", t.recon_warmup_epochs)
+    _positive("training.evolve_multiple_steps", t.evolve_multiple_steps)
+    steps = list(t.intermediate_loss_steps)
+    if any(not 1 <= k < t.time_units for k in steps) or len(set(steps)) != len(steps):
+        raise ConfigError(
+            "training.intermediate_loss_steps",
+            steps,
+            f"must be distinct frames in 1..training.time_units-1={t.time_units - 1}",
+        )
+    _non_negative("training.tv_weight", t.tv_weight)
+    _choice("training.acquisition", t.acquisition, ACQUISITIONS)
+    if t.acquisition == "staggered_random" and t.time_units < 2:
+        raise ConfigError(
+            "training.acquisition", t.acquisition, "needs training.time_units >= 2 (one phase a tu)"
+        )
     s = t.lr_schedule
     _choice("training.lr_schedule.name", s.name, LR_SCHEDULES)
     _non_negative("training.lr_schedule.warmup_epochs", s.warmup_epochs)
@@ -377,6 +457,53 @@ def _validate_training(t: TrainingConfig) -> None:
     if not 0 <= t.early_stopping.min_delta < math.inf:
         md = t.early_stopping.min_delta
         raise ConfigError("training.early_stopping.min_delta", md, "must be finite and >= 0")
+
+
+# keys whose meaning changed from a yes/no switch: what a boolean there must become
+RETYPED = {
+    "training.evolve_multiple_steps": (
+        "was a yes/no switch and is now M, the number of time_units multiples the loss "
+        "covers (an integer >= 1); a loss on the frames in between: "
+        "training.intermediate_loss_steps=[1,..,tu-1]"
+    ),
+}
+
+
+# keys added with a default that is not what runs made before them did: a saved config that
+# lacks one gets this value instead (the evolver's activation was model.activation's)
+ADDED_WITH_NEW_DEFAULT = {"model.evolver.activation": None}
+
+
+def keep_old_behaviour(config: Any) -> None:
+    """Fill a saved config's (a run folder's) missing ADDED_WITH_NEW_DEFAULT keys with the
+    value that reproduces the run; a freshly composed config holds every key already."""
+    for key, old in ADDED_WITH_NEW_DEFAULT.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if hasattr(node, "get") and leaf not in node:
+            node[leaf] = old
+
+
+def refuse_old_keys(config: Any) -> None:
+    """ConfigError for a config (or a checkpoint's, as a dict) that holds a boolean where a
+    RETYPED key now takes a number."""
+    for key, why in RETYPED.items():
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if isinstance(node, bool):
+            raise ConfigError(key, node, why)
+
+
+def loss_frames(t: TrainingConfig) -> tuple[int, ...]:
+    """The frames after a start frame t that the evolve loss covers, ascending: every
+    multiple of tu up to evolve_multiple_steps x tu, and intermediate_loss_steps within each."""
+    tu, multiples = t.time_units, t.evolve_multiple_steps
+    frames = {m * tu for m in range(1, multiples + 1)}
+    frames |= {m * tu + k for m in range(multiples) for k in t.intermediate_loss_steps}
+    return tuple(sorted(frames))
 
 
 def _validate_early_stopping_metric(metric: str, e: EvaluationConfig) -> None:
@@ -435,7 +562,10 @@ def _validate_data(d: DataConfig, time_units: int, batch_size: int) -> None:
             )
         if w[1] - w[0] <= time_units:
             raise ConfigError(
-                key, w, f"must hold more than training.time_units={time_units} frames"
+                key,
+                w,
+                f"must hold more than the {time_units} frames a sample spans "
+                "(training.time_units x training.evolve_multiple_steps)",
             )
         windows.append((split, w))
     for i, (a, wa) in enumerate(windows):
@@ -473,8 +603,9 @@ def validate_stream(s: StreamConfig, time_units: int, batch_size: int) -> None:
         raise ConfigError(
             "data.stream.chunk_frames",
             s.chunk_frames,
-            f"must hold training.batch_size={batch_size} start frames plus "
-            f"training.time_units={time_units} target frames (>= {batch_size + time_units})",
+            f"must hold training.batch_size={batch_size} start frames plus the {time_units} "
+            "frames a sample spans (training.time_units x training.evolve_multiple_steps) "
+            f"(>= {batch_size + time_units})",
         )
 
 
@@ -590,10 +721,15 @@ def validate(config: Config) -> None:
     _validate_model(config.model)
     _validate_training(config.training)
     _validate_early_stopping_metric(config.training.early_stopping.metric, config.evaluation)
-    _validate_data(config.data, config.training.time_units, config.training.batch_size)
+    span = loss_frames(config.training)[-1]  # frames from a start frame to its last target
+    _validate_data(config.data, span, config.training.batch_size)
     _validate_stream_choice(config.data.stream)
     if stream_mode(config.data.stream) == "true":
-        validate_stream(config.data.stream, config.training.time_units, config.training.batch_size)
+        validate_stream(config.data.stream, span, config.training.batch_size)
+    if config.model.stimulus_frequency == "held" and config.training.time_units < 2:
+        raise ConfigError(
+            "model.stimulus_frequency", "held", "needs training.time_units >= 2 (nothing to hold)"
+        )
     _validate_hardware(config.hardware)
     _choice("logger.name", config.logger.name, LOGGERS)
     e = config.evaluation

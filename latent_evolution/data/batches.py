@@ -24,22 +24,22 @@ def gather_batch(
     stim: Tensor,
     starts: Tensor,
     time_units: int,
-    evolve_multiple_steps: bool,
+    ahead: tuple[int, ...],
     out: Batch | None = None,
 ) -> Batch:
     """Index a batch where the frames x (T, N) and stimulus (T, n_input) live: x_t (B, N),
-    stim (B, tu, n_in), targets.
+    stim (B, time_units, n_in) of frames t..t+time_units-1, targets (B, len(ahead), N).
 
-    targets are frames t+1..t+tu (B, tu, N) with evolve_multiple_steps, else only t+tu (B, 1, N).
+    targets are the frames t+a for each a of `ahead` (ascending, at most time_units).
     With `out` (staging buffers), the rows are written there instead of new tensors.
     """
     offsets = torch.arange(time_units, device=starts.device)
-    ahead = offsets + 1 if evolve_multiple_steps else offsets[-1:] + 1
+    frames = torch.tensor(ahead, device=starts.device)
     b, rows = starts.numel(), starts.unsqueeze(1)
     x_out, stim_out, targets_out = out or (None, None, None)
     x_t = _rows(x, starts, x_out).view(b, -1)
     stim_b = _rows(stim, (rows + offsets).flatten(), stim_out).view(b, time_units, -1)
-    targets = _rows(x, (rows + ahead).flatten(), targets_out).view(b, len(ahead), -1)
+    targets = _rows(x, (rows + frames).flatten(), targets_out).view(b, len(ahead), -1)
     return x_t, stim_b, targets
 
 

@@ -37,41 +37,45 @@ class ResidentSplit:
         self,
         batch_size: int,
         steps: int,
-        evolve_multiple_steps: bool,
+        ahead: tuple[int, ...],
         generator: torch.Generator,
         time_units: int,
+        grid: tuple[int, int] = (1, 0),
     ) -> Iterator[Batch]:
-        """`steps` batches of start frames drawn uniformly, with replacement."""
-        high = len(self) - time_units
-        starts = torch.randint(high, (steps, batch_size), generator=generator)
-        return self._batches(starts.to(self.x.device), evolve_multiple_steps, time_units)
+        """`steps` batches of start frames drawn uniformly, with replacement, among those
+        phase + k * every for grid (every, phase)."""
+        high, (every, phase) = len(self) - time_units, grid
+        if every == 1:
+            starts = torch.randint(high, (steps, batch_size), generator=generator)
+        else:
+            on_grid = -(-(high - phase) // every)
+            starts = phase + every * torch.randint(
+                on_grid, (steps, batch_size), generator=generator
+            )
+        return self._batches(starts.to(self.x.device), ahead, time_units)
 
     def ordered(self, batch_size: int, time_units: int) -> Iterator[Batch]:
         """Every start frame of the split once, in order; targets are frames t+tu only."""
         starts = torch.arange(len(self) - time_units, device=self.x.device)
-        return self._batches(starts.split(batch_size), False, time_units)
+        return self._batches(starts.split(batch_size), (time_units,), time_units)
 
     def constant_baseline(self, time_units: int, batch_size: int) -> Tensor:
         """mean((x[t+tu] - x[t])^2) over the split, on the training device."""
         return constant_baseline(self.x, time_units).to(self.device)
 
     def _batches(
-        self, starts: Sequence[Tensor], evolve_multiple_steps: bool, time_units: int
+        self, starts: Sequence[Tensor], ahead: tuple[int, ...], time_units: int
     ) -> Iterator[Batch]:
         if self.host_staged:
-            return self._staged(starts, evolve_multiple_steps, time_units)
-        return (
-            gather_batch(self.x, self.stim, s, time_units, evolve_multiple_steps) for s in starts
-        )
+            return self._staged(starts, ahead, time_units)
+        return (gather_batch(self.x, self.stim, s, time_units, ahead) for s in starts)
 
     def _staged(
-        self, starts: Sequence[Tensor], evolve_multiple_steps: bool, time_units: int
+        self, starts: Sequence[Tensor], ahead: tuple[int, ...], time_units: int
     ) -> Iterator[Batch]:
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
-        staging = [
-            self._staging(len(starts[0]), evolve_multiple_steps, time_units, cuda) for _ in range(2)
-        ]
+        staging = [self._staging(len(starts[0]), ahead, time_units, cuda) for _ in range(2)]
         # per staging buffer: the event of the copy that last read it
         copied: list[torch.cuda.Event | None] = [None, None]
         pending = None
@@ -80,7 +84,7 @@ class ResidentSplit:
             if copied[i] is not None:
                 copied[i].synchronize()  # batch k-2's copy is done; its buffer can be refilled
             out = tuple(t[: len(s)] for t in staging[i])
-            host = gather_batch(self.x, self.stim, s, time_units, evolve_multiple_steps, out)
+            host = gather_batch(self.x, self.stim, s, time_units, ahead, out)
             batch, copied[i] = self._copy(host, stream)
             if pending is not None:
                 yield self._ready(*pending)  # step k-1 runs while batch k is copied
@@ -88,8 +92,8 @@ class ResidentSplit:
         if pending is not None:
             yield self._ready(*pending)
 
-    def _staging(self, rows: int, evolve_multiple_steps: bool, time_units: int, pin: bool) -> Batch:
-        k = time_units if evolve_multiple_steps else 1
+    def _staging(self, rows: int, ahead: tuple[int, ...], time_units: int, pin: bool) -> Batch:
+        k = len(ahead)
         shapes = (
             (rows, self.n_neurons),
             (rows, time_units, self.n_input),

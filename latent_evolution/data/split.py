@@ -49,12 +49,15 @@ class Split(Protocol):
         self,
         batch_size: int,
         steps: int,
-        evolve_multiple_steps: bool,
+        ahead: tuple[int, ...],
         generator: torch.Generator,
         time_units: int,
+        grid: tuple[int, int] = (1, 0),
     ) -> Iterator[Batch]:
         """`steps` training batches of start frames drawn from `generator` (on the host, so a
-        seed gives the same batches wherever the frames live)."""
+        seed gives the same batches wherever the frames live): the stimulus of time_units
+        frames from each start, the frames t+a for a in `ahead` as targets. grid (every,
+        phase): starts only at offsets phase + k * every (time-aligned acquisition)."""
         ...
 
     def ordered(self, batch_size: int, time_units: int) -> Iterator[Batch]:

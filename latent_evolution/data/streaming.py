@@ -41,6 +41,7 @@ from latent_evolution.config.schema import (
     DataConfig,
     StreamConfig,
     TrainingConfig,
+    loss_frames,
     stream_mode,
     validate_stream,
 )
@@ -100,7 +101,7 @@ def streamed_splits(
     s = cfg.stream
     windows = windows or {name: list(getattr(cfg.splits, name)) for name in SPLITS}
     if training is not None:
-        validate_stream(s, training.time_units, training.batch_size)
+        validate_stream(s, loss_frames(training)[-1], training.batch_size)  # a sample's span
     check_budget(s, layout.shape[1], cfg.n_input)
     log.info(
         "Streaming the splits of %s: %d chunks of %d frames in memory, %d read ahead",
@@ -403,22 +404,29 @@ class StreamedSplit:
                 positions.append(i)
         windows = np.array(positions)
         return self._batches(
-            starts, np.arange(len(starts)), windows, windows, pieces, False, time_units
+            starts, np.arange(len(starts)), windows, windows, pieces, (time_units,), time_units
         )
 
     def random(
         self,
         batch_size: int,
         steps: int,
-        evolve_multiple_steps: bool,
+        ahead: tuple[int, ...],
         generator: torch.Generator,
         time_units: int,
+        grid: tuple[int, int] = (1, 0),
     ) -> Iterator[Batch]:
         """`steps` batches, each sample a start frame drawn uniformly from its unit's window."""
+        if grid != (1, 0):
+            raise ConfigError(
+                "training.acquisition",
+                "time_aligned",
+                "needs the training split resident (data.stream.enabled=false)",
+            )
         starts = self.chunk_starts(time_units)
         order = torch.randperm(len(starts), generator=generator).numpy()
         lo, hi, rows = random_plan(starts[order], self.pool.config, batch_size, steps, generator)
-        return self._batches(starts, order, lo, hi, list(rows), evolve_multiple_steps, time_units)
+        return self._batches(starts, order, lo, hi, list(rows), ahead, time_units)
 
     def _batches(
         self,
@@ -427,7 +435,7 @@ class StreamedSplit:
         lo: np.ndarray,
         hi: np.ndarray,
         rows: list[np.ndarray],
-        evolve_multiple_steps: bool,
+        ahead: tuple[int, ...],
         time_units: int,
     ) -> Iterator[Batch]:
         """Batch j gathers `rows[j]` of the slots once chunks lo[j]..hi[j] of `order` are in."""
@@ -443,7 +451,7 @@ class StreamedSplit:
                     run.retire()
                     retired += 1
                 run.wait_loaded(int(lo[j]), int(hi[j]))
-                yield gather_batch(x, stim, r, time_units, evolve_multiple_steps)
+                yield gather_batch(x, stim, r, time_units, ahead)
         finally:
             run.close()
 

@@ -34,7 +34,9 @@ from latent_evolution.runs.folder import (
     ROLLOUT_CURVE,
     ROLLOUT_STARTS,
     rollout_first_worse_key,
+    rollout_interp_key,
     rollout_key,
+    rollout_max_intervening_key,
     rollout_max_key,
 )
 
@@ -49,6 +51,9 @@ class SplitRollout:
     # (horizon, cell type, mse, constant mse) for each evaluation.cell_type_horizons
     cell_types: list[tuple[int, int, float, float]]
     type_names: dict[int, str] = field(default_factory=dict)  # a cell type's name, if known
+    # at tu > 1: the interpolation baseline per horizon (NaN past the last multiple)
+    interp_mse: list[float] | None = None
+    time_units: int = 1
 
 
 def draw_starts(window: list[int], ev: EvaluationConfig, split: str) -> np.ndarray:
@@ -75,28 +80,40 @@ def rollout_sums(
     offsets: np.ndarray,
     ev: EvaluationConfig,
     autocast: contextlib.AbstractContextManager,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Squared errors summed on the device: model and constant per horizon (H,), and per
-    neuron at the cell-type horizons (len(cell_type_horizons), N), each for model and constant."""
+    time_units: int = 1,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Squared errors summed on the device: model and constant per horizon (H,), per neuron at
+    the cell-type horizons (len(cell_type_horizons), N) for model and constant, and the
+    interpolation baseline per horizon (H,): x[s+h] predicted by the line between the frames
+    observed at tu > 1, x[s+m tu] and x[s+(m+1) tu] around it (NaN past the last multiple)."""
     model.eval()
     h_max, cell_h = ev.max_horizon, {h: i for i, h in enumerate(ev.cell_type_horizons)}
     n = split.n_neurons
     device = next(model.parameters()).device  # where the sums stay until read
     sums, const = torch.zeros(h_max, device=device), torch.zeros(h_max, device=device)
     per_neuron = torch.zeros(2, len(cell_h), n, device=device)
+    interp = torch.zeros(h_max, device=device)
+    interp[(h_max // time_units) * time_units :] = math.nan  # no observed frame after them
+    hold = getattr(model, "stimulus_frequency", "every_frame") == "held"
     per_pass = split.rollout_starts_per_pass(ev.batch_size)
     for chunk in np.array_split(offsets, -(-len(offsets) // per_pass)):
         frames = split.start_frames(chunk, h_max)
         x_s = frames.start
+        observed, between = x_s, []  # the last observed frame; the frames since, (h, x)
         with autocast:
-            z = model.encoder(x_s)
+            z = model.encode(x_s)
+        held = None  # model.stimulus_frequency=held: the stimulus of the last multiple of tu
         for h0, stim, frame in frames.blocks():
             with autocast:
                 s_enc = model.encode_stimulus(stim)
             for h in range(h0, h0 + stim.shape[1]):
+                s_h = s_enc[:, h - h0] if s_enc is not None else None
+                if hold and (h - 1) % time_units:
+                    s_h = held  # frame s+h-1 lies between multiples: the last one's stimulus
+                held = s_h
                 with autocast:
-                    z = model.evolve_step(z, s_enc[:, h - h0] if s_enc is not None else None)
-                    pred = model.decoder(z)
+                    z = model.evolve_step(z, s_h)
+                    pred = model.decode(z)
                 x_h = frame(h)
                 err = (pred.float() - x_h).pow(2)
                 base = (x_s - x_h).pow(2)
@@ -105,7 +122,17 @@ def rollout_sums(
                 if h in cell_h:
                     per_neuron[0, cell_h[h]] += err.sum(0)
                     per_neuron[1, cell_h[h]] += base.sum(0)
-    return sums, const, per_neuron[0], per_neuron[1]
+                if time_units == 1:
+                    continue
+                if h % time_units:  # between observations: judged once the next is reached
+                    between.append((h, x_h.clone()))  # a streamed frame lives one step
+                    continue
+                for h_mid, x_mid in between:
+                    weight = (h_mid % time_units) / time_units  # of the later observation
+                    line = observed + weight * (x_h - observed)
+                    interp[h_mid - 1] += (line - x_mid).pow(2).sum()
+                observed, between = x_h, []
+    return sums, const, per_neuron[0], per_neuron[1], interp
 
 
 def rollout_split(
@@ -116,14 +143,18 @@ def rollout_split(
     types: np.ndarray,
     ev: EvaluationConfig,
     autocast: contextlib.AbstractContextManager,
+    time_units: int = 1,
 ) -> SplitRollout:
     """Evaluate one split; reads the device's sums once. window[0] numbers its frames in the
     data file; the split's own length bounds the starts (a data set built in memory may be
     shorter than the configured window)."""
     offsets = draw_starts([window[0], window[0] + len(split)], ev, name)
-    sums, const, cell_err, cell_base = rollout_sums(model, split, offsets, ev, autocast)
+    sums, const, cell_err, cell_base, interp = rollout_sums(
+        model, split, offsets, ev, autocast, time_units
+    )
     per_frame = len(offsets) * split.n_neurons
     mse, constant = (sums / per_frame).tolist(), (const / per_frame).tolist()
+    interp_mse = (interp / per_frame).tolist() if time_units > 1 else None
     cell_err, cell_base = cell_err.double().cpu().numpy(), cell_base.double().cpu().numpy()
     rows = []
     for i, h in enumerate(ev.cell_type_horizons):
@@ -131,7 +162,8 @@ def rollout_split(
             mask, count = types == t, (types == t).sum() * len(offsets)
             rows.append((h, t, cell_err[i, mask].sum() / count, cell_base[i, mask].sum() / count))
     starts = (offsets + window[0]).tolist()
-    return SplitRollout(starts, mse, constant, [(h, t, float(a), float(b)) for h, t, a, b in rows])
+    cells = [(h, t, float(a), float(b)) for h, t, a, b in rows]
+    return SplitRollout(starts, mse, constant, cells, interp_mse, time_units)
 
 
 def stability(r: SplitRollout) -> tuple[int | str, float]:
@@ -152,6 +184,11 @@ def rollout_metrics(results: dict[str, SplitRollout], horizons: list[int]) -> di
             out[rollout_key(split, h)] = r.mse[h - 1]
             out[rollout_key(split, h, constant=True)] = r.constant_mse[h - 1]
         out[rollout_first_worse_key(split)], out[rollout_max_key(split)] = stability(r)
+        if r.interp_mse is not None:
+            for h in horizons:
+                out[rollout_interp_key(split, h)] = r.interp_mse[h - 1]
+            intervening = [m for h, m in enumerate(r.mse, 1) if h % r.time_units]
+            out[rollout_max_intervening_key(split)] = max(intervening) if intervening else None
     return out
 
 
@@ -168,13 +205,12 @@ def write_rollout_files(folder: Path, results: dict[str, SplitRollout]) -> None:
     draw rollout.png from rollout.csv: analysis.report.plot_rollout)."""
     atomic_write_json(folder / ROLLOUT_STARTS, {s: r.starts for s, r in results.items()})
     curve = [
-        (s, h, m, c)
+        (s, h, m, c, "" if r.interp_mse is None else r.interp_mse[h - 1])
         for s, r in results.items()
         for h, (m, c) in enumerate(zip(r.mse, r.constant_mse, strict=True), 1)
     ]
-    atomic_write_text(
-        folder / ROLLOUT_CURVE, _csv(("split", "horizon", "mse", "constant_mse"), curve)
-    )
+    header = ("split", "horizon", "mse", "constant_mse", "interp_mse")
+    atomic_write_text(folder / ROLLOUT_CURVE, _csv(header, curve))
     cells = [
         (s, h, t, r.type_names.get(t, str(t)), mse, constant)
         for s, r in results.items()
@@ -201,6 +237,15 @@ def run_rollout(
         cross = data.cross.get(name)
         window = cross.window if cross else list(getattr(config.data.splits, name))
         kinds = cross.cell_types if cross else types
-        out[name] = rollout_split(model, data.split(name), name, window, kinds, ev, autocast)
+        out[name] = rollout_split(
+            model,
+            data.split(name),
+            name,
+            window,
+            kinds,
+            ev,
+            autocast,
+            config.training.time_units,
+        )
         out[name].type_names = cross.cell_type_names if cross else data.cell_type_names
     return out

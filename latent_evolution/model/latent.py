@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from latent_evolution.config.schema import MLPConfig, ModelConfig
+from latent_evolution.config.schema import MLPConfig, ModelConfig, StimulusEncoderConfig
 
 ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -28,7 +28,8 @@ LOSS_FUNCTIONS = {  # keys: config.LOSSES
 
 
 class MLP(nn.Sequential):
-    """Hidden blocks of nn.Linear -> [BatchNorm1d] -> activation, then a final Linear."""
+    """Hidden blocks of nn.Linear -> [BatchNorm1d] -> activation, then a final Linear
+    (`head`); `features(x)` is what the head reads."""
 
     def __init__(
         self,
@@ -50,6 +51,92 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(width, out_dims))
         super().__init__(*layers)
 
+    @property
+    def head(self) -> nn.Module:
+        return self[-1]
+
+    def input_readers(self) -> list[nn.Module]:
+        """The layers whose input is the module's input alone."""
+        return [self[0]]
+
+    def features(self, x: Tensor) -> Tensor:
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return x
+
+
+class SkipMLP(nn.Module):
+    """The lab's input-skip MLP (NeuralGraph's `MLPWithSkips`), parameter for parameter and
+    with its parameter names: every hidden layer and the output layer read their own input
+    concatenated with a linear projection (no activation) of the module's input x, so each
+    layer sees x directly. No hidden layer: one Linear (`output_layer`). No batch norm.
+
+    hidden_0 = act(linear_layers[0](cat[x, input_projections[0](x)]))
+    hidden_i = act(linear_layers[i](cat[hidden_{i-1}, input_projections[i](x)]))
+    out = output_layer(cat[hidden_last, input_projection_final(x)])
+    """
+
+    def __init__(
+        self, in_dims: int, hidden_dims: int, out_dims: int, num_hidden_layers: int, activation: str
+    ):
+        super().__init__()
+        self.num_hidden_layers = num_hidden_layers
+        if num_hidden_layers == 0:
+            self.output_layer = nn.Linear(in_dims, out_dims)
+            return
+        self.input_projections = nn.ModuleList(
+            nn.Linear(in_dims, hidden_dims) for _ in range(num_hidden_layers)
+        )
+        self.linear_layers = nn.ModuleList(
+            nn.Linear((in_dims if i == 0 else hidden_dims) + hidden_dims, hidden_dims)
+            for i in range(num_hidden_layers)
+        )
+        self.activations = nn.ModuleList(
+            ACTIVATION_LAYERS[activation]() for _ in range(num_hidden_layers)
+        )
+        self.input_projection_final = nn.Linear(in_dims, hidden_dims)
+        self.output_layer = nn.Linear(2 * hidden_dims, out_dims)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.output_layer
+
+    def input_readers(self) -> list[nn.Module]:
+        """The layers whose input is the module's input alone (linear_layers[0] reads it
+        beside a projection, which needs the gradient)."""
+        if self.num_hidden_layers == 0:
+            return [self.output_layer]
+        return [*self.input_projections, self.input_projection_final]
+
+    def features(self, x: Tensor) -> Tensor:
+        """What output_layer reads: cat[last hidden, input_projection_final(x)] (x if none)."""
+        if self.num_hidden_layers == 0:
+            return x
+        hidden = x
+        layers = zip(self.input_projections, self.linear_layers, self.activations, strict=True)
+        for projection, linear, activation in layers:
+            hidden = activation(linear(torch.cat([hidden, projection(x)], dim=-1)))
+        return torch.cat([hidden, self.input_projection_final(x)], dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_layer(self.features(x))
+
+
+def build_mlp(
+    in_dims: int,
+    out_dims: int,
+    part: MLPConfig | StimulusEncoderConfig,
+    default_activation: str,
+    use_batch_norm: bool = False,
+) -> MLP | SkipMLP:
+    """One module of the model as its config describes it (model.<module>.*)."""
+    activation = part.activation or default_activation
+    if part.input_skips:
+        return SkipMLP(in_dims, part.hidden_dims, out_dims, part.num_hidden_layers, activation)
+    return MLP(
+        in_dims, part.hidden_dims, out_dims, part.num_hidden_layers, activation, use_batch_norm
+    )
+
 
 def head_errors(head: nn.Module, hidden: Tensor, targets: list[Tensor], loss: str) -> list[Tensor]:
     """[error(block, target)] in fp32 over the blocks of rows of head(hidden) matching targets."""
@@ -62,35 +149,38 @@ def l1_penalty(module: nn.Module) -> Tensor:
     return torch.stack([p.abs().mean() for p in module.parameters()]).sum()
 
 
-class LatentModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int):
-        super().__init__()
+def from_lab_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state_dict of the lab's LatentModel (NeuralGraph's latent.py) in our names: the lab
+    wraps the evolver's MLP in an `Evolver` module (`evolver.evolver.*`); every other name,
+    the skip MLPs' included, is the same."""
+    prefix = "evolver.evolver."
+    return {
+        ("evolver." + k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()
+    }
 
-        def block(part: MLPConfig, d_in: int, d_out: int) -> MLP:
-            return MLP(
-                d_in,
-                part.hidden_dims,
-                d_out,
-                part.num_hidden_layers,
-                cfg.activation,
-                cfg.use_batch_norm,
-            )
+
+class LatentModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int, time_units: int = 1):
+        """time_units: the observation interval, which model.stimulus_frequency=held holds over."""
+        super().__init__()
+        self.time_units, self.stimulus_frequency = time_units, cfg.stimulus_frequency
+
+        def block(part: MLPConfig, d_in: int, d_out: int) -> MLP | SkipMLP:
+            return build_mlp(d_in, d_out, part, cfg.activation, cfg.use_batch_norm)
 
         self.encoder = block(cfg.encoder, n_neurons, cfg.latent_dims)
         self.decoder = block(cfg.decoder, cfg.latent_dims, n_neurons)
         stim_dims = 0
-        self.stimulus_encoder: MLP | None = None
+        self.stimulus_encoder: MLP | SkipMLP | None = None
         if cfg.use_stimulus:
             s = cfg.stimulus_encoder
             # never batch-normed: the stimulus is sparse and its statistics shift per sequence
-            self.stimulus_encoder = MLP(
-                n_input, s.hidden_dims, s.output_dims, s.num_hidden_layers, cfg.activation
-            )
+            self.stimulus_encoder = build_mlp(n_input, s.output_dims, s, cfg.activation)
             stim_dims = s.output_dims
         self.evolver = block(cfg.evolver, cfg.latent_dims + stim_dims, cfg.latent_dims)
         if cfg.zero_init_evolver:  # z + 0 = z at step 0: the constant model in latent space
-            nn.init.zeros_(self.evolver[-1].weight)
-            nn.init.zeros_(self.evolver[-1].bias)
+            nn.init.zeros_(self.evolver.head.weight)
+            nn.init.zeros_(self.evolver.head.bias)
         self.batch_norm = cfg.use_batch_norm
         # the decoder's last layer and the error; the CPU kernels (cpu_kernels.place_model) may
         # put a fused op here
@@ -102,19 +192,44 @@ class LatentModel(nn.Module):
         }
 
     def encode_stimulus(self, stim: Tensor) -> Tensor | None:
-        """stim (B, k, n_input) -> (B, k, S) in one batched pass; None without a stimulus."""
+        """stim (B, k, n_input) -> (B, k, S) in one batched pass; None without a stimulus.
+        stimulus_frequency=none: the encoding of no stimulus (zeros)."""
         if self.stimulus_encoder is None:
             return None
+        if self.stimulus_frequency == "none":
+            stim = torch.zeros_like(stim)
         b, k = stim.shape[:2]
         return self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(b, k, -1)
 
+    def encode(self, x: Tensor) -> Tensor:
+        """The rollout's state at its start frame x (B, N): the latent."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The frame a rollout state predicts."""
+        return self.decoder(z)
+
+    def evolver_update(self, z: Tensor, s_enc: Tensor | None) -> Tensor:
+        """The evolver's update dz of one 20 ms frame: evolver(cat[z, s_enc])."""
+        return self.evolver(torch.cat([z, s_enc], dim=-1) if s_enc is not None else z)
+
     def evolve_step(self, z: Tensor, s_enc: Tensor | None) -> Tensor:
         """One 20 ms frame: z + evolver(cat[z, s_enc]) for latents z (B, L), s_enc (B, S)."""
-        return z + self.evolver(torch.cat([z, s_enc], dim=-1) if s_enc is not None else z)
+        return z + self.evolver_update(z, s_enc)
+
+    def held(self, stim: Tensor) -> Tensor:
+        """stim (B, k, n_input) of frames t..t+k-1 as the evolver sees it: under
+        stimulus_frequency=held each frame gets the stimulus of the last multiple of tu."""
+        if self.stimulus_frequency != "held":
+            return stim
+        frames = torch.arange(stim.shape[1], device=stim.device)
+        return stim[:, (frames // self.time_units) * self.time_units]
 
     def rollout(self, z: Tensor, stim: Tensor) -> Tensor:
-        """Evolve latents z (B, L) through stim (B, tu, n_input); returns (B, tu, L)."""
-        s_enc = self.encode_stimulus(stim)  # all tu frames at once instead of tu small passes
+        """Evolve latents z (B, L) through stim (B, k, n_input); returns (B, k, L)."""
+        s_enc = self.encode_stimulus(
+            self.held(stim)
+        )  # all k frames at once instead of k small passes
         states = []
         for k in range(stim.shape[1]):
             z = self.evolve_step(z, s_enc[:, k] if s_enc is not None else None)
@@ -122,7 +237,7 @@ class LatentModel(nn.Module):
         return torch.stack(states, dim=1)
 
     def forward(self, x_t: Tensor, stim: Tensor) -> Tensor:
-        """Predict frame t+tu from x_t (B, N) and stim (B, tu, n_input), decoding only it."""
+        """Predict the frame after stim's k frames from x_t (B, N) and stim (B, k, n_input)."""
         latents = self.rollout(self.encoder(x_t), stim)
         return self.decoder(latents[:, -1])
 
@@ -138,36 +253,58 @@ class LatentModel(nn.Module):
         if self.batch_norm:  # each of the two batches keeps its own batch-norm statistics
             pairs = zip(latents, targets, strict=True)
             return [LOSS_FUNCTIONS[loss](self.decoder(z).float(), t) for z, t in pairs]
-        *hidden_layers, head = self.decoder
-        hidden = torch.cat(latents)
-        for layer in hidden_layers:
-            hidden = layer(hidden)
-        return self.head_errors(head, hidden, targets, loss)
+        hidden = self.decoder.features(torch.cat(latents))
+        return self.head_errors(self.decoder.head, hidden, targets, loss)
 
     def loss_parts(
         self,
         x_t: Tensor,
         stim: Tensor,
         targets: Tensor,
-        evolve_multiple_steps: bool,
+        ahead: tuple[int, ...],
         loss: str = "mse",
+        tv_weight: float = 0.0,
+        observed: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(evolve, reconstruction, weighted L1) losses, each a 0-d tensor in fp32.
+        """(evolve, reconstruction, regularization) losses, each a 0-d tensor in fp32.
 
-        targets: (B, tu, N) frames t+1..t+tu. With evolve_multiple_steps the evolve loss averages
-        all tu predictions; otherwise only the last frame counts and only it is decoded.
-        loss names the error of the first two terms (LOSS_FUNCTIONS).
+        observed: (K, N) 1 where target frame ahead[i] of neuron n is observed, else 0
+        (staggered acquisition): the evolve loss is the mean error over observed entries only.
+
+        stim: (B, F, n_input), the stimulus of frames t..t+F-1 with F = ahead[-1]; targets:
+        (B, K, N), frames t+a for each a of `ahead` (K = len(ahead), ascending). The latent is
+        evolved F frames, one evolver step per frame, and decoded only at those K frames; the
+        evolve loss is the mean error over them (each frame weighs the same).
+        loss names the error of the first two terms (LOSS_FUNCTIONS). regularization: the
+        weighted L1 terms plus tv_weight x the total variation of the latent path per frame,
+        mean |dz| over frames, samples and latent dimensions (dz: the evolver's update).
         """
-        z = self.encoder(x_t)
-        latents = self.rollout(z, stim)
-        b, tu, dims = latents.shape
-        evolved = latents.reshape(b * tu, dims) if evolve_multiple_steps else latents[:, -1]
-        frames = targets.reshape(b * tu, -1) if evolve_multiple_steps else targets[:, -1]
-        evolve, recon = self.decoded_errors([evolved, z], [frames, x_t], loss)
+        z0 = self.encoder(x_t)
+        s_enc = self.encode_stimulus(self.held(stim))  # all F frames in one pass
+        kept, variation, z = [], [], z0
+        for k in range(ahead[-1]):  # ahead is a Python tuple: the loop unrolls when compiled
+            dz = self.evolver_update(z, s_enc[:, k] if s_enc is not None else None)
+            z = z + dz
+            if tv_weight > 0:
+                variation.append(dz.float().abs().mean())
+            if k + 1 in ahead:
+                kept.append(z)
+        b, n_kept = x_t.shape[0], len(kept)
+        evolved = torch.stack(kept, dim=1).reshape(b * n_kept, -1) if n_kept > 1 else kept[0]
+        frames = targets.reshape(b * n_kept, -1)
+        if observed is None:
+            evolve, recon = self.decoded_errors([evolved, z0], [frames, x_t], loss)
+        else:  # unobserved entries get no error, so no gradient
+            pred = self.decoder(evolved).float().view(b, n_kept, -1)
+            errors = LOSS_FUNCTIONS[loss](pred, targets, reduction="none") * observed
+            evolve = errors.sum() / (b * observed.sum())
+            recon = LOSS_FUNCTIONS[loss](self.decoder(z0).float(), x_t)
         reg = evolve.new_zeros(())
         for name, weight in self.l1_weights.items():
             if weight > 0:
                 reg = reg + weight * l1_penalty(getattr(self, name)).float()
+        if variation:
+            reg = reg + tv_weight * torch.stack(variation).mean()
         return evolve, recon, reg
 
     # ---------------------------------------------------------------- FLOPs
@@ -182,26 +319,28 @@ class LatentModel(nn.Module):
         }
         rows = []
         for name, n in uses.items():
-            linears = [m for m in getattr(self, name) or () if isinstance(m, nn.Linear)]
-            for i, layer in enumerate(linears):
-                # the encoders' first layers read data, which needs no gradient
-                input_grad = not (i == 0 and name in ("encoder", "stimulus_encoder"))
-                rows.append((layer, n, input_grad))
+            module = getattr(self, name)
+            if module is None:
+                continue
+            # the encoders' layers that read the data itself need no input gradient
+            reads_data = module.input_readers() if name in ("encoder", "stimulus_encoder") else []
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    rows.append((layer, n, not any(layer is r for r in reads_data)))
         return rows
 
-    def train_step_flops(
-        self, batch_size: int, time_units: int, evolve_multiple_steps: bool
-    ) -> int:
+    def train_step_flops(self, batch_size: int, ahead: tuple[int, ...]) -> int:
         """Matmul FLOPs of one training step, forward and backward (as FlopCounterMode counts).
 
         Forward is 2*in*out per sample per use; backward adds 2*in*out for the weight
         gradient and, where the input needs one, 2*in*out for the input gradient. The
-        decoder runs for the reconstruction and for one (or tu) predictions.
+        evolver and stimulus encoder run once per frame (ahead[-1] frames), the decoder for
+        the reconstruction and at each frame of `ahead`.
         """
-        decoder_uses = 1 + (time_units if evolve_multiple_steps else 1)
+        decoder_uses = 1 + len(ahead)
         return sum(
             2 * layer.in_features * layer.out_features * batch_size * n * (3 if input_grad else 2)
-            for layer, n, input_grad in self._linear_uses(time_units, decoder_uses)
+            for layer, n, input_grad in self._linear_uses(ahead[-1], decoder_uses)
         )
 
     def eval_flops(self, batch_size: int, time_units: int) -> int:
@@ -210,3 +349,108 @@ class LatentModel(nn.Module):
             2 * layer.in_features * layer.out_features * batch_size * n
             for layer, n, _ in self._linear_uses(time_units, decoder_uses=1)
         )
+
+
+class StimulusOnlyModel(nn.Module):
+    """The null model (model.kind=stimulus_only): activity predicted from the stimulus alone.
+
+    x_hat[t] = predictor(cat[stim_enc(s[t-W]), .., stim_enc(s[t-1])]) over a window of
+    W = model.stimulus_window frames (frame t-1 holds the stimulus driving t); no encoder, no
+    latent state, no reconstruction. The stimulus encoder is model.stimulus_encoder, the
+    predictor an MLP shaped by model.decoder (hidden dims, layers, skips, activation), so the
+    parameter count is comparable with the latent model's. Frames before a sample's (or a
+    rollout's) start frame count as no stimulus (zeros). Its methods are LatentModel's, so
+    training, the final losses and the rollout judge it like any run.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int):
+        super().__init__()
+        s = cfg.stimulus_encoder
+        self.window, self.stim_dims = cfg.stimulus_window, s.output_dims
+        self.stimulus_encoder = build_mlp(n_input, s.output_dims, s, cfg.activation)
+        self.decoder = build_mlp(
+            self.window * s.output_dims, n_neurons, cfg.decoder, cfg.activation
+        )
+        self.batch_norm = False
+        self.head_errors = head_errors  # as LatentModel's: cpu_kernels may fuse it
+        self.l1_weights = {"decoder": cfg.decoder.l1_weight}
+
+    def encode_stimulus(self, stim: Tensor) -> Tensor:
+        b, k = stim.shape[:2]
+        return self.stimulus_encoder(stim.reshape(-1, stim.shape[-1])).view(b, k, -1)
+
+    def _windows(self, s_enc: Tensor, frames: tuple[int, ...]) -> Tensor:
+        """(B * len(frames), W * S): the encoded stimulus of the W frames before each frame t+a
+        of `frames`, zeros before the sample's start."""
+        padded = torch.cat([s_enc.new_zeros(s_enc.shape[0], self.window, self.stim_dims), s_enc], 1)
+        rows = [padded[:, a : a + self.window].flatten(1) for a in frames]
+        return torch.stack(rows, dim=1).flatten(0, 1)
+
+    def forward(self, x_t: Tensor, stim: Tensor) -> Tensor:
+        """The frame after stim's k frames; x_t is not read."""
+        return self.decoder(self._windows(self.encode_stimulus(stim), (stim.shape[1],)))
+
+    # the rollout's state: the encoded stimulus of the last W frames
+    def encode(self, x: Tensor) -> Tensor:
+        return x.new_zeros(x.shape[0], self.window, self.stim_dims)
+
+    def evolve_step(self, window: Tensor, s_enc: Tensor | None) -> Tensor:
+        return torch.cat([window[:, 1:], s_enc.unsqueeze(1)], dim=1)
+
+    def decode(self, window: Tensor) -> Tensor:
+        return self.decoder(window.flatten(1))
+
+    def loss_parts(
+        self,
+        x_t: Tensor,
+        stim: Tensor,
+        targets: Tensor,
+        ahead: tuple[int, ...],
+        loss: str = "mse",
+        tv_weight: float = 0.0,
+        observed: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(prediction, 0, weighted L1) losses as LatentModel.loss_parts' (no reconstruction,
+        no latent path: tv_weight has nothing to weigh; observed as there)."""
+        hidden = self.decoder.features(self._windows(self.encode_stimulus(stim), ahead))
+        if observed is None:
+            [evolve] = self.head_errors(self.decoder.head, hidden, [targets.flatten(0, 1)], loss)
+        else:
+            pred = self.decoder.head(hidden).float().view_as(targets)
+            errors = LOSS_FUNCTIONS[loss](pred, targets, reduction="none") * observed
+            evolve = errors.sum() / (targets.shape[0] * observed.sum())
+        reg = evolve.new_zeros(())
+        if self.l1_weights["decoder"] > 0:
+            reg = reg + self.l1_weights["decoder"] * l1_penalty(self.decoder).float()
+        return evolve, evolve.new_zeros(()), reg
+
+    def _uses(self, frames: int, predictions: int) -> list:
+        rows = []
+        for name, n in (("stimulus_encoder", frames), ("decoder", predictions)):
+            module = getattr(self, name)
+            readers = module.input_readers() if name == "stimulus_encoder" else []
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    rows.append((layer, n, not any(layer is r for r in readers)))
+        return rows
+
+    def train_step_flops(self, batch_size: int, ahead: tuple[int, ...]) -> int:
+        return sum(
+            2 * layer.in_features * layer.out_features * batch_size * n * (3 if grad else 2)
+            for layer, n, grad in self._uses(ahead[-1], len(ahead))
+        )
+
+    def eval_flops(self, batch_size: int, time_units: int) -> int:
+        return sum(
+            2 * layer.in_features * layer.out_features * batch_size * n
+            for layer, n, _ in self._uses(time_units, 1)
+        )
+
+
+def build_model(
+    cfg: ModelConfig, n_neurons: int, n_input: int, time_units: int = 1
+) -> LatentModel | StimulusOnlyModel:
+    """The model model.kind names (time_units: training.time_units)."""
+    if cfg.kind == "stimulus_only":
+        return StimulusOnlyModel(cfg, n_neurons, n_input)
+    return LatentModel(cfg, n_neurons, n_input, time_units)

@@ -21,11 +21,14 @@ CHECKPOINT = "checkpoint.pt"  # the resume state, rewritten every training.check
 MODEL = "model.pt"  # final weights, a state_dict
 BEST_MODEL = "best_model.pt"  # the weights of the best training.early_stopping.metric so far
 ROLLOUT_STARTS = "rollout_starts.json"  # {"val": [frame, ...], "test": [...]}, absolute frames
-ROLLOUT_CURVE = "rollout.csv"  # split, horizon, mse, constant_mse for h = 1..max_horizon
+# split, horizon, mse, constant_mse, interp_mse (empty at tu = 1) for h = 1..max_horizon
+ROLLOUT_CURVE = "rollout.csv"
 ROLLOUT_CELL_TYPES = "rollout_cell_types.csv"  # split, horizon, cell_type, name, mse, constant_mse
 ROLLOUT_PLOT = "rollout.png"  # MSE vs horizon, log scales, the constant model drawn
 # rollout.png's companion: the worst and best cell types at the longest cell-type horizon
 ROLLOUT_CELL_TYPES_PLOT = "rollout_cell_types.png"
+# training.acquisition=staggered_random: {"time_units": tu, "phases": [phase of neuron n]}
+ACQUISITION_PHASES = "acquisition_phases.json"
 EVALUATIONS = "evaluations"  # `evaluate`'s results: <run>/evaluations/<name>/, never the above
 KEPT_WEIGHTS = "weights"  # <run>/weights/epoch_<K>.pt, every training.keep_weights_every epochs
 # `evaluate --weights epoch_K|all`: <run>/evaluations/weights_by_epoch_<data name>.csv
@@ -64,6 +67,15 @@ def rollout_key(split: str, horizon: int | str, constant: bool = False) -> str:
 def kept_weights_file(epoch: int) -> Path:
     """A run folder's kept weights of an epoch (1-based): weights/epoch_<epoch>.pt."""
     return Path(KEPT_WEIGHTS) / f"epoch_{epoch}.pt"
+
+
+def rollout_interp_key(split: str, horizon: int | str) -> str:
+    """metrics.json's name of the interpolation baseline's MSE at a horizon (tu > 1)."""
+    return f"rollout_{split}_interp_mse_h{horizon}"
+
+
+def rollout_max_intervening_key(split: str) -> str:
+    return f"rollout_{split}_max_intervening_mse"
 
 
 def rollout_first_worse_key(split: str) -> str:
@@ -105,6 +117,11 @@ class RunStatus(StrEnum):
     DIVERGED = "diverged"  # a loss became NaN or inf
     # val or test loss above the constant model's while the train loss is at or below its own
     FAILED_TO_GENERALIZE = "failed_to_generalize"
+    # the end-of-run rollout is not finite, or above runs.metrics.ROLLOUT_DIVERGENCE_FACTOR x
+    # the constant model's MSE at a reported horizon (evaluation.horizons)
+    ROLLOUT_DIVERGED = "rollout_diverged"
+    # val and test (and train) losses all above the constant model's: it learned nothing
+    WORSE_THAN_CONSTANT = "worse_than_constant"
     FAILED = "failed"  # ended without metrics.json, e.g. an error or a killed job
     RUNNING = "running"  # no metrics.json yet, and recent activity or a checkpoint to resume
 

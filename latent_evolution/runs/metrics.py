@@ -24,7 +24,9 @@ from latent_evolution.runs.folder import (
     RunStatus,
     cross_loss_key,
     rollout_first_worse_key,
+    rollout_interp_key,
     rollout_key,
+    rollout_max_intervening_key,
     rollout_max_key,
 )
 
@@ -114,6 +116,16 @@ ROLLOUT_METRICS = {
         MSE,
         "largest model MSE over H = 1..max_horizon; null if one is not finite",
     ),
+    # at training.time_units > 1, where only every tu-th frame is observed
+    rollout_interp_key("<split>", "<H>"): (
+        MSE,
+        "tu > 1: linear interpolation between x[s+m tu] and x[s+(m+1) tu] as the prediction "
+        "of x[s+H] (0 at multiples; null past the last multiple within max_horizon)",
+    ),
+    rollout_max_intervening_key("<split>"): (
+        MSE,
+        "tu > 1: largest model MSE over the H = 1..max_horizon that are no multiple of tu",
+    ),
 }
 
 
@@ -156,13 +168,43 @@ def as_number(value: Any) -> float | None:
     return float(value)
 
 
+# a rollout MSE above this multiple of the constant model's at a reported horizon is a
+# diverged rollout (the exploding default of issue 26 reached 1e10 x; a model merely worse
+# than "no change" stays within a few x)
+ROLLOUT_DIVERGENCE_FACTOR = 10.0
+
+
+def rollout_divergence(metrics: dict[str, Any]) -> str:
+    """Why the rollout in a run's metrics diverged ('' if it did not): a reported horizon's
+    MSE that is missing a value (null: not finite) or above ROLLOUT_DIVERGENCE_FACTOR x the
+    constant model's there."""
+    pattern = re.compile(r"rollout_([a-z]+)_mse_h([0-9]+)")
+    for key, value in metrics.items():
+        match = pattern.fullmatch(key)
+        if match is None:
+            continue
+        split, horizon = match.groups()
+        mse = as_number(value)
+        if mse is None or not math.isfinite(mse):
+            return f"{split} rollout not finite at h={horizon}"
+        constant = as_number(metrics.get(rollout_key(split, horizon, constant=True)))
+        if constant is not None and mse > ROLLOUT_DIVERGENCE_FACTOR * constant:
+            return (
+                f"{split} rollout diverged: MSE {mse:.3g} at h={horizon} > "
+                f"{ROLLOUT_DIVERGENCE_FACTOR:g} x constant {constant:.3g}"
+            )
+    return ""
+
+
 def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
     """The one rule for a finished run's status: (status, why) from its metrics.
 
     diverged: the trainer saw a non-finite loss, or a final loss is not finite.
+    rollout_diverged: the end-of-run rollout (metrics' rollout keys) is not finite or above
+    ROLLOUT_DIVERGENCE_FACTOR x the constant model at a reported horizon.
+    worse_than_constant: every split's loss above its constant baseline (learned nothing).
     failed_to_generalize: val or test loss above its constant baseline while the train
     loss is at or below its own (batch size 32 did this in 3 of 5 seeds).
-    A run no better than the constant model on any split learned nothing: ok, with a note.
     """
     losses = {s: as_number(metrics.get(f"final_{s}_loss")) for s in SPLITS}
     if metrics.get("status") == RunStatus.DIVERGED or any(
@@ -170,6 +212,8 @@ def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
     ):
         epoch = metrics.get("diverged_at_epoch")
         return RunStatus.DIVERGED, "loss not finite" + (f" at epoch {epoch}" if epoch else "")
+    if why := rollout_divergence(metrics):
+        return RunStatus.ROLLOUT_DIVERGED, why
     constants = {s: as_number(metrics.get(f"{s}_loss_constant_model")) for s in SPLITS}
     above = {
         s: losses[s] is not None and constants[s] is not None and losses[s] > constants[s]
@@ -178,8 +222,9 @@ def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
     if losses["train"] is None or constants["train"] is None:
         return RunStatus.OK, ""
     if above["train"]:
-        worse = above["val"] and above["test"]
-        return RunStatus.OK, "no better than the constant model on any split" if worse else ""
+        if above["val"] and above["test"]:
+            return RunStatus.WORSE_THAN_CONSTANT, "no better than the constant model on any split"
+        return RunStatus.OK, ""
     for split in HELD_OUT_SPLITS:
         if above[split]:
             return RunStatus.FAILED_TO_GENERALIZE, (
@@ -187,6 +232,10 @@ def classify(metrics: dict[str, Any]) -> tuple[RunStatus, str]:
                 f"while train loss {losses['train']:.6g} <= constant {constants['train']:.6g}"
             )
     return RunStatus.OK, ""
+
+
+# statuses a sweep's objective ranks last whatever the metric: the run's model is unusable
+RANKED_LAST = (RunStatus.DIVERGED, RunStatus.ROLLOUT_DIVERGED, RunStatus.WORSE_THAN_CONSTANT)
 
 
 # metrics.json keys a sweep may minimise (Config.optimized_metric), besides the rollout MSEs
@@ -201,11 +250,13 @@ def objective_names(splits: list[str], horizons: list[int]) -> tuple[str, ...]:
 
 
 def objective(metrics: dict[str, Any], name: str = "final_val_loss") -> float:
-    """What a sweep minimises for a finished run: metrics[name], inf once it diverged or when
-    the value is missing or not finite (an optimizing sweeper ranks such a run last, goes on)."""
+    """What a sweep minimises for a finished run: metrics[name], inf when its status (as
+    classify judges its metrics now) is in RANKED_LAST or the value is missing or not finite
+    (an optimizing sweeper ranks such a run last, goes on)."""
     value = as_number(metrics.get(name))
-    diverged = metrics.get("status") == RunStatus.DIVERGED
-    return math.inf if diverged or value is None or not math.isfinite(value) else value
+    status = metrics.get("status")
+    unusable = status in RANKED_LAST or classify(metrics)[0] in RANKED_LAST
+    return math.inf if unusable or value is None or not math.isfinite(value) else value
 
 
 # ------------------------------------------------------------------ reading, writing

@@ -20,7 +20,13 @@ from latent_evolution.evaluation.losses import cross_losses, split_losses
 from latent_evolution.evaluation.rollout import rollout_metrics, run_rollout, write_rollout_files
 from latent_evolution.model.latent import LatentModel
 from latent_evolution.runs.folder import BEST_MODEL, LOSS_PARTS, SPLITS, RunStatus
-from latent_evolution.runs.metrics import Metrics, classify, commit_hash, package_versions
+from latent_evolution.runs.metrics import (
+    Metrics,
+    as_json,
+    classify,
+    commit_hash,
+    package_versions,
+)
 from latent_evolution.training.early_stopping import EarlyStopping
 from latent_evolution.training.gpu_monitor import GPUStats, peak_flops, torch_memory_stats
 
@@ -40,6 +46,7 @@ class TrainedRun(Protocol):
     training_seconds: float
     compiled: bool
     steps_per_epoch: int
+    loss_frames: tuple[int, ...]  # the frames a training sample's loss covers
 
     def split_loss(self, split: Split) -> Tensor: ...
 
@@ -103,7 +110,7 @@ def final_metrics(trainer: TrainedRun, diverged_at: int | None, gpu: GPUStats) -
             trainer.model, d, t.time_units, t.eval_batch_size, trainer.autocast
         ),
     )
-    metrics.status, metrics.status_note = classify(dataclasses.asdict(metrics))
+    metrics.status, metrics.status_note = classify(as_json(metrics))  # rollout keys flat
     return metrics
 
 
@@ -114,7 +121,7 @@ def _throughput(trainer: TrainedRun, epoch_seconds: float | None, gpu_type: str 
     None on CPU or an unknown GPU, where benchmarks/bench_train.py measures a roofline.
     """
     t = trainer.config.training
-    step = trainer.model.train_step_flops(t.batch_size, t.time_units, t.evolve_multiple_steps)
+    step = trainer.model.train_step_flops(t.batch_size, trainer.loss_frames)
     achieved = step * trainer.steps_per_epoch / epoch_seconds if epoch_seconds else None
     peak = peak_flops(gpu_type, trainer.config.hardware.precision)
     return {

@@ -22,21 +22,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from latent_evolution.config.schema import Config
+from latent_evolution.config.schema import Config, loss_frames, refuse_old_keys
 from latent_evolution.data.dataset import Dataset, load_cross_datasets, load_dataset
 from latent_evolution.data.split import Split
 from latent_evolution.errors import BadFileError
 from latent_evolution.evaluation.losses import split_loss
 from latent_evolution.evaluation.rollout import run_rollout
-from latent_evolution.files import KeptFolder
+from latent_evolution.files import KeptFolder, atomic_write_json
 from latent_evolution.model.cpu_kernels import keep_optimizer_state_as_nn_linear, place_model
 from latent_evolution.model.device import autocast_context, resolve_device
-from latent_evolution.model.latent import LatentModel
+from latent_evolution.model.latent import build_model
 from latent_evolution.runs.epoch_log import EpochLog
 from latent_evolution.runs.folder import (
+    ACQUISITION_PHASES,
     CHECKPOINT,
     EPOCH_LOG,
     EPOCH_LOG_COLUMNS,
@@ -125,7 +127,9 @@ class Trainer:
         )
         load_cross_datasets(config, self.data, self.device)  # evaluation.cross_datasets
         # initialised on the CPU (the same weights for a seed on every device), then placed
-        model = LatentModel(config.model, self.data.n_neurons, self.data.n_input)
+        model = build_model(
+            config.model, self.data.n_neurons, self.data.n_input, config.training.time_units
+        )
         self.model = place_model(model, self.device, config.hardware.cpu_kernels)
         self.optimizer = build_optimizer(self.model, config)
         keep_optimizer_state_as_nn_linear(self.optimizer, self.model)
@@ -141,6 +145,9 @@ class Trainer:
         self.step = CompiledStep(
             self._losses, config.hardware.compile, list(self.model.parameters())
         )
+        # frames after each start frame the evolve loss covers (multiples of tu, intermediates)
+        self.loss_frames = loss_frames(t)
+        self.grid, self.observed = self._acquisition()
         # drawn on the host: a seed gives the same batches wherever the data lives
         self.batch_rng = torch.Generator().manual_seed(config.training.seed)
         self.epoch = 0
@@ -153,6 +160,30 @@ class Trainer:
         )
         self.cross_constants: Tensor | None = None  # computed at the first validation
 
+    def _acquisition(self) -> tuple[tuple[int, int], Tensor | None]:
+        """training.acquisition: the grid (every, phase) of the training split's start frames,
+        and, when staggered, which target entries are observed (K, N) on the device.
+
+        time_aligned and staggered_random start on frames of the data file that are multiples
+        of tu; staggered_random observes neuron n at frames phase_n + k tu, phases drawn from
+        training.seed and written to the run folder, and its loss covers every frame 1..M tu
+        at the observed neurons (the encoder reads the start frame whole)."""
+        t = self.config.training
+        if t.acquisition == "all":
+            return (1, 0), None
+        tu = t.time_units
+        grid = (tu, -self.config.data.splits.train[0] % tu)
+        if t.acquisition == "time_aligned":
+            return grid, None
+        self.loss_frames = tuple(range(1, self.loss_frames[-1] + 1))
+        phases = np.random.default_rng([t.seed, tu]).integers(tu, size=self.data.n_neurons)
+        atomic_write_json(
+            self.run_dir / ACQUISITION_PHASES, {"time_units": tu, "phases": phases.tolist()}
+        )
+        frames = np.array(self.loss_frames)[:, None]
+        observed = torch.from_numpy((frames % tu == phases[None, :]).astype(np.float32))
+        return grid, observed.to(self.device)
+
     # ------------------------------------------------------------------ the step
 
     def _losses(self, x_t: Tensor, stim: Tensor, targets: Tensor) -> Tensor:
@@ -160,7 +191,7 @@ class Trainer:
         t = self.config.training
         with self.autocast:
             evolve, recon, reg = self.model.loss_parts(
-                x_t, stim, targets, t.evolve_multiple_steps, t.loss
+                x_t, stim, targets, self.loss_frames, t.loss, t.tv_weight, self.observed
             )
         objective = self.evolve_weight * evolve + recon + reg
         return torch.stack([objective, evolve, recon, reg])
@@ -177,8 +208,9 @@ class Trainer:
         sums = torch.zeros(len(LOSS_PARTS), device=self.device)
         self.model.train()
         self.evolve_weight.fill_(0.0 if self.epoch < t.recon_warmup_epochs else 1.0)
+        frames = self.loss_frames  # the stimulus of every frame up to the last target
         batches = self.data.train.random(
-            t.batch_size, steps, t.evolve_multiple_steps, self.batch_rng, t.time_units
+            t.batch_size, steps, frames, self.batch_rng, frames[-1], self.grid
         )
         for x_t, stim, targets in batches:
             parts = self.step(x_t, stim, targets)  # forward and backward
@@ -419,6 +451,7 @@ class Trainer:
         state = load_checkpoint(self.run_dir)
         if state is None:
             return False
+        refuse_old_keys(state["config"])  # a checkpoint from before a key changed meaning
         check_same_run(state["config"], dataclasses.asdict(self.config))
         self.load_state_dict(state)
         log.info("Resuming from %s at epoch %d", self.run_dir / CHECKPOINT, self.epoch)
