@@ -178,6 +178,8 @@ def evaluate_run(
     from latent_evolution.model.latent import build_model
     from latent_evolution.runs.metrics import (
         Metrics,
+        as_json,
+        classify,
         commit_hash,
         package_versions,
         write_metrics,
@@ -214,6 +216,8 @@ def evaluate_run(
         rollout=rollout_metrics(results, config.evaluation.horizons),
         cross_datasets=cross_losses(model, data, t.time_units, t.eval_batch_size, autocast),
     )
+    # the weights judged by the same rule as at the end of training (no epoch log here)
+    metrics.status, metrics.status_note = classify(as_json(metrics))
     write_metrics(out, metrics)
     draw_rollout(out)
     return out

@@ -163,7 +163,7 @@ def rollout_split(
             rows.append((h, t, cell_err[i, mask].sum() / count, cell_base[i, mask].sum() / count))
     starts = (offsets + window[0]).tolist()
     cells = [(h, t, float(a), float(b)) for h, t, a, b in rows]
-    return SplitRollout(starts, mse, constant, cells, interp_mse, time_units)
+    return SplitRollout(starts, mse, constant, cells, interp_mse=interp_mse, time_units=time_units)
 
 
 def stability(r: SplitRollout) -> tuple[int | str, float]:

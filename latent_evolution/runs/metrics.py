@@ -178,12 +178,12 @@ def rollout_divergence(metrics: dict[str, Any]) -> str:
     """Why the rollout in a run's metrics diverged ('' if it did not): a reported horizon's
     MSE that is missing a value (null: not finite) or above ROLLOUT_DIVERGENCE_FACTOR x the
     constant model's there."""
-    pattern = re.compile(r"rollout_([a-z]+)_mse_h([0-9]+)")
+    model_mse = rollout_key("<split>", "<H>")
     for key, value in metrics.items():
-        match = pattern.fullmatch(key)
-        if match is None:
+        if rollout_pattern(key) != model_mse:  # splits and cross datasets (names with "_")
             continue
-        split, horizon = match.groups()
+        head, horizon = key.rsplit("_mse_h", 1)
+        split = head.removeprefix("rollout_")
         mse = as_number(value)
         if mse is None or not math.isfinite(mse):
             return f"{split} rollout not finite at h={horizon}"
