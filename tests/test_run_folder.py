@@ -71,6 +71,10 @@ def test_a_diverged_rollout_or_a_model_worse_everywhere_is_never_ok():
     for bad in (exploded, not_finite, learned_nothing):
         assert objective(bad | {"status": "ok"}) == float("inf")
     assert objective(good | roll) == 0.03
+    # a cross dataset's rollout too, its name holding "_" (evaluation.cross_datasets)
+    cross = {rollout_key("optical_flow", 20): 3.0, rollout_key("optical_flow", 20, True): 0.2}
+    status, note = classify(good | roll | cross)
+    assert status == RunStatus.ROLLOUT_DIVERGED and note.startswith("optical_flow rollout")
 
 
 def test_an_exploding_model_ends_rollout_diverged_in_metrics_json(compose, tmp_path):
