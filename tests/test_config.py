@@ -38,7 +38,7 @@ def test_group_option_composes_and_validates(compose, group, option, tmp_path):
 def test_default_config_is_the_documented_one(compose):
     config = to_config(compose())
     assert (config.model.latent_dims, config.data.source, config.hardware.device) == (
-        256,
+        64,
         "embedded",
         "auto",
     )

@@ -86,8 +86,12 @@ def test_the_compiled_step_has_no_graph_break(compose, tmp_path, mode):
 
     torch._dynamo.reset()
     counters.clear()
-    trainer = trainer_for(compose, tmp_path, f"hardware.compile={mode}")
-    batch = next(trainer.data.train.random(32, 1, (1,), trainer.batch_rng, 1))
+    # 3 multiples: the loop over frames unrolls into the graph, without a break
+    trainer = trainer_for(
+        compose, tmp_path, f"hardware.compile={mode}", "training.evolve_multiple_steps=3"
+    )
+    frames = trainer.loss_frames
+    batch = next(trainer.data.train.random(32, 1, frames, trainer.batch_rng, frames[-1]))
     trainer.step(*batch)
     assert trainer.step.compiled  # compiled, not the eager fallback
     assert dict(counters["graph_break"]) == {}
