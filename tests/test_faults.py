@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,10 @@ class Outcome:
 def run(command: Command, root: Path, capsys: Any, **fault: Any) -> tuple[Outcome, list[Event]]:
     """Run command with the fault (none: a clean, recorded run); its outcome and writes."""
     capsys.readouterr()
-    with FaultyFileSystem(root, **fault) as fs:
+    with FaultyFileSystem(root, **fault) as fs, pytest.MonkeyPatch.context() as patch:
+        # a thread's uncaught error printed on stderr, as in a process of its own (pytest's
+        # hook would keep it from the output checked)
+        patch.setattr(threading, "excepthook", threading.__excepthook__)
         try:
             status = command()
         except SystemExit as exc:

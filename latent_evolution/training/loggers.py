@@ -28,8 +28,8 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = log_dir
+        _writer_thread_errors_as_warnings()  # before: the writer's first event is written now
         self.writer = SummaryWriter(log_dir=str(log_dir))
-        _writer_thread_errors_as_warnings()
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         for tag, value in _numbers(row).items():
