@@ -52,7 +52,7 @@ from tests.helpers import SHORT_ROLLOUT, TINY
 MODES = {"enospc": (errno.ENOSPC, True), "eio": (errno.EIO, False)}
 SHARDS = 3  # the long commands' fault points, spread over pytest-xdist's workers
 # outputs a run may go without (with a warning) when its results are complete
-OPTIONAL = ("tensorboard", "train.log", "rollout.png", "columns-*")
+OPTIONAL = ("tensorboard", "train.log", "rollout.png", "rollout_cell_types.png", "columns-*")
 
 
 def is_optional(name: str) -> bool:
@@ -362,6 +362,7 @@ def test_a_resumed_run_at_every_write(tmp_path, capsys, shard):
     (template / "run" / "rollout_starts.json").unlink()
     shutil.rmtree(template / "run" / "tensorboard")
     (template / "run" / "rollout.png").unlink()
+    (template / "run" / "rollout_cell_types.png").unlink()
     command = train_command(root, "training.epochs=2")
     existing = {mask(str(p.relative_to(template))) for p in template.rglob("*")}
 

@@ -388,8 +388,10 @@ def plot_cell_types(tables: dict[str, Path], path: Path) -> Path:
         ax.set(title=f"{label} {split}", xlabel="rollout MSE / constant model's")
     fig.suptitle("Worst (top) and best (bottom) cell types at the longest cell-type horizon")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:  # a failed write too: pyplot keeps every figure not closed
+        plt.close(fig)
     return path
 
 

@@ -131,12 +131,14 @@ def split_windows(cfg: DataConfig) -> dict[str, list[int]]:
     return {name: list(getattr(cfg.splits, name)) for name in SPLITS}
 
 
-def data_fingerprint(folder: Path, cfg: DataConfig) -> dict[str, Any]:
+def data_fingerprint(folder: Path, cfg: DataConfig) -> dict[str, Any] | None:
     """What a run read, for metrics.json: the recording's path, size (bytes) and modification
     time (UTC, ISO 8601; of a zarr folder, its files' total and newest), the split windows
     (frames) and the column. Two runs that differ in it did not see the same data, whatever
-    their configs say."""
+    their configs say. None for a data set built in memory (benchmarks), which has no file."""
     folder = Path(folder)
+    if not is_zarr_folder(folder) and not (folder / DATA_FILE).is_file():
+        return None
     if is_zarr_folder(folder):  # the split zarr layout: every file under x_list_0/
         recording = folder / DATA_FOLDER
         stamps = [p.stat() for p in recording.rglob("*") if p.is_file()]
