@@ -34,9 +34,9 @@ import numpy as np
 N_COLUMNS = 9
 SPLIT_SHARES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}  # of T frames
 MODES = ("resident", "streamed")
-# streamed through the smallest slots a batch allows (2 chunks of batch + 1 frames): what a
-# run holds besides its data (runtime, model state, activations, allocator cache), the
-# "model" of the bound peak <= 1.3 x budget + model
+# streamed through the smallest slots a batch allows (2 chunks of batch + a sample's span of
+# frames): what a run holds besides its data (runtime, model state, activations, allocator
+# cache), the "model" of the bound peak <= 1.3 x budget + model
 BASELINE = "baseline"
 BOUND = 1.3
 
@@ -65,8 +65,21 @@ def write_recording(folder: Path, n_frames: int, n_neurons: int) -> Path:
 def stream_settings(args: argparse.Namespace, mode: str) -> tuple[int, int]:
     """(chunk_frames, chunks_in_memory) of a mode."""
     if mode == BASELINE:
-        return args.batch_size + 1, 2
+        return args.batch_size + args.span, 2
     return args.chunk_frames, args.chunks_in_memory
+
+
+def sample_span(extra: list[str]) -> int:
+    """Frames from a start frame to its last target under the runs' training settings."""
+    from hydra import compose, initialize_config_dir
+
+    from latent_evolution.config.compose import to_config
+    from latent_evolution.config.schema import loss_frames
+
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    with initialize_config_dir(conf, version_base="1.3"):
+        training = to_config(compose("config", overrides=extra)).training
+    return loss_frames(training)[-1]
 
 
 def slots_mb(args: argparse.Namespace, mode: str) -> float:
@@ -349,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--child", choices=[*MODES, BASELINE, "interleaved"], help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.span = sample_span(args.override)
     if args.child:
         child = interleaved(args, args.folder) if args.child == "interleaved" else None
         print(json.dumps(child or run_mode(args, args.folder, args.child)))

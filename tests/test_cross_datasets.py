@@ -160,3 +160,20 @@ def test_a_bad_cross_dataset_is_one_line_before_training(compose, tmp_path, othe
         Trainer(to_config(compose(*TINY, *SHORT_ROLLOUT, *entry, *extra)), tmp_path / "run")
     assert "\n" not in str(exc.value) and re.search(message, str(exc.value)), str(exc.value)
     assert not (tmp_path / "run" / "training_log.csv").exists()
+
+
+def test_a_run_warns_of_each_generalisation_recording_it_cannot_score(
+    compose, tmp_path, other, monkeypatch, caplog
+):
+    folder, _ = other
+    monkeypatch.setenv("FLY_N9_62_0_OPTICAL_FLOW_CALCIUM_PATH", str(folder))
+    monkeypatch.delenv("FLY_N9_62_0_DAVIS_CALCIUM_PATH", raising=False)
+    window = f"evaluation.cross_datasets.optical_flow.window=[{WINDOW[0]},{WINDOW[1]}]"
+    cfg = to_config(compose(*TINY, *SHORT_ROLLOUT, "evaluation=generalisation", window))
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(cfg, tmp_path / "run")
+    assert list(trainer.data.cross) == ["optical_flow"]
+    assert [r.getMessage() for r in caplog.records if "davis" in r.getMessage()] == [
+        "evaluation.cross_datasets.davis: not scored, $FLY_N9_62_0_DAVIS_CALCIUM_PATH is not set "
+        "(set it, or pass evaluation.cross_datasets.davis.path=FOLDER)"
+    ]

@@ -123,7 +123,8 @@ def test_split_outside_the_file_and_n_input_above_n(tmp_path):
 def test_config_level_data_errors_come_before_any_file_is_read(tmp_path, data, batch_size, match):
     config = Config(
         data=sim_config(tmp_path / "not-read", **data),
-        training=TrainingConfig(batch_size=batch_size),
+        # one frame ahead (training=notes): the check under test comes before the sample span's
+        training=TrainingConfig(batch_size=batch_size, evolve_multiple_steps=1),
     )
     with pytest.raises(ConfigError, match=match) as exc:
         validate(config)
@@ -326,6 +327,7 @@ def train_cli(run_dir: Path, folder: Path, *overrides: str) -> subprocess.Comple
         *SHORT_ROLLOUT,
         "model=small",
         "hardware=cpu",
+        "training=notes",
         "training.epochs=2",
         f"hydra.run.dir={run_dir}",
         *overrides,

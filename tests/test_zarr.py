@@ -18,7 +18,13 @@ import torch
 
 from latent_evolution.cli.convert import main as convert_main
 from latent_evolution.config.compose import to_config
-from latent_evolution.config.schema import DataConfig, SplitsConfig, StreamConfig
+from latent_evolution.config.schema import (
+    DataConfig,
+    SplitsConfig,
+    StreamConfig,
+    cross_datasets,
+    unset_cross_datasets,
+)
 from latent_evolution.data.convert import convert
 from latent_evolution.data.dataset import load_dataset
 from latent_evolution.data.simulation_folder import (
@@ -387,10 +393,28 @@ def test_the_generalisation_preset_adds_the_labs_cross_datasets(compose, monkeyp
     for name in ("DAVIS", "OPTICAL_FLOW"):
         monkeypatch.setenv(f"FLY_N9_62_0_{name}_CALCIUM_PATH", str(tmp_path / name.lower()))
     ev = to_config(compose("evaluation=generalisation")).evaluation
-    assert ev.cross_datasets == {
-        "optical_flow": {"path": str(tmp_path / "optical_flow"), "window": [5000, 15000]},
-        "davis": {"path": str(tmp_path / "davis"), "window": [5000, 25000]},
+    assert {name: (c.path, c.window) for name, c in cross_datasets(ev).items()} == {
+        "optical_flow": (str(tmp_path / "optical_flow"), [5000, 15000]),
+        "davis": (str(tmp_path / "davis"), [5000, 25000]),
     }
+    # the lab's default experiment is judged on them too
+    assert cross_datasets(to_config(compose("experiment=latent_20step")).evaluation) == (
+        cross_datasets(ev)
+    )
+
+
+def test_a_generalisation_recording_whose_variable_is_unset_is_left_out(compose, monkeypatch):
+    monkeypatch.setenv("FLY_N9_62_0_OPTICAL_FLOW_CALCIUM_PATH", "/sims/optical_flow")
+    monkeypatch.delenv("FLY_N9_62_0_DAVIS_CALCIUM_PATH", raising=False)
+    ev = to_config(compose("evaluation=generalisation")).evaluation
+    assert list(cross_datasets(ev)) == ["optical_flow"]
+    assert unset_cross_datasets(ev) == {"davis": "FLY_N9_62_0_DAVIS_CALCIUM_PATH"}
+    # what is not scored cannot be optimised
+    with pytest.raises(ConfigError, match=r"^optimized_metric='cross_davis_loss': one of \["):
+        to_config(compose("evaluation=generalisation", "optimized_metric=cross_davis_loss"))
+    # an entry of one's own without path_env still needs its path
+    with pytest.raises(ConfigError, match=r"^evaluation\.cross_datasets\.mine\.path=None: is"):
+        to_config(compose("+evaluation.cross_datasets.mine.window=[0,100]"))
 
 
 @pytest.mark.slow

@@ -302,10 +302,13 @@ class CrossDatasetConfig:
     """Another simulation the model is judged on during training, like a split named by its
     key in evaluation.cross_datasets (generalisation to a new stimulus set)."""
 
-    path: str  # its simulation folder (x_list_0.npy or x_list_0/)
+    path: str | None  # its simulation folder (x_list_0.npy or x_list_0/)
     window: list[int]  # [start, stop) frames of it
     column: str | None = None  # default: data.column
     n_input: int | None = None  # default: data.n_input
+    # the environment variable `path` comes from in a preset (evaluation=generalisation): while
+    # it is unset the entry is left out with a warning instead of refused
+    path_env: str | None = None
 
 
 @dataclass
@@ -510,10 +513,11 @@ def _validate_early_stopping_metric(metric: str, e: EvaluationConfig) -> None:
     """val_loss, or a val rollout horizon measured during training."""
     from latent_evolution.runs.folder import rollout_key
 
-    allowed = ["val_loss", *map(cross_loss_key, e.cross_datasets)]
+    cross = list(cross_datasets(e))
+    allowed = ["val_loss", *map(cross_loss_key, cross)]
     if e.every > 0:
         rolled = ["val"] if "val" in e.splits else []
-        allowed += [rollout_key(s, h) for s in [*rolled, *e.cross_datasets] for h in e.horizons]
+        allowed += [rollout_key(s, h) for s in [*rolled, *cross] for h in e.horizons]
     if metric not in allowed:
         note = "" if e.every > 0 else " (rollout metrics need evaluation.every > 0)"
         raise ConfigError("training.early_stopping.metric", metric, f"one of {allowed}{note}")
@@ -670,7 +674,21 @@ CROSS_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
 
 def cross_datasets(ev: EvaluationConfig) -> dict[str, CrossDatasetConfig]:
-    """evaluation.cross_datasets typed; ConfigError naming a missing or unknown key."""
+    """evaluation.cross_datasets typed, those to score: an entry whose path comes from an unset
+    environment variable (unset_cross_datasets) is left out; ConfigError naming a missing or
+    unknown key."""
+    unset = unset_cross_datasets(ev)
+    return {name: c for name, c in _typed_cross_datasets(ev).items() if name not in unset}
+
+
+def unset_cross_datasets(ev: EvaluationConfig) -> dict[str, str]:
+    """NAME -> the environment variable, for evaluation.cross_datasets entries whose `path`
+    is null because their `path_env` is not set: not scored (the run warns)."""
+    typed = _typed_cross_datasets(ev)
+    return {name: c.path_env for name, c in typed.items() if c.path is None and c.path_env}
+
+
+def _typed_cross_datasets(ev: EvaluationConfig) -> dict[str, CrossDatasetConfig]:
     known = {f.name for f in fields(CrossDatasetConfig)}
     out = {}
     for name, entry in ev.cross_datasets.items():
@@ -680,7 +698,8 @@ def cross_datasets(ev: EvaluationConfig) -> dict[str, CrossDatasetConfig]:
         for k in entry:
             if k not in known:
                 raise ConfigError(f"{key}.{k}", entry[k], f"unknown key: one of {sorted(known)}")
-        for k in ("path", "window"):
+        required = ("window",) if entry.get("path_env") else ("path", "window")
+        for k in required:
             if entry.get(k) is None:
                 raise ConfigError(f"{key}.{k}", None, "is required")
         out[name] = CrossDatasetConfig(**{**entry, "window": list(entry["window"])})
@@ -735,7 +754,7 @@ def validate(config: Config) -> None:
     e = config.evaluation
     _validate_evaluation(e, config.data.splits)
     _validate_cross_datasets(e, config.data.splits)
-    cross = list(e.cross_datasets)
+    cross = list(cross_datasets(e))
     objectives = (*objective_names([*e.splits, *cross], e.horizons), *map(cross_loss_key, cross))
     _choice("optimized_metric", config.optimized_metric, objectives)
     if config.model.use_batch_norm and config.training.batch_size < 2:

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from latent_evolution.config.schema import Config, DataConfig, TrainingConfig, cross_datasets
+from latent_evolution.config.schema import (
+    Config,
+    DataConfig,
+    TrainingConfig,
+    cross_datasets,
+    unset_cross_datasets,
+)
 from latent_evolution.data.cell_type_names import cell_type_names
 from latent_evolution.data.resident import ResidentSplit
 from latent_evolution.data.simulation_folder import (
@@ -149,6 +155,14 @@ def load_cross_datasets(config: Config, data: Dataset, device: torch.device) -> 
     """Check and read each evaluation.cross_datasets window into data.cross, before training;
     resident or streamed like the run's splits (a streamed run's chunk slots are shared)."""
     pool = data.train.pool if isinstance(data.train, StreamedSplit) else None
+    for name, env in unset_cross_datasets(config.evaluation).items():
+        log.warning(
+            "evaluation.cross_datasets.%s: not scored, $%s is not set "
+            "(set it, or pass evaluation.cross_datasets.%s.path=FOLDER)",
+            name,
+            env,
+            name,
+        )
     for name, entry in cross_datasets(config.evaluation).items():
         key = f"evaluation.cross_datasets.{name}"
         cfg = dataclasses.replace(
