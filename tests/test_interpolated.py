@@ -141,6 +141,22 @@ def test_a_streamed_rollout_in_blocks_shorter_than_tu_matches_the_resident_one(t
         torch.testing.assert_close(g, w, equal_nan=True)
 
 
+@pytest.mark.cuda
+def test_on_cuda_staged_batches_carry_the_target_stimulus_and_the_rollout_is_the_cpus():
+    cuda, g = torch.device("cuda"), torch.Generator().manual_seed(0)
+    x, stim = torch.randn(60, 6, generator=g), torch.randn(60, 3, generator=g)
+    staged = ResidentSplit(x, stim, cuda, host_staged=True)
+    drawn = torch.randint(54, (3, 8), generator=torch.Generator().manual_seed(1))
+    batches = staged.random(8, 3, (3, 6), torch.Generator().manual_seed(1), 6, (1, 0), True)
+    for (_, s, _), starts in zip(batches, drawn, strict=True):  # frames t..t+6, copied
+        assert s.is_cuda and torch.equal(s.cpu(), stim[starts[:, None] + torch.arange(7)])
+    m, offsets = model().eval(), np.array([3, 10, 20])
+    want = rollout(m, ResidentSplit(x, stim, CPU), offsets, horizon=7)
+    got = rollout(m.to(cuda), ResidentSplit(x.to(cuda), stim.to(cuda), cuda), offsets, 7)
+    for on_gpu, on_cpu in zip(got, want, strict=True):
+        torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-3, equal_nan=True)
+
+
 @pytest.mark.parametrize(
     ("overrides", "allowed"),
     [
