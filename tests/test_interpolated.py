@@ -177,6 +177,7 @@ def test_an_interpolated_run_draws_the_last_targets_stimulus_and_evaluate_rescor
     run_dir = tmp_path / "run"
     trainer, metrics = trained(
         compose, run_dir, "training.time_units=4", "training.evolve_multiple_steps=2",
+        "training.batch_size=256",  # 17 steps an epoch: the mode is what is checked
         "model.stimulus_frequency=interpolated",
     )  # fmt: skip
     train, frames = trainer.data.train, trainer.loss_frames
