@@ -195,7 +195,10 @@ def matmul_floor(trainer: Trainer, repeats: int = 3) -> tuple[float, int]:
     """
     t = trainer.config.training
     frames = trainer.loss_frames
-    batch = trainer.data.train.random(t.batch_size, 1, frames, trainer.batch_rng, frames[-1])
+    target = trainer.model.target_stimulus  # the last target's stimulus too (interpolated)
+    batch = trainer.data.train.random(
+        t.batch_size, 1, frames, trainer.batch_rng, frames[-1], trainer.grid, target
+    )
     with MatmulRecorder() as recorder:
         trainer.step(*next(iter(batch)))  # the train step's forward and backward, eager
 

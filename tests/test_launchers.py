@@ -52,7 +52,7 @@ EXPERIMENTS = {
     "latent_20step": (1, 100),
     "latent_20step_tu_multiples": (9, 100),
     "latent_20step_tv": (4, 100),
-    "latent_20step_stimulus": (3, 100),
+    "latent_20step_stimulus": (4, 100),
 }
 
 

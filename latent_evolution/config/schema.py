@@ -86,7 +86,7 @@ class StimulusEncoderConfig:
 
 MODEL_KINDS = ("latent", "stimulus_only")  # model.latent.build_model
 # what the evolver sees of the stimulus between observed multiples of tu (model.latent)
-STIMULUS_FREQUENCIES = ("every_frame", "held", "none")
+STIMULUS_FREQUENCIES = ("every_frame", "held", "interpolated", "none")
 # which frames and neurons of the recording are observed (training.trainer)
 ACQUISITIONS = ("all", "time_aligned", "staggered_random")
 
@@ -109,8 +109,10 @@ class ModelConfig:
     # latent space), so rollouts start stable
     zero_init_evolver: bool = True
     # every_frame: each frame's stimulus drives its evolver step; held: the stimulus at the
-    # last multiple of training.time_units since the start, held over the tu frames; none:
-    # no stimulus (zeros), in training and in the rollout alike
+    # last multiple of training.time_units since the start, held over the tu frames;
+    # interpolated: the encoded stimulus of the multiples m tu and (m+1) tu around a frame,
+    # linearly interpolated (as the lab's stimulus_utils); none: no stimulus (zeros), in
+    # training and in the rollout alike
     stimulus_frequency: str = "every_frame"
 
 
@@ -745,9 +747,12 @@ def validate(config: Config) -> None:
     _validate_stream_choice(config.data.stream)
     if stream_mode(config.data.stream) == "true":
         validate_stream(config.data.stream, span, config.training.batch_size)
-    if config.model.stimulus_frequency == "held" and config.training.time_units < 2:
+    frequency = config.model.stimulus_frequency
+    if frequency in ("held", "interpolated") and config.training.time_units < 2:
         raise ConfigError(
-            "model.stimulus_frequency", "held", "needs training.time_units >= 2 (nothing to hold)"
+            "model.stimulus_frequency",
+            frequency,
+            "needs training.time_units >= 2 (every frame is a multiple of tu)",
         )
     _validate_hardware(config.hardware)
     _choice("logger.name", config.logger.name, LOGGERS)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-Batch = tuple[Tensor, Tensor, Tensor]  # x_t (B, N), stim (B, tu, n_input), targets (B, k, N)
+# x_t (B, N), stim (B, tu, n_input) (tu + 1 frames with target_stimulus), targets (B, k, N)
+Batch = tuple[Tensor, Tensor, Tensor]
 
 
 def _rows(source: Tensor, index: Tensor, out: Tensor | None) -> Tensor:
@@ -26,19 +27,23 @@ def gather_batch(
     time_units: int,
     ahead: tuple[int, ...],
     out: Batch | None = None,
+    target_stimulus: bool = False,
 ) -> Batch:
     """Index a batch where the frames x (T, N) and stimulus (T, n_input) live: x_t (B, N),
     stim (B, time_units, n_in) of frames t..t+time_units-1, targets (B, len(ahead), N).
 
     targets are the frames t+a for each a of `ahead` (ascending, at most time_units).
-    With `out` (staging buffers), the rows are written there instead of new tensors.
+    target_stimulus: stim also holds frame t+time_units's, (B, time_units + 1, n_in)
+    (model.stimulus_frequency=interpolated interpolates towards it). With `out` (staging
+    buffers), the rows are written there instead of new tensors.
     """
-    offsets = torch.arange(time_units, device=starts.device)
+    n_stim = time_units + target_stimulus
+    offsets = torch.arange(n_stim, device=starts.device)
     frames = torch.tensor(ahead, device=starts.device)
     b, rows = starts.numel(), starts.unsqueeze(1)
     x_out, stim_out, targets_out = out or (None, None, None)
     x_t = _rows(x, starts, x_out).view(b, -1)
-    stim_b = _rows(stim, (rows + offsets).flatten(), stim_out).view(b, time_units, -1)
+    stim_b = _rows(stim, (rows + offsets).flatten(), stim_out).view(b, n_stim, -1)
     targets = _rows(x, (rows + frames).flatten(), targets_out).view(b, len(ahead), -1)
     return x_t, stim_b, targets
 

@@ -41,6 +41,7 @@ class ResidentSplit:
         generator: torch.Generator,
         time_units: int,
         grid: tuple[int, int] = (1, 0),
+        target_stimulus: bool = False,
     ) -> Iterator[Batch]:
         """`steps` batches of start frames drawn uniformly, with replacement, among those
         phase + k * every for grid (every, phase)."""
@@ -52,30 +53,34 @@ class ResidentSplit:
             starts = phase + every * torch.randint(
                 on_grid, (steps, batch_size), generator=generator
             )
-        return self._batches(starts.to(self.x.device), ahead, time_units)
+        return self._batches(starts.to(self.x.device), ahead, time_units, target_stimulus)
 
-    def ordered(self, batch_size: int, time_units: int) -> Iterator[Batch]:
+    def ordered(
+        self, batch_size: int, time_units: int, target_stimulus: bool = False
+    ) -> Iterator[Batch]:
         """Every start frame of the split once, in order; targets are frames t+tu only."""
         starts = torch.arange(len(self) - time_units, device=self.x.device)
-        return self._batches(starts.split(batch_size), (time_units,), time_units)
+        return self._batches(starts.split(batch_size), (time_units,), time_units, target_stimulus)
 
     def constant_baseline(self, time_units: int, batch_size: int) -> Tensor:
         """mean((x[t+tu] - x[t])^2) over the split, on the training device."""
         return constant_baseline(self.x, time_units).to(self.device)
 
     def _batches(
-        self, starts: Sequence[Tensor], ahead: tuple[int, ...], time_units: int
+        self, starts: Sequence[Tensor], ahead: tuple[int, ...], time_units: int, target: bool
     ) -> Iterator[Batch]:
+        """target: the stimulus of each sample's frame t+time_units too."""
         if self.host_staged:
-            return self._staged(starts, ahead, time_units)
-        return (gather_batch(self.x, self.stim, s, time_units, ahead) for s in starts)
+            return self._staged(starts, ahead, time_units, target)
+        return (gather_batch(self.x, self.stim, s, time_units, ahead, None, target) for s in starts)
 
     def _staged(
-        self, starts: Sequence[Tensor], ahead: tuple[int, ...], time_units: int
+        self, starts: Sequence[Tensor], ahead: tuple[int, ...], time_units: int, target: bool
     ) -> Iterator[Batch]:
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
-        staging = [self._staging(len(starts[0]), ahead, time_units, cuda) for _ in range(2)]
+        stim_frames = time_units + target
+        staging = [self._staging(len(starts[0]), ahead, stim_frames, cuda) for _ in range(2)]
         # per staging buffer: the event of the copy that last read it
         copied: list[torch.cuda.Event | None] = [None, None]
         pending = None
@@ -84,7 +89,7 @@ class ResidentSplit:
             if copied[i] is not None:
                 copied[i].synchronize()  # batch k-2's copy is done; its buffer can be refilled
             out = tuple(t[: len(s)] for t in staging[i])
-            host = gather_batch(self.x, self.stim, s, time_units, ahead, out)
+            host = gather_batch(self.x, self.stim, s, time_units, ahead, out, target)
             batch, copied[i] = self._copy(host, stream)
             if pending is not None:
                 yield self._ready(*pending)  # step k-1 runs while batch k is copied
@@ -92,11 +97,11 @@ class ResidentSplit:
         if pending is not None:
             yield self._ready(*pending)
 
-    def _staging(self, rows: int, ahead: tuple[int, ...], time_units: int, pin: bool) -> Batch:
+    def _staging(self, rows: int, ahead: tuple[int, ...], stim_frames: int, pin: bool) -> Batch:
         k = len(ahead)
         shapes = (
             (rows, self.n_neurons),
-            (rows, time_units, self.n_input),
+            (rows, stim_frames, self.n_input),
             (rows, k, self.n_neurons),
         )
         return tuple(torch.empty(shape, pin_memory=pin) for shape in shapes)
@@ -145,7 +150,8 @@ class ResidentStartFrames:
         return self.split.x.index_select(0, self.rows + h).to(self.split.device)
 
     def blocks(self) -> Iterator[RolloutBlock]:
-        """(1, stimulus (B, horizon, n_input) of frames s.., frame accessor)."""
-        steps = self.rows.unsqueeze(1) + torch.arange(self.horizon, device=self.rows.device)
+        """(1, stimulus (B, horizon + 1, n_input) of frames s..s+horizon, frame accessor)."""
+        n_stim = self.horizon + 1
+        steps = self.rows.unsqueeze(1) + torch.arange(n_stim, device=self.rows.device)
         stim = self.split.stim.index_select(0, steps.flatten())
-        yield 1, stim.view(len(self.rows), self.horizon, -1).to(self.split.device), self.frame
+        yield 1, stim.view(len(self.rows), n_stim, -1).to(self.split.device), self.frame

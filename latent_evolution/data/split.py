@@ -16,8 +16,9 @@ from torch import Tensor
 
 from latent_evolution.data.batches import Batch
 
-# a rollout block: (first step h0, stimulus (B, k, n_input) of frames s+h0-1.., frame accessor
-# h -> x[s+h] (B, N) for h in h0 .. h0+k-1)
+# a rollout block: (first step h0, stimulus (B, k + 1, n_input) of frames s+h0-1 .. s+h0+k-1
+# (the drivers of steps h0 .. h0+k-1 and the frame after them), frame accessor h -> x[s+h]
+# (B, N) for h in h0 .. h0+k-1)
 RolloutBlock = tuple[int, Tensor, Callable[[int], Tensor]]
 
 
@@ -53,14 +54,18 @@ class Split(Protocol):
         generator: torch.Generator,
         time_units: int,
         grid: tuple[int, int] = (1, 0),
+        target_stimulus: bool = False,
     ) -> Iterator[Batch]:
         """`steps` training batches of start frames drawn from `generator` (on the host, so a
         seed gives the same batches wherever the frames live): the stimulus of time_units
         frames from each start, the frames t+a for a in `ahead` as targets. grid (every,
-        phase): starts only at offsets phase + k * every (time-aligned acquisition)."""
+        phase): starts only at offsets phase + k * every (time-aligned acquisition).
+        target_stimulus: the stimulus of frame t+time_units too (batches.gather_batch)."""
         ...
 
-    def ordered(self, batch_size: int, time_units: int) -> Iterator[Batch]:
+    def ordered(
+        self, batch_size: int, time_units: int, target_stimulus: bool = False
+    ) -> Iterator[Batch]:
         """Every start frame of the split once, in order; targets are frames t+tu only."""
         ...
 

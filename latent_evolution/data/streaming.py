@@ -392,7 +392,9 @@ class StreamedSplit:
 
     # ------------------------------------------------------------------ batches
 
-    def ordered(self, batch_size: int, time_units: int) -> Iterator[Batch]:
+    def ordered(
+        self, batch_size: int, time_units: int, target_stimulus: bool = False
+    ) -> Iterator[Batch]:
         """Every start frame once, in order, in batches that end at chunk boundaries."""
         starts = self.chunk_starts(time_units)
         f = self.pool.config.chunk_frames
@@ -403,9 +405,9 @@ class StreamedSplit:
                 pieces.append(rows)
                 positions.append(i)
         windows = np.array(positions)
-        return self._batches(
-            starts, np.arange(len(starts)), windows, windows, pieces, (time_units,), time_units
-        )
+        order = np.arange(len(starts))
+        plan = (starts, order, windows, windows, pieces)
+        return self._batches(*plan, (time_units,), time_units, target_stimulus)
 
     def random(
         self,
@@ -415,6 +417,7 @@ class StreamedSplit:
         generator: torch.Generator,
         time_units: int,
         grid: tuple[int, int] = (1, 0),
+        target_stimulus: bool = False,
     ) -> Iterator[Batch]:
         """`steps` batches, each sample a start frame drawn uniformly from its unit's window."""
         if grid != (1, 0):
@@ -426,7 +429,8 @@ class StreamedSplit:
         starts = self.chunk_starts(time_units)
         order = torch.randperm(len(starts), generator=generator).numpy()
         lo, hi, rows = random_plan(starts[order], self.pool.config, batch_size, steps, generator)
-        return self._batches(starts, order, lo, hi, list(rows), ahead, time_units)
+        plan = (starts, order, lo, hi, list(rows))
+        return self._batches(*plan, ahead, time_units, target_stimulus)
 
     def _batches(
         self,
@@ -437,8 +441,11 @@ class StreamedSplit:
         rows: list[np.ndarray],
         ahead: tuple[int, ...],
         time_units: int,
+        target_stimulus: bool,
     ) -> Iterator[Batch]:
-        """Batch j gathers `rows[j]` of the slots once chunks lo[j]..hi[j] of `order` are in."""
+        """Batch j gathers `rows[j]` of the slots once chunks lo[j]..hi[j] of `order` are in
+        (a chunk holds the time_units frames after its last start: frame t+time_units's
+        stimulus is there for target_stimulus)."""
         f = self.pool.config.chunk_frames - time_units
         chunks = [(int(c) * f, int(starts[c]) + time_units) for c in order]
         index = _on_device([torch.from_numpy(r) for r in rows], self.pool)
@@ -451,7 +458,7 @@ class StreamedSplit:
                     run.retire()
                     retired += 1
                 run.wait_loaded(int(lo[j]), int(hi[j]))
-                yield gather_batch(x, stim, r, time_units, ahead)
+                yield gather_batch(x, stim, r, time_units, ahead, None, target_stimulus)
         finally:
             run.close()
 
@@ -472,7 +479,7 @@ class StreamedStartFrames:
         for h0 in range(1, self.horizon + 1, self.k):
             k = min(self.k, self.horizon - h0 + 1)
             x, stim = self.first if h0 == 1 else read(self.offsets, h0 - 1, k + 1)
-            yield h0, stim[:, :k], lambda h, x=x, h0=h0: x[:, h - h0 + 1]
+            yield h0, stim, lambda h, x=x, h0=h0: x[:, h - h0 + 1]  # stim: k + 1 frames
 
 
 def _on_device(rows: list[Tensor], pool: ChunkPool) -> list[Tensor]:

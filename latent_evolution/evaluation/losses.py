@@ -30,7 +30,7 @@ def split_loss(
     model.eval()
     n_starts = len(split) - time_units
     total = torch.zeros((), device=next(model.parameters()).device)
-    for x_t, stim, targets in split.ordered(eval_batch_size, time_units):
+    for x_t, stim, targets in split.ordered(eval_batch_size, time_units, model.target_stimulus):
         with autocast:
             pred = model(x_t, stim)
         total += (pred.float() - targets[:, -1]).pow(2).sum()

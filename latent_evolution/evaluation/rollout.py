@@ -2,8 +2,9 @@
 
 From `evaluation.starts` start frames s per split (drawn once with `evaluation.seed`, recorded
 in rollout_starts.json as absolute frames of the data file), x[s] is encoded once and the latent
-evolved frame by frame with that frame's stimulus (LatentModel.evolve_step, as in training),
-decoded at every step h = 1..max_horizon and compared with x[s+h]; the constant model predicts
+evolved frame by frame with the stimulus training gives that frame (model.stimulus_frequency:
+evolver_inputs; LatentModel.evolve_step, as in training), decoded at every step
+h = 1..max_horizon and compared with x[s+h]; the constant model predicts
 x[s] for x[s+h]. All starts of a chunk of `evaluation.batch_size` go through one pass per step;
 squared errors are summed on the device and read once per split.
 """
@@ -14,6 +15,7 @@ import contextlib
 import csv
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from latent_evolution.config.schema import Config, EvaluationConfig
 from latent_evolution.data.dataset import Dataset
-from latent_evolution.data.split import Split
+from latent_evolution.data.split import Split, StartFrames
 from latent_evolution.errors import ConfigError
 from latent_evolution.files import atomic_write_json, atomic_write_text
 from latent_evolution.model.latent import LatentModel
@@ -73,6 +75,60 @@ def draw_starts(window: list[int], ev: EvaluationConfig, split: str) -> np.ndarr
     return np.sort(rng.choice(possible, size=ev.starts, replace=False))
 
 
+def _interpolated(
+    model: LatentModel, lo: Tensor, hi: Tensor, waiting: list[tuple[int, Tensor]]
+) -> Iterator[tuple[int, Tensor, Tensor, bool]]:
+    """evolver_inputs' steps of one interval between the encoded stimuli lo and hi (B, S) at
+    its two multiples, as training interpolates them (LatentModel.between_multiples)."""
+    inputs = model.between_multiples(torch.stack([lo, hi], dim=1))  # (B, tu, S)
+    for i, (h, x_h) in enumerate(waiting):
+        yield h, inputs[:, i], x_h, True
+
+
+def evolver_inputs(
+    model: LatentModel,
+    frames: StartFrames,
+    time_units: int,
+    autocast: contextlib.AbstractContextManager,
+) -> Iterator[tuple[int, Tensor | None, Tensor, bool]]:
+    """(h, the encoded stimulus the evolver sees at step h, x[s+h], whether x[s+h] outlives
+    the step) for h = 1..H in order; step h is driven by frame s+h-1, as in training
+    (LatentModel.evolver_stimulus).
+
+    held: a frame between multiples of tu gets the last multiple's stimulus. interpolated:
+    the steps of an interval wait, their frames kept (tu at most), until the stimulus at the
+    multiple that ends it is read, in this block or a later one (a block's stimulus runs one
+    frame past its steps: the last block's is frame s+H's). The steps after the last multiple
+    before H, when H is no multiple of tu, hold that multiple's stimulus: the next one lies
+    past s+H (as the interpolation baseline has no frame to interpolate there).
+    """
+    mode = getattr(model, "stimulus_frequency", "every_frame")
+    last = None  # held, interpolated: the encoded stimulus at the last multiple of tu
+    waiting: list[tuple[int, Tensor]] = []  # interpolated: (h, x[s+h]) since the last multiple
+    s_enc, h_last = None, 0
+    for h0, stim, frame in frames.blocks():
+        k = stim.shape[1] - 1  # steps h0..h0+k-1; the last frame drives the next block's first
+        with autocast:
+            s_enc = model.encode_stimulus(stim if mode == "interpolated" else stim[:, :k])
+        for h in range(h0, h0 + k):
+            s_h = s_enc[:, h - h0] if s_enc is not None else None
+            on_multiple, h_last = (h - 1) % time_units == 0, h  # frame s+h-1 is a multiple
+            if mode == "interpolated":
+                if on_multiple and waiting:  # the interval before frame s+h-1 can evolve
+                    yield from _interpolated(model, last, s_h, waiting)
+                    waiting = []
+                last = s_h if on_multiple else last
+                waiting.append((h, frame(h).clone()))  # a streamed frame lives one block
+                continue
+            if mode == "held" and not on_multiple:
+                s_h = last  # frame s+h-1 lies between multiples: the last one's stimulus
+            last = s_h
+            yield h, s_h, frame(h), False
+    if waiting:  # the last interval: up to frame s+H's stimulus if H is a multiple, else held
+        end = s_enc[:, -1] if h_last % time_units == 0 else last
+        yield from _interpolated(model, last, end, waiting)
+
+
 @torch.no_grad()
 def rollout_sums(
     model: LatentModel,
@@ -94,7 +150,6 @@ def rollout_sums(
     per_neuron = torch.zeros(2, len(cell_h), n, device=device)
     interp = torch.zeros(h_max, device=device)
     interp[(h_max // time_units) * time_units :] = math.nan  # no observed frame after them
-    hold = getattr(model, "stimulus_frequency", "every_frame") == "held"
     per_pass = split.rollout_starts_per_pass(ev.batch_size)
     for chunk in np.array_split(offsets, -(-len(offsets) // per_pass)):
         frames = split.start_frames(chunk, h_max)
@@ -102,36 +157,28 @@ def rollout_sums(
         observed, between = x_s, []  # the last observed frame; the frames since, (h, x)
         with autocast:
             z = model.encode(x_s)
-        held = None  # model.stimulus_frequency=held: the stimulus of the last multiple of tu
-        for h0, stim, frame in frames.blocks():
+        for h, s_h, x_h, kept in evolver_inputs(model, frames, time_units, autocast):
             with autocast:
-                s_enc = model.encode_stimulus(stim)
-            for h in range(h0, h0 + stim.shape[1]):
-                s_h = s_enc[:, h - h0] if s_enc is not None else None
-                if hold and (h - 1) % time_units:
-                    s_h = held  # frame s+h-1 lies between multiples: the last one's stimulus
-                held = s_h
-                with autocast:
-                    z = model.evolve_step(z, s_h)
-                    pred = model.decode(z)
-                x_h = frame(h)
-                err = (pred.float() - x_h).pow(2)
-                base = (x_s - x_h).pow(2)
-                sums[h - 1] += err.sum()
-                const[h - 1] += base.sum()
-                if h in cell_h:
-                    per_neuron[0, cell_h[h]] += err.sum(0)
-                    per_neuron[1, cell_h[h]] += base.sum(0)
-                if time_units == 1:
-                    continue
-                if h % time_units:  # between observations: judged once the next is reached
-                    between.append((h, x_h.clone()))  # a streamed frame lives one step
-                    continue
-                for h_mid, x_mid in between:
-                    weight = (h_mid % time_units) / time_units  # of the later observation
-                    line = observed + weight * (x_h - observed)
-                    interp[h_mid - 1] += (line - x_mid).pow(2).sum()
-                observed, between = x_h, []
+                z = model.evolve_step(z, s_h)
+                pred = model.decode(z)
+            err = (pred.float() - x_h).pow(2)
+            base = (x_s - x_h).pow(2)
+            sums[h - 1] += err.sum()
+            const[h - 1] += base.sum()
+            if h in cell_h:
+                per_neuron[0, cell_h[h]] += err.sum(0)
+                per_neuron[1, cell_h[h]] += base.sum(0)
+            if time_units == 1:
+                continue
+            if h % time_units:  # between observations: judged once the next is reached
+                # a streamed frame lives one step unless evolver_inputs kept it
+                between.append((h, x_h if kept else x_h.clone()))
+                continue
+            for h_mid, x_mid in between:
+                weight = (h_mid % time_units) / time_units  # of the later observation
+                line = observed + weight * (x_h - observed)
+                interp[h_mid - 1] += (line - x_mid).pow(2).sum()
+            observed, between = x_h, []
     return sums, const, per_neuron[0], per_neuron[1], interp
 
 

@@ -161,9 +161,13 @@ def from_lab_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 class LatentModel(nn.Module):
     def __init__(self, cfg: ModelConfig, n_neurons: int, n_input: int, time_units: int = 1):
-        """time_units: the observation interval, which model.stimulus_frequency=held holds over."""
+        """time_units: the observation interval, which model.stimulus_frequency=held holds
+        over and interpolated interpolates across."""
         super().__init__()
         self.time_units, self.stimulus_frequency = time_units, cfg.stimulus_frequency
+        # interpolated: a sample's stimulus runs to its last target frame (frame t+F), whose
+        # stimulus the evolver interpolates towards over the last tu frames
+        self.target_stimulus = cfg.stimulus_frequency == "interpolated"
 
         def block(part: MLPConfig, d_in: int, d_out: int) -> MLP | SkipMLP:
             return build_mlp(d_in, d_out, part, cfg.activation, cfg.use_batch_norm)
@@ -225,19 +229,41 @@ class LatentModel(nn.Module):
         frames = torch.arange(stim.shape[1], device=stim.device)
         return stim[:, (frames // self.time_units) * self.time_units]
 
+    def between_multiples(self, at_multiples: Tensor) -> Tensor:
+        """stimulus_frequency=interpolated: the encoded stimulus (B, M + 1, S) at the multiples
+        t, t+tu, .., t+M tu -> what the evolver sees at frames t..t+M tu-1, (B, M tu, S).
+
+        Frame t+m tu+k (0 <= k < tu) sees lerp(e_m, e_m+1, k / tu): the line between the
+        encodings at the two multiples around it, in the encoder's output space (as the lab's
+        stimulus_utils); at a multiple, its own encoding."""
+        tu = self.time_units
+        weights = torch.arange(tu, device=at_multiples.device).to(at_multiples.dtype) / tu
+        lo, hi = at_multiples[:, :-1, None], at_multiples[:, 1:, None]  # (B, M, 1, S)
+        return torch.lerp(lo, hi, weights[:, None]).flatten(1, 2)  # (B, M, tu, S) -> frames
+
+    def evolver_stimulus(self, stim: Tensor) -> Tensor | None:
+        """The encoded stimulus each evolver step of a sample sees, (B, F, S), in one pass;
+        None without a stimulus. stim: (B, F, n_input) of frames t..t+F-1; under
+        stimulus_frequency=interpolated (B, F + 1, n_input), to the target frame t+F (F a
+        multiple of tu), of which only the multiples' stimulus is encoded."""
+        if not self.target_stimulus:
+            return self.encode_stimulus(self.held(stim))
+        at_multiples = self.encode_stimulus(stim[:, :: self.time_units])
+        return self.between_multiples(at_multiples) if at_multiples is not None else None
+
     def rollout(self, z: Tensor, stim: Tensor) -> Tensor:
-        """Evolve latents z (B, L) through stim (B, k, n_input); returns (B, k, L)."""
-        s_enc = self.encode_stimulus(
-            self.held(stim)
-        )  # all k frames at once instead of k small passes
+        """Evolve latents z (B, L) through stim (B, k, n_input) (k + 1 frames under
+        stimulus_frequency=interpolated: evolver_stimulus); returns (B, k, L)."""
+        s_enc = self.evolver_stimulus(stim)  # all k frames at once instead of k small passes
         states = []
-        for k in range(stim.shape[1]):
+        for k in range(stim.shape[1] - self.target_stimulus):
             z = self.evolve_step(z, s_enc[:, k] if s_enc is not None else None)
             states.append(z)
         return torch.stack(states, dim=1)
 
     def forward(self, x_t: Tensor, stim: Tensor) -> Tensor:
-        """Predict the frame after stim's k frames from x_t (B, N) and stim (B, k, n_input)."""
+        """Predict frame t+k from x_t (B, N) and the stimulus of frames t..t+k-1 (B, k, n_input)
+        (to t+k under stimulus_frequency=interpolated)."""
         latents = self.rollout(self.encoder(x_t), stim)
         return self.decoder(latents[:, -1])
 
@@ -271,7 +297,8 @@ class LatentModel(nn.Module):
         observed: (K, N) 1 where target frame ahead[i] of neuron n is observed, else 0
         (staggered acquisition): the evolve loss is the mean error over observed entries only.
 
-        stim: (B, F, n_input), the stimulus of frames t..t+F-1 with F = ahead[-1]; targets:
+        stim: (B, F, n_input), the stimulus of frames t..t+F-1 with F = ahead[-1] (to t+F
+        under stimulus_frequency=interpolated: evolver_stimulus); targets:
         (B, K, N), frames t+a for each a of `ahead` (K = len(ahead), ascending). The latent is
         evolved F frames, one evolver step per frame, and decoded only at those K frames; the
         evolve loss is the mean error over them (each frame weighs the same).
@@ -280,7 +307,7 @@ class LatentModel(nn.Module):
         mean |dz| over frames, samples and latent dimensions (dz: the evolver's update).
         """
         z0 = self.encoder(x_t)
-        s_enc = self.encode_stimulus(self.held(stim))  # all F frames in one pass
+        s_enc = self.evolver_stimulus(stim)  # all F frames in one pass
         kept, variation, z = [], [], z0
         for k in range(ahead[-1]):  # ahead is a Python tuple: the loop unrolls when compiled
             dz = self.evolver_update(z, s_enc[:, k] if s_enc is not None else None)
@@ -309,13 +336,15 @@ class LatentModel(nn.Module):
 
     # ---------------------------------------------------------------- FLOPs
 
-    def _linear_uses(self, time_units: int, decoder_uses: int) -> list:
-        """(linear layer, uses per sample, whether its input needs a gradient) for each layer."""
+    def _linear_uses(self, frames: int, decoder_uses: int) -> list:
+        """(linear layer, uses per sample, whether its input needs a gradient) for each layer
+        of a sample evolved `frames` frames."""
         uses = {
             "encoder": 1,
             "decoder": decoder_uses,
-            "evolver": time_units,
-            "stimulus_encoder": time_units,
+            "evolver": frames,
+            # interpolated: only the multiples t, t+tu, .., t+frames (evolver_stimulus)
+            "stimulus_encoder": frames // self.time_units + 1 if self.target_stimulus else frames,
         }
         rows = []
         for name, n in uses.items():
@@ -371,7 +400,7 @@ class StimulusOnlyModel(nn.Module):
         self.decoder = build_mlp(
             self.window * s.output_dims, n_neurons, cfg.decoder, cfg.activation
         )
-        self.batch_norm = False
+        self.batch_norm, self.target_stimulus = False, False  # every frame's stimulus
         self.head_errors = head_errors  # as LatentModel's: cpu_kernels may fuse it
         self.l1_weights = {"decoder": cfg.decoder.l1_weight}
 

@@ -209,8 +209,9 @@ class Trainer:
         self.model.train()
         self.evolve_weight.fill_(0.0 if self.epoch < t.recon_warmup_epochs else 1.0)
         frames = self.loss_frames  # the stimulus of every frame up to the last target
+        target = self.model.target_stimulus  # and the last target's, under interpolated
         batches = self.data.train.random(
-            t.batch_size, steps, frames, self.batch_rng, frames[-1], self.grid
+            t.batch_size, steps, frames, self.batch_rng, frames[-1], self.grid, target
         )
         for x_t, stim, targets in batches:
             parts = self.step(x_t, stim, targets)  # forward and backward
