@@ -114,3 +114,19 @@ def write_lab_zarr(folder: Path, x, time_chunk: int = 2000) -> Path:
     array(folder / "x_list_0" / "metadata.zarr", x[0][:, [0, 1, 2, 5, 6]], [n, 5])
     array(folder / "x_list_0" / "timeseries.zarr", x[:, :, [3, 4, 7, 8]], [time_chunk, n, 1])
     return folder
+
+
+def summary_counts(line: str) -> tuple[int, dict[str, int]]:
+    """status's last line, `N jobs: k state, m state`, as (N, {state: k})."""
+    jobs, _, counts = line.partition(" jobs: ")
+    return int(jobs), {s: int(n) for n, s in (part.split(" ", 1) for part in counts.split(", "))}
+
+
+def recorded_statuses(sweep: Path, jobs: int) -> dict[str, int]:
+    """{status: count} of a finished sweep's jobs as their metrics.json record them: what
+    `status` must show once they ended (tiny runs' models are judged, e.g. worse_than_constant)."""
+    import json
+    from collections import Counter
+
+    metrics = [json.loads((sweep / str(n) / "metrics.json").read_text()) for n in range(jobs)]
+    return dict(Counter(m["status"] for m in metrics))

@@ -26,6 +26,7 @@ from latent_evolution.cluster.scheduler import lsf_element
 from latent_evolution.config.compose import to_config
 from latent_evolution.files import claim_new_dir
 from tests.conftest import CONF
+from tests.helpers import recorded_statuses, summary_counts
 from tests.test_search import SEARCH_PRESETS
 
 pytest_plugins = ["tests.lsf_standin"]  # the lsf_standin fixture
@@ -330,7 +331,8 @@ def test_a_sweep_run_again_into_its_folder_submits_only_jobs_without_a_finished_
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert watched.returncode == 0, watched.stderr
-    assert watched.stdout.strip().splitlines()[-1] == "2 jobs: 2 ok"
+    last = watched.stdout.strip().splitlines()[-1]
+    assert summary_counts(last) == (2, recorded_statuses(folder, 2)), last
 
     # the grid changed: job 1's folder holds seed 2's run, so job 1 fails alone, unsent
     kept = {p: p.read_bytes() for p in sorted((folder / "1").rglob("*")) if p.is_file()}
@@ -390,7 +392,8 @@ def test_status_cancels_a_sweep_of_array_pieces_on_lsf_and_a_rerun_submits_them_
     assert lsf_elements(lsf_standin, single) == ["EXIT"]
 
     jobs = {j.num: j.state for j in status.rows([folder])}
-    assert jobs == {0: "ok", 1: "cancelled", 2: "cancelled", 3: "cancelled"}
+    finished = json.loads((folder / "0" / "metrics.json").read_text())["status"]
+    assert jobs == {0: finished, 1: "cancelled", 2: "cancelled", 3: "cancelled"}
     recorded = json.loads((folder / "cancelled_jobs.json").read_text())
     assert [(r["num"], r["job_id"]) for r in recorded] == [
         (1, f"{array}_0"), (2, f"{array}_1"), (3, single)
@@ -488,7 +491,8 @@ def test_status_joins_squeue_with_the_runs_of_a_detached_slurm_sweep(slurm_clust
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert watched.returncode == 0, watched.stderr
-    assert watched.stdout.strip().splitlines()[-1] == "2 jobs: 2 ok"
+    last = watched.stdout.strip().splitlines()[-1]
+    assert summary_counts(last) == (2, recorded_statuses(folder, 2)), last
 
 
 def test_status_cancels_a_held_slurm_sweep_as_one_array(slurm_cluster, tmp_path):

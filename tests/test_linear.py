@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from latent_evolution.config.compose import to_config
-from latent_evolution.config.schema import ModelConfig
+from latent_evolution.config.schema import MLPConfig, ModelConfig
 from latent_evolution.model.cpu_kernels import OneDNNLinear, place_model
 from latent_evolution.model.latent import LatentModel, head_errors
 from latent_evolution.training.trainer import Trainer
@@ -233,9 +233,13 @@ def test_compiled_forward_backward_and_fused_head_match_eager():
 def wide_model() -> LatentModel:
     """Wide encoder input, decoder head and stimulus input, narrow hidden layers."""
     torch.manual_seed(0)
-    return LatentModel(
-        ModelConfig(latent_dims=8, zero_init_evolver=False), n_neurons=1200, n_input=40
+    hidden = {"hidden_dims": 256, "num_hidden_layers": 2}
+    cfg = ModelConfig(
+        latent_dims=8,
+        zero_init_evolver=False,
+        **{part: MLPConfig(**hidden) for part in ("encoder", "decoder", "evolver")},
     )
+    return LatentModel(cfg, n_neurons=1200, n_input=40)
 
 
 def layer_types(model: nn.Module) -> list[type]:

@@ -17,8 +17,8 @@ import yaml
 from hydra.types import RunMode
 
 from latent_evolution.runs.folder import METRICS, RunStatus, rollout_key
-from latent_evolution.runs.metrics import objective
-from tests.helpers import TINY, child_env, module_command, run_module
+from latent_evolution.runs.metrics import RANKED_LAST, objective
+from tests.helpers import SHORT_ROLLOUT, TINY, child_env, module_command, run_module
 
 SEARCH_PRESETS = ("batch_and_lr_optuna",)  # optuna searches, composed here, not as grids
 pytest_plugins = ["tests.lsf_standin"]  # the lsf_standin fixture
@@ -83,12 +83,15 @@ def test_a_search_that_would_not_wait_for_its_trials_is_refused_before_submittin
 
 def search(tmp_path: Path, *launcher: str) -> subprocess.CompletedProcess:
     """A rejected, a valid and a diverging learning rate, each once: the random sampler's first
-    three draws at seed 1 (the grid sampler's end-of-grid stop breaks on a failed last trial)."""
-    lrs = "choice(1e-3,-1.0,1e6)"
+    three draws at seed 1 (the grid sampler's end-of-grid stop breaks on a failed last trial).
+    The valid one learns enough in its one epoch (batch 16, 20-frame rollout) not to be
+    ranked last (worse than the constant model, or a diverged rollout)."""
+    lrs = "choice(3e-3,-1.0,1e6)"
     return run_module(
         "train", *OPTUNA, "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1",
-        "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", *TINY, "training.epochs=1",
-        f"training.learning_rate={lrs}", f"hydra.sweep.dir={tmp_path}", *launcher,
+        "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", *TINY, *SHORT_ROLLOUT,
+        "training.epochs=1", "training.batch_size=16", f"training.learning_rate={lrs}",
+        f"hydra.sweep.dir={tmp_path}", *launcher,
     )  # fmt: skip
 
 
@@ -118,12 +121,13 @@ def check_search(tmp_path: Path, done: subprocess.CompletedProcess) -> None:
         runs[lr] = json.loads((run / METRICS).read_text()) if (run / METRICS).is_file() else None
     # the rejected trial came first and the study went on (its folder exists only where the
     # job started: a cluster launcher refuses it before submitting)
-    assert {1e-3, 1e6} <= set(runs) and runs.get(-1.0) is None
+    assert {3e-3, 1e6} <= set(runs) and runs.get(-1.0) is None
     assert "training.learning_rate=-1.0: must be" in done.stdout + done.stderr
     assert runs[1e6]["status"] == RunStatus.DIVERGED
+    assert runs[3e-3]["status"] not in RANKED_LAST
     results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
-    assert results["best_params"] == {"training.learning_rate": 1e-3}
-    assert results["best_value"] == pytest.approx(runs[1e-3]["final_val_loss"])
+    assert results["best_params"] == {"training.learning_rate": 3e-3}
+    assert results["best_value"] == pytest.approx(runs[3e-3]["final_val_loss"])
     shown = run_module("compare", str(tmp_path))
     assert shown.returncode == 0, shown.stderr
-    assert "diverged" in shown.stdout and "0.001" in shown.stdout
+    assert "diverged" in shown.stdout and "0.003" in shown.stdout
