@@ -101,8 +101,12 @@ class ModelConfig:
     activation: str = "relu"
     use_batch_norm: bool = False
     use_stimulus: bool = True
-    encoder: MLPConfig = field(default_factory=MLPConfig)
-    decoder: MLPConfig = field(default_factory=MLPConfig)
+    # linear encoder and decoder (no hidden layer): within the 50 epochs they approach the
+    # activity's leading principal subspace, much the same for every seed, where 2 x 128 ReLU
+    # layers were still learning (five seeds: test loss 0.0087 against 0.0142, CV 1.9%
+    # against 5.4%, 200-frame rollouts 0.02 against up to 0.3), at 0.74x the CPU time
+    encoder: MLPConfig = field(default_factory=lambda: MLPConfig(num_hidden_layers=0))
+    decoder: MLPConfig = field(default_factory=lambda: MLPConfig(num_hidden_layers=0))
     evolver: MLPConfig = field(default_factory=lambda: MLPConfig(activation="tanh"))
     stimulus_encoder: StimulusEncoderConfig = field(default_factory=StimulusEncoderConfig)
     # the evolver's last layer starts at zero: z is unchanged at step 0 (the constant model in
