@@ -65,7 +65,7 @@ def test_the_installed_wheel_composes_trains_and_compares_from_an_empty_folder(i
     )
     assert Path(where.strip()).is_relative_to(installed)  # the wheel's, not this checkout's
     composed = run(bin_dir / "latent-evolution-train", "--cfg", "job", cwd=here)
-    assert "latent_dims: 256" in composed and "source: embedded" in composed  # the default
+    assert "latent_dims: 64" in composed and "source: embedded" in composed  # the default
     run(bin_dir / "latent-evolution-train", *TINY, "hydra.run.dir=outputs/tiny", cwd=here)
     metrics = json.loads((here / "outputs" / "tiny" / METRICS).read_text())
     assert metrics["epochs_completed"] == 1 and metrics["status"] in tuple(RunStatus)

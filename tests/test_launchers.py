@@ -392,8 +392,8 @@ def test_status_cancels_a_sweep_of_array_pieces_on_lsf_and_a_rerun_submits_them_
     assert lsf_elements(lsf_standin, single) == ["EXIT"]
 
     jobs = {j.num: j.state for j in status.rows([folder])}
-    finished = json.loads((folder / "0" / "metrics.json").read_text())["status"]
-    assert jobs == {0: finished, 1: "cancelled", 2: "cancelled", 3: "cancelled"}
+    judged = json.loads((folder / "0" / "metrics.json").read_text())["status"]
+    assert jobs == {0: judged, 1: "cancelled", 2: "cancelled", 3: "cancelled"}
     recorded = json.loads((folder / "cancelled_jobs.json").read_text())
     assert [(r["num"], r["job_id"]) for r in recorded] == [
         (1, f"{array}_0"), (2, f"{array}_1"), (3, single)

@@ -275,6 +275,7 @@ def test_a_checkpoint_from_before_a_key_existed_resumes_at_that_keys_default(com
     saved = copy.deepcopy(current)
     del saved["model"]["zero_init_evolver"]
     check_same_run(saved, current)
-    current["model"]["zero_init_evolver"] = True
-    with pytest.raises(ConfigError, match=r"^model\.zero_init_evolver=True: this run folder"):
+    assert current["model"]["zero_init_evolver"] is True  # the default since issue 26
+    current["model"]["zero_init_evolver"] = False
+    with pytest.raises(ConfigError, match=r"^model\.zero_init_evolver=False: this run folder"):
         check_same_run(saved, current)

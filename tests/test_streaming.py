@@ -338,7 +338,12 @@ def test_a_nan_in_the_recording_is_one_line_before_any_training(tmp_path):
     ("stream", "batch_size", "match"),
     [
         ({"chunk_frames": 8}, 8, r"^data\.stream\.chunk_frames=8: must hold training\.batch_"),
-        ({"chunk_frames": 1}, 1, r"^data\.stream\.chunk_frames=1: must hold .*time_units=1"),
+        (  # the default's sample spans 12 frames: tu 1 x 12 multiples
+            {"chunk_frames": 1},
+            1,
+            r"^data\.stream\.chunk_frames=1: must hold .* plus the 12 frames a sample spans "
+            r"\(training\.time_units x training\.evolve_multiple_steps\) \(>= 13\)$",
+        ),
         (
             {"chunks_in_memory": 2, "prefetch": 2},
             4,

@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from latent_evolution.config.schema import RESUMABLE, Config, marked_keys
+from latent_evolution.config.schema import RESUMABLE, Config, marked_keys, refuse_old_keys
 from latent_evolution.errors import ConfigError
 from latent_evolution.runs.folder import CHECKPOINT, HYDRA_CONFIG, METRICS
 
@@ -70,6 +70,7 @@ def check_run_folder(run_dir: Path, cfg: DictConfig) -> None:
         saved = OmegaConf.load(run_dir / HYDRA_CONFIG)
     except (OSError, OmegaConfBaseException, ValueError):
         return  # no readable record of its config: the trainer's own checks apply
+    refuse_old_keys(saved)  # a key whose meaning changed is named before any other difference
     found = first_difference(_plain(saved), _plain(cfg))
     if found is not None:
         key, before, now = found
