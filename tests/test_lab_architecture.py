@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from latent_evolution.config.schema import ModelConfig
+from latent_evolution.config.schema import MLPConfig, ModelConfig
 from latent_evolution.model.latent import LatentModel, from_lab_state_dict
 
 N, N_INPUT = 40, 6
@@ -81,7 +81,8 @@ def test_a_lab_state_dict_of_the_skip_architecture_loads_parameter_for_parameter
 
 
 def test_activation_per_module_defaults_to_model_activation():
-    cfg = ModelConfig(latent_dims=4, activation="gelu")
+    hidden = MLPConfig(num_hidden_layers=1)  # the default's encoder and decoder are linear
+    cfg = ModelConfig(latent_dims=4, activation="gelu", encoder=hidden, decoder=hidden)
     cfg.evolver.activation = "tanh"
     model = LatentModel(cfg, N, N_INPUT)
     kinds = {name: {type(m) for m in getattr(model, name).modules()} for name in
