@@ -10,14 +10,17 @@ from each array's `.zarray` and the 16-byte blosc header of every chunk file the
 need (a missing chunk file would otherwise read as the fill value; a truncated one is shorter
 than its header says). Frames are read a whole stored chunk of one column at a time, its file
 decoded with zarr-python's codecs (numcodecs; docs/data.md says why not tensorstore, and why
-not zarr-python's array reads), so host memory adds one decoded chunk (110 MB at fly size) to
-what is kept. Numpy, zarr and numcodecs only: no torch import here.
+not zarr-python's array reads), so host memory adds a decoded chunk and a chunk file's bytes
+(210 MB at fly size) per reading thread to what is kept. Numpy, zarr and numcodecs only: no
+torch import here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +110,21 @@ class ZarrArray:
                 raise _bad(path, f"is truncated: {size} bytes, its blosc header says {cbytes}")
 
 
+# per reading thread (the main one, a streamed split's loader): a chunk file's bytes and a
+# decoded chunk (about 100 and 110 MB at fly size), reused from read to read, since fresh
+# ones cost their page faults: 40% of the CPU of reading and decoding a chunk at fly size
+_BUFFERS = threading.local()
+
+
+def _buffer(name: str, nbytes: int) -> np.ndarray:
+    """This thread's buffer `name` as nbytes uint8, grown when it is too small."""
+    buf = getattr(_BUFFERS, name, None)
+    if buf is None or len(buf) < nbytes:
+        buf = np.empty(nbytes, np.uint8)
+        setattr(_BUFFERS, name, buf)
+    return buf[:nbytes]
+
+
 @dataclass(frozen=True)
 class ZarrLayout:
     """A checked split zarr folder. shape (T, N, 4); path: the time series array, which names
@@ -166,17 +184,23 @@ class ZarrLayout:
         machinery took 5x the decoding itself at fly size (docs/performance.md)."""
         import numcodecs
 
+        from latent_evolution.data.simulation_folder import read_exact  # it imports this module
+
         ts = self.timeseries
         codec = numcodecs.get_codec(ts.compressor) if ts.compressor else None
         chunk_t, chunk_n, chunk_c = ts.chunks
-        decoded = np.empty(ts.chunks, np.float32)  # a chunk that is not read straight into x
+        # a chunk that is not read straight into x
+        decoded = _buffer("decoded", int(np.prod(ts.chunks)) * 4).view(np.float32)
+        decoded = decoded.reshape(ts.chunks)
 
         def decode(index: tuple[int, int, int], out: np.ndarray) -> None:
             path = ts.chunk_file(index)
             try:
-                data = path.read_bytes()
+                with open(path, "rb", buffering=0) as f:
+                    data = _buffer("file", os.fstat(f.fileno()).st_size)
+                    read_exact(f, data)
                 if codec is None:
-                    out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+                    out.reshape(-1).view(np.uint8)[:] = data
                 else:
                     codec.decode(data, out=out)
             except Exception as exc:  # a missing file, a chunk that does not decode
