@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_evolution.errors import BadFileError
+from latent_evolution.files import read_exact
 
 DATA_FOLDER = "x_list_0"
 METADATA_ARRAY = "metadata.zarr"
@@ -183,8 +184,6 @@ class ZarrLayout:
         whole chunk of every neuron, else into one chunk-sized buffer: zarr-python's array
         machinery took 5x the decoding itself at fly size (docs/performance.md)."""
         import numcodecs
-
-        from latent_evolution.data.simulation_folder import read_exact  # it imports this module
 
         ts = self.timeseries
         codec = numcodecs.get_codec(ts.compressor) if ts.compressor else None
