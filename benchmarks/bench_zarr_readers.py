@@ -9,10 +9,11 @@ must serve, best of --repeat, in one process so the ratio is what to read:
   window   one column and the stimulus over every frame, chunk by chunk (a resident split)
   chunk    one 2000-frame chunk of one column (a streamed chunk, a column-cache block)
 
-then, with the chosen library, latent_evolution's own read_window over every frame (what a
-resident load and the first epoch's column-cache build do) from the zarr folder and from the
-same frames as x_list_0.npy (T, N, 9), per byte kept (--npy; page cache warm for both, or
-dropped before every read with --cold: posix_fadvise DONTNEED on every file).
+then latent_evolution's own read_window over every frame (what a resident load and the
+first epoch's column-cache build do; zarr chunk files decoded with numcodecs) from the zarr
+folder and from the same frames as x_list_0.npy (T, N, 9), the two in turn, per byte kept,
+wall and CPU time (--npy; page cache warm for both, or dropped before every read with
+--cold: posix_fadvise DONTNEED on every file).
 
     .venv/bin/python benchmarks/bench_zarr_readers.py [--frames 8000] [--dir /tmp] [--repeat 3]
 """
