@@ -15,6 +15,7 @@ interleaved (`interleaved`). `--losses` trains the embedded data set both ways.
     python benchmarks/bench_streaming.py --frames 20000 --chunk-frames 1024 --chunks-in-memory 4
     python benchmarks/bench_streaming.py --no-column-cache   # chunks read from x_list_0.npy
     python benchmarks/bench_streaming.py --layout zarr       # the lab's split zarr folder
+    python benchmarks/bench_streaming.py --layout zarr --speed-only   # its speed ratio alone
     python benchmarks/bench_streaming.py --losses --seeds 3 --epochs 10
 """
 
@@ -258,7 +259,8 @@ def bench(args: argparse.Namespace) -> dict:
             folder = folder / "zarr"
             print(f"converted to zarr in {time.perf_counter() - start:.1f} s")
         rows = []
-        for mode in [*MODES, BASELINE] * args.repeats:  # alternating: drift hits all alike
+        modes = [] if args.speed_only else [*MODES, BASELINE] * args.repeats
+        for mode in modes:  # alternating: drift hits all alike
             cmd = [sys.executable, __file__, "--child", mode, "--folder", str(folder)]
             done = subprocess.run(cmd + child_args(args), capture_output=True, text=True)
             if done.returncode:
@@ -271,7 +273,7 @@ def bench(args: argparse.Namespace) -> dict:
             raise SystemExit(f"interleaved run failed:\n{done.stderr[-3000:]}")
         speed = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(speed))
-    summary = summarize(args, rows)
+    summary = summarize(args, rows) if rows else {}
     return {"file_gb": size / 1e9, **summary, "interleaved": speed}
 
 
@@ -356,6 +358,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--tmp", help="where the temp recording goes (default: the system's)")
     p.add_argument("--layout", choices=("npy", "zarr"), default="npy", help="recording layout")
+    p.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="only the speed ratio in one process (no separate processes' memory runs)",
+    )
     p.add_argument("--losses", action="store_true", help="embedded losses, streamed vs resident")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the report here")

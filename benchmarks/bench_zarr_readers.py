@@ -9,10 +9,11 @@ must serve, best of --repeat, in one process so the ratio is what to read:
   window   one column and the stimulus over every frame, chunk by chunk (a resident split)
   chunk    one 2000-frame chunk of one column (a streamed chunk, a column-cache block)
 
-then, with the chosen library, latent_evolution's own read_window over every frame (what a
-resident load and the first epoch's column-cache build do) from the zarr folder and from the
-same frames as x_list_0.npy (T, N, 9), per byte kept (--npy; page cache warm for both, or
-dropped before every read with --cold: posix_fadvise DONTNEED on every file).
+then latent_evolution's own read_window over every frame (what a resident load and the
+first epoch's column-cache build do; zarr chunk files decoded with numcodecs) from the zarr
+folder and from the same frames as x_list_0.npy (T, N, 9), the two in turn, per byte kept,
+wall and CPU time (--npy; page cache warm for both, or dropped before every read with
+--cold: posix_fadvise DONTNEED on every file).
 
     .venv/bin/python benchmarks/bench_zarr_readers.py [--frames 8000] [--dir /tmp] [--repeat 3]
 """
@@ -107,18 +108,30 @@ def compare_read_window(root: Path, frames: int, repeat: int, cold: bool) -> Non
     (root / "moved").rename(root / "x_list_0")
     kept = frames * (N_NEURONS + N_INPUT) * 4
     out = (np.empty((frames, N_NEURONS), np.float32), np.empty((frames, N_INPUT), np.float32))
-    times = {}
-    for name, layout in (("npy", npy_layout), ("zarr", zarr_layout)):
-
-        def read(layout=layout):
+    layouts = {"npy": npy_layout, "zarr": zarr_layout}
+    # wall and CPU seconds (all threads, kernel time included: what other jobs on a shared
+    # machine do not inflate) of each read, the two layouts in turn
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in layouts}
+    for _ in range(repeat):
+        for name, layout in layouts.items():
             if cold:
                 drop_cache(root)
+            wall, cpu = time.perf_counter(), time.process_time()
             read_window(layout, "VOLTAGE", N_INPUT, "train", [0, frames], None, out)
-
-        times[name] = best(read, repeat)
-        rate = kept / times[name] / 1e9
-        print(f"read_window from {name:4s} {times[name]:6.2f} s ({rate:.2f} GB/s kept)")
-    print(f"zarr / npy time per byte kept: {times['zarr'] / times['npy']:.2f}x")
+            runs[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    for name, r in runs.items():
+        wall, cpu = min(w for w, _ in r), min(c for _, c in r)
+        print(
+            f"read_window from {name:4s} {wall:6.2f} s ({kept / wall / 1e9:.2f} GB/s kept), "
+            f"{cpu:6.2f} CPU s"
+        )
+    for i, what in enumerate(("wall", "CPU")):
+        best_of = [min(t[i] for t in runs[name]) for name in ("zarr", "npy")]
+        pairs = [z[i] / n[i] for n, z in zip(runs["npy"], runs["zarr"], strict=True)]
+        print(
+            f"zarr / npy {what} time per byte kept: {best_of[0] / best_of[1]:.2f}x (best of "
+            f"each; in turn {', '.join(f'{r:.2f}x' for r in pairs)})"
+        )
 
 
 def best(fn, repeat: int) -> float:

@@ -3,7 +3,8 @@ once, in a temp folder renamed into place.
 
 A reader (or a job killed mid-write) sees the old file or the new one, never half. A write
 that fails (a full disk, a read-only or vanished folder, a failing mount) leaves the old file
-as it was and no temp file, and raises `errors.WriteError` naming the file.
+as it was and no temp file, and raises `errors.WriteError` naming the file. And
+`read_exact`, the one way a buffer is filled from a file (the recordings' readers).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from latent_evolution.errors import WriteError
 
@@ -245,3 +246,14 @@ class LogFile(logging.FileHandler):
             "this log stops here, the run goes on",
             file=sys.stderr,
         )
+
+
+def read_exact(f: BinaryIO, out: Any) -> None:
+    """Fill out (a C-contiguous writable buffer: an array, a memoryview) from f's position;
+    OSError at an early end of file."""
+    view = memoryview(out).cast("B")
+    while view:
+        n = f.readinto(view)
+        if not n:
+            raise OSError(f"{f.name}: unexpected end of file")
+        view = view[n:]

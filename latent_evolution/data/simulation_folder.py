@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from latent_evolution.data.zarr_folder import (
     read_zarr_layout,
 )
 from latent_evolution.errors import BadFileError, ConfigError
+from latent_evolution.files import read_exact
 from latent_evolution.runs.folder import SPLITS
 
 COLUMNS = {
@@ -239,16 +240,6 @@ def check_simulation(
     if isinstance(layout, ZarrLayout):
         layout.check_chunks(list(windows.values()), (cfg.column, "STIMULUS"))
     return layout
-
-
-def read_exact(f: BinaryIO, out: np.ndarray) -> None:
-    """Fill out (C-contiguous) from f's position; OSError at an early end of file."""
-    view = memoryview(out).cast("B")
-    while view:
-        n = f.readinto(view)
-        if not n:
-            raise OSError(f"{f.name}: unexpected end of file")
-        view = view[n:]
 
 
 def _check_finite(

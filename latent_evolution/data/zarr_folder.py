@@ -8,15 +8,19 @@ zarr format v2, float32, blosc zstd 3 with bit shuffle, the time series chunked 
 so one column is read without the others. Checked like x_list_0.npy before anything is read:
 from each array's `.zarray` and the 16-byte blosc header of every chunk file the split windows
 need (a missing chunk file would otherwise read as the fill value; a truncated one is shorter
-than its header says). Frames are read with zarr-python (docs/data.md says why), whole chunks
-of one column at a time, so host memory adds one decoded chunk (110 MB at fly size) to what
-is kept. Numpy and zarr only: no torch import here.
+than its header says). Frames are read a whole stored chunk of one column at a time, its file
+decoded with zarr-python's codecs (numcodecs; docs/data.md says why not tensorstore, and why
+not zarr-python's array reads), so host memory adds a decoded chunk and a chunk file's bytes
+(210 MB at fly size) per reading thread to what is kept. Numpy, zarr and numcodecs only: no
+torch import here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_evolution.errors import BadFileError
+from latent_evolution.files import read_exact
 
 DATA_FOLDER = "x_list_0"
 METADATA_ARRAY = "metadata.zarr"
@@ -106,6 +111,21 @@ class ZarrArray:
                 raise _bad(path, f"is truncated: {size} bytes, its blosc header says {cbytes}")
 
 
+# per reading thread (the main one, a streamed split's loader): a chunk file's bytes and a
+# decoded chunk (about 100 and 110 MB at fly size), reused from read to read, since fresh
+# ones cost their page faults: 40% of the CPU of reading and decoding a chunk at fly size
+_BUFFERS = threading.local()
+
+
+def _buffer(name: str, nbytes: int) -> np.ndarray:
+    """This thread's buffer `name` as nbytes uint8, grown when it is too small."""
+    buf = getattr(_BUFFERS, name, None)
+    if buf is None or len(buf) < nbytes:
+        buf = np.empty(nbytes, np.uint8)
+        setattr(_BUFFERS, name, buf)
+    return buf[:nbytes]
+
+
 @dataclass(frozen=True)
 class ZarrLayout:
     """A checked split zarr folder. shape (T, N, 4); path: the time series array, which names
@@ -155,21 +175,50 @@ class ZarrLayout:
 
     @contextmanager
     def reader(self) -> Iterator:
-        """read(a, b, column, n_input, x, stim): frames [a, b) of one column into x (b-a, N)
-        and of the stimulus into stim (b-a, n_input); OSError naming the array if it fails."""
-        import zarr
+        """read(a, b, column, n_input, x, stim): frames [a, b) (one stored chunk's at most) of
+        one column into x (b-a, N) and of the stimulus into stim (b-a, n_input); OSError
+        naming the chunk file if one cannot be read or decoded.
 
-        try:
-            arr = zarr.open_array(str(self.path), mode="r", zarr_format=2)
-        except Exception as exc:  # zarr raises many kinds; all mean an unreadable array
-            raise OSError(f"{self.path}: {exc}") from None
+        Each stored chunk of the two columns is read whole from its file and decoded with
+        its codec (numcodecs, zarr-python's own codecs), straight into x where a piece is a
+        whole chunk of every neuron, else into one chunk-sized buffer: zarr-python's array
+        machinery took 5x the decoding itself at fly size (docs/performance.md)."""
+        import numcodecs
+
+        ts = self.timeseries
+        codec = numcodecs.get_codec(ts.compressor) if ts.compressor else None
+        chunk_t, chunk_n, chunk_c = ts.chunks
+        # a chunk that is not read straight into x
+        decoded = _buffer("decoded", int(np.prod(ts.chunks)) * 4).view(np.float32)
+        decoded = decoded.reshape(ts.chunks)
+
+        def decode(index: tuple[int, int, int], out: np.ndarray) -> None:
+            path = ts.chunk_file(index)
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    data = _buffer("file", os.fstat(f.fileno()).st_size)
+                    read_exact(f, data)
+                if codec is None:
+                    out.reshape(-1).view(np.uint8)[:] = data
+                else:
+                    codec.decode(data, out=out)
+            except Exception as exc:  # a missing file, a chunk that does not decode
+                raise OSError(f"{path}: {exc}") from None
+
+        def read_column(a: int, c: int, out: np.ndarray) -> None:
+            t, lo, hi = a // chunk_t, a % chunk_t, a % chunk_t + len(out)
+            whole = (lo, hi, chunk_n, chunk_c) == (0, chunk_t, out.shape[1], 1)
+            if whole and out.flags.c_contiguous:  # the lab's (2000, N, 1): no copy
+                decode((t, 0, c), out)
+                return
+            for j in range(-(-out.shape[1] // chunk_n)):  # the stored chunks along N
+                width = min(chunk_n, out.shape[1] - j * chunk_n)
+                decode((t, j, c // chunk_c), decoded)
+                out[:, j * chunk_n : j * chunk_n + width] = decoded[lo:hi, :width, c % chunk_c]
 
         def read(a: int, b: int, column: str, n_input: int, x: np.ndarray, stim: np.ndarray):
-            try:
-                x[:] = arr[a:b, :, DYNAMIC_COLUMNS.index(column)]
-                stim[:] = arr[a:b, :n_input, DYNAMIC_COLUMNS.index("STIMULUS")]
-            except Exception as exc:  # a chunk that does not decode
-                raise OSError(f"{self.path} frames [{a}, {b}): {exc}") from None
+            read_column(a, DYNAMIC_COLUMNS.index(column), x[: b - a])
+            read_column(a, DYNAMIC_COLUMNS.index("STIMULUS"), stim[: b - a])
 
         yield read
 

@@ -19,7 +19,13 @@ from latent_evolution.data.split import Split
 from latent_evolution.evaluation.losses import cross_losses, split_losses
 from latent_evolution.evaluation.rollout import rollout_metrics, run_rollout, write_rollout_files
 from latent_evolution.model.latent import LatentModel
-from latent_evolution.runs.folder import BEST_MODEL, LOSS_PARTS, SPLITS, RunStatus
+from latent_evolution.runs.folder import (
+    BEST_MODEL,
+    LOSS_PARTS,
+    SPLITS,
+    RunStatus,
+    cross_loss_key,
+)
 from latent_evolution.runs.metrics import (
     Metrics,
     as_json,
@@ -106,12 +112,21 @@ def final_metrics(trainer: TrainedRun, diverged_at: int | None, gpu: GPUStats) -
         versions=package_versions(),
         data_fingerprint=data_fingerprint(d.path, trainer.config.data),
         rollout=final_rollout(trainer, trainer.run_dir),  # writes the rollout files too
-        cross_datasets=cross_losses(
-            trainer.model, d, t.time_units, t.eval_batch_size, trainer.autocast
-        ),
+        cross_datasets=final_cross_losses(trainer, last),
     )
     metrics.status, metrics.status_note = classify(as_json(metrics))  # rollout keys flat
     return metrics
+
+
+def final_cross_losses(trainer: TrainedRun, last: dict[str, Any]) -> dict[str, float]:
+    """cross_<NAME>_loss and its constant model's of every cross dataset: the last epoch's
+    row holds them at the final weights when it validated (the last epoch and an early stop
+    always do), so a (possibly streamed) cross window is not read twice; else computed."""
+    d, t = trainer.data, trainer.config.training
+    keys = [cross_loss_key(name, constant) for name in d.cross for constant in (False, True)]
+    if all(last.get(k) is not None for k in keys):
+        return {k: last[k] for k in keys}
+    return cross_losses(trainer.model, d, t.time_units, t.eval_batch_size, trainer.autocast)
 
 
 def _throughput(trainer: TrainedRun, epoch_seconds: float | None, gpu_type: str | None) -> dict:
