@@ -93,6 +93,9 @@ def run(command: Command, root: Path, capsys: Any, **fault: Any) -> tuple[Outcom
         # a thread's uncaught error printed on stderr, as in a process of its own (pytest's
         # hook would keep it from the output checked)
         patch.setattr(threading, "excepthook", threading.__excepthook__)
+        # logging as in a process of its own, not through handlers an earlier test of this
+        # worker left on the root logger (Hydra's, on a stream of that test's capture)
+        patch.setattr(logging.root, "handlers", [])
         try:
             status = command()
         except SystemExit as exc:

@@ -204,8 +204,6 @@ def plot_curves(c: Comparison, path: Path) -> Path:
     import pandas as pd
     from matplotlib.ticker import MaxNLocator
 
-    from latent_evolution.files import atomic_write
-
     keys = c.group_by or [k for k in c.swept if k != SEED][:1] or c.swept[:1]
     fig, ax = plt.subplots(figsize=(8, 5))
     _draw_curves(ax, _plot_groups(c.runs, keys), plt.get_cmap("viridis"))
@@ -218,11 +216,7 @@ def plot_curves(c: Comparison, path: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(title=", ".join(keys) or None, fontsize="small")
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:  # a failed write too: pyplot keeps every figure not closed
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _draw_curves(ax: Any, groups: dict[str, list[tuple[str, str]]], cmap: Any) -> None:
@@ -311,8 +305,6 @@ def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    from latent_evolution.files import atomic_write
-
     fig, ax = plt.subplots(figsize=(8, 5))
     cmap, i = plt.get_cmap("tab10"), 0
     for label, csv_path in curves.items():
@@ -337,11 +329,7 @@ def plot_rollout(curves: dict[str, Path], path: Path) -> Path:
     ax.set_title("Rollout MSE vs horizon (dashed: constant model; dotted: interpolation)")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:  # a failed write too: pyplot keeps every figure not closed
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 SHOWN_TYPES = 8  # the worst and the best this many cell types, per split
@@ -375,8 +363,6 @@ def plot_cell_types(tables: dict[str, Path], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from latent_evolution.files import atomic_write
-
     (label, table), *_ = tables.items()
     shown = worst_and_best_types(table)
     fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 5), squeeze=False)
@@ -388,11 +374,7 @@ def plot_cell_types(tables: dict[str, Path], path: Path) -> Path:
         ax.set(title=f"{label} {split}", xlabel="rollout MSE / constant model's")
     fig.suptitle("Worst (top) and best (bottom) cell types at the longest cell-type horizon")
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:  # a failed write too: pyplot keeps every figure not closed
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _rollout_curves(path: Path) -> dict[str, tuple[list[int], list[float], list[float], list]]:
@@ -425,8 +407,6 @@ def plot_kept_weights(c: Comparison, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from latent_evolution.files import atomic_write
-
     fig, ax = plt.subplots(figsize=(8, 5))
     for run_dir in c.runs["run_dir"]:
         for table in sorted((Path(run_dir) / EVALUATIONS).glob(f"{WEIGHTS_BY_EPOCH}_*.csv")):
@@ -446,6 +426,18 @@ def plot_kept_weights(c: Comparison, path: Path) -> Path:
     if ax.lines:
         ax.legend(fontsize="small")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """fig as a PNG at path, written atomically, and closed whatever happens: pyplot keeps
+    every figure not closed, a failed write's too."""
+    import matplotlib.pyplot as plt
+
+    from latent_evolution.files import atomic_write
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)
     return path

@@ -8,6 +8,7 @@ Functions of the model, the data and settings; never of the Trainer.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -46,15 +47,7 @@ def split_losses(
 ) -> dict[str, float]:
     """final_<split>_loss and <split>_loss_constant_model of every split (metrics.json keys)."""
     splits = {name: data.split(name) for name in SPLITS}
-    losses = {
-        f"final_{k}_loss": float(split_loss(model, s, time_units, eval_batch_size, autocast))
-        for k, s in splits.items()
-    }
-    baselines = {
-        f"{k}_loss_constant_model": float(s.constant_baseline(time_units, eval_batch_size))
-        for k, s in splits.items()
-    }
-    return losses | baselines
+    return _judged(model, splits, _split_key, time_units, eval_batch_size, autocast)
 
 
 def cross_losses(
@@ -65,10 +58,27 @@ def cross_losses(
     autocast: contextlib.AbstractContextManager,
 ) -> dict[str, float]:
     """cross_<NAME>_loss and its constant model's of every cross dataset (metrics.json keys)."""
+    splits = {name: cross.split for name, cross in data.cross.items()}
+    return _judged(model, splits, cross_loss_key, time_units, eval_batch_size, autocast)
+
+
+def _split_key(name: str, constant: bool = False) -> str:
+    return f"{name}_loss_constant_model" if constant else f"final_{name}_loss"
+
+
+def _judged(
+    model: LatentModel,
+    splits: dict[str, Split],
+    key: Callable[[str, bool], str],
+    time_units: int,
+    eval_batch_size: int,
+    autocast: contextlib.AbstractContextManager,
+) -> dict[str, float]:
+    """{key(name, False): the model's loss, key(name, True): the constant model's} of each."""
     out = {}
-    for name, cross in data.cross.items():
-        loss = split_loss(model, cross.split, time_units, eval_batch_size, autocast)
-        out[cross_loss_key(name)] = float(loss)
-        constant = cross.split.constant_baseline(time_units, eval_batch_size)
-        out[cross_loss_key(name, constant=True)] = float(constant)
+    for name, split in splits.items():
+        loss = split_loss(model, split, time_units, eval_batch_size, autocast)
+        out[key(name, False)] = float(loss)
+        constant = split.constant_baseline(time_units, eval_batch_size)
+        out[key(name, True)] = float(constant)
     return out
