@@ -102,6 +102,10 @@ def test_stimulus_frequency_decides_which_frames_stimulus_the_evolver_sees(frequ
         (("model.use_stimulus=false", "model.stimulus_frequency=none"),
          "model.stimulus_frequency"),
         (("training.acquisition=sometimes",), "training.acquisition"),
+        (("training.time_units=4", "training.acquisition=time_aligned",
+          "data.stream.enabled=true", "data.stream.chunk_frames=512"), "training.acquisition"),
+        (("training.time_units=4", "training.acquisition=time_aligned",  # grid 203: 207 > 206
+          "data.splits.train=[201,207]", "training.batch_size=2"), "data.splits.train"),
     ],
 )  # fmt: skip
 def test_modes_that_cannot_work_are_one_line_before_training(compose, overrides, key):
@@ -132,3 +136,16 @@ def test_the_rollout_holds_the_stimulus_over_tu_as_training_does():
             z = z + m.evolver(torch.cat([z, s_enc], dim=-1))
             want.append((m.decoder(z) - x[offsets + h]).pow(2).sum())
     torch.testing.assert_close(sums, torch.stack(want))
+
+
+def test_a_training_split_that_streams_by_its_size_refuses_acquisition_before_training(
+    compose, tmp_path
+):
+    """data.stream.enabled=auto decides from the data's size: the trainer refuses then, in
+    one line naming the mode, before any step."""
+    overrides = ("training.time_units=4", "training.acquisition=staggered_random",
+                 "data.stream.host_budget_gb=0.001", "data.stream.chunk_frames=256")  # fmt: skip
+    config = to_config(compose(*TINY, *overrides))
+    with pytest.raises(ConfigError, match=r"^training\.acquisition='staggered_random': needs the"):
+        Trainer(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "training_log.csv").exists()

@@ -127,12 +127,15 @@ def test_the_rollout_interpolates_as_training_and_holds_past_the_last_multiple()
     torch.testing.assert_close(ending_on_6, sums[:6])
 
 
-def test_a_streamed_rollout_in_blocks_shorter_than_tu_matches_the_resident_one(tmp_path):
+@pytest.mark.parametrize("frequency", ["interpolated", "every_frame"])
+def test_a_streamed_rollout_in_blocks_shorter_than_tu_matches_the_resident_one(tmp_path, frequency):
+    """Its interpolation baseline too: the observed frame at a multiple outlives its block's
+    streamed slot (every_frame keeps no frame waiting for a stimulus)."""
     folder = tmp_path  # a recording of unit scale: the evolver's tanh is not saturated
     np.save(folder / DATA_FILE, np.random.default_rng(0).standard_normal((T, N, 9), np.float32))
     streamed = load_dataset(stream_config(folder, chunk_frames=8, chunks_in_memory=2), CPU)
     resident = load_dataset(stream_config(folder, enabled="false"), CPU)
-    m, offsets = model(n_neurons=N, n_input=N_INPUT).eval(), np.arange(0, 64, 4)
+    m, offsets = model(frequency, n_neurons=N, n_input=N_INPUT).eval(), np.arange(0, 64, 4)
     assert streamed.val.start_frames(offsets[:8], 9).k == 1  # one step a block: the next
     # multiple's stimulus is always read in a later block
     got = rollout(m, streamed.val, offsets, horizon=9, batch_size=8)

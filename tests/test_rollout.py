@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,12 @@ def test_stability_figures():
         rollout_first_worse_key("test"): "never",
         rollout_max_key("test"): 0.1,
     }
+
+
+def test_a_nan_between_multiples_is_the_largest_intervening_mse():
+    nan = float("nan")  # horizons 1 and 3 lie between the multiples of tu 2
+    r = SplitRollout([0], [0.1, 0.2, nan, 0.3], [1.0] * 4, [], interp_mse=[0.0] * 4, time_units=2)
+    assert math.isnan(rollout_metrics({"val": r}, [2])[rollout_max_intervening_key("val")])
 
 
 def test_compare_sorts_by_a_rollout_metric_and_overlays_rollouts(compose, tmp_path, data_cache):

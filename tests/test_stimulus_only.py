@@ -59,3 +59,13 @@ def test_its_window_is_the_encoded_stimulus_of_the_frames_before_the_target():
         short = model(None, stim[:, :1])  # one frame: two frames of no stimulus before it
         window = torch.cat([torch.zeros(2, 2, enc.shape[-1]), enc[:, :1]], 1).flatten(1)
         torch.testing.assert_close(short, model.decoder(window))
+
+
+def test_the_null_model_learns_from_its_first_epoch_whatever_the_warm_up(compose, tmp_path):
+    """It reconstructs nothing, so reconstruction warm-up epochs would train nothing."""
+    config = to_config(compose(*TINY, "model=stimulus_only", "training.recon_warmup_epochs=5",
+                               "training.epochs=1", *SHORT))  # fmt: skip
+    t = Trainer(config, tmp_path)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.train_epoch()  # epoch 0, inside the warm-up
+    assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())

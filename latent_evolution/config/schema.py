@@ -506,6 +506,18 @@ def refuse_old_keys(config: Any) -> None:
             raise ConfigError(key, node, why)
 
 
+def refuse_streamed_acquisition(acquisition: str) -> None:
+    """ConfigError for an acquisition mode on a streamed training split (its start frames are
+    drawn chunk by chunk, not on a grid of tu): checked here when data.stream.enabled=true,
+    by the trainer once `auto` has decided."""
+    if acquisition != "all":
+        raise ConfigError(
+            "training.acquisition",
+            acquisition,
+            "needs the training split resident (data.stream.enabled=false): it streams",
+        )
+
+
 def loss_frames(t: TrainingConfig) -> tuple[int, ...]:
     """The frames after a start frame t that the evolve loss covers, ascending: every
     multiple of tu up to evolve_multiple_steps x tu, and intermediate_loss_steps within each."""
@@ -751,6 +763,15 @@ def validate(config: Config) -> None:
     _validate_stream_choice(config.data.stream)
     if stream_mode(config.data.stream) == "true":
         validate_stream(config.data.stream, span, config.training.batch_size)
+        refuse_streamed_acquisition(config.training.acquisition)
+    tu, train = config.training.time_units, config.data.splits.train
+    if config.training.acquisition != "all" and train[1] - train[0] - span <= -train[0] % tu:
+        raise ConfigError(
+            "data.splits.train",
+            list(train),
+            f"holds no start frame on the grid of training.time_units={tu} whose {span} frames "
+            f"fit (training.acquisition={config.training.acquisition})",
+        )
     frequency = config.model.stimulus_frequency
     if frequency in ("held", "interpolated") and config.training.time_units < 2:
         raise ConfigError(

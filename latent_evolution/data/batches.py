@@ -6,6 +6,8 @@ here, from where their frames lie (the split tensors, or the chunk slots).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -39,13 +41,20 @@ def gather_batch(
     """
     n_stim = time_units + target_stimulus
     offsets = torch.arange(n_stim, device=starts.device)
-    frames = torch.tensor(ahead, device=starts.device)
+    frames = _ahead_on(ahead, starts.device)
     b, rows = starts.numel(), starts.unsqueeze(1)
     x_out, stim_out, targets_out = out or (None, None, None)
     x_t = _rows(x, starts, x_out).view(b, -1)
     stim_b = _rows(stim, (rows + offsets).flatten(), stim_out).view(b, n_stim, -1)
     targets = _rows(x, (rows + frames).flatten(), targets_out).view(b, len(ahead), -1)
     return x_t, stim_b, targets
+
+
+@functools.cache
+def _ahead_on(ahead: tuple[int, ...], device: torch.device) -> Tensor:
+    """`ahead` as a tensor on the device, made once: torch.tensor(list, device=cuda) is a
+    blocking host-to-device copy, which in every batch would sync the epoch's steps."""
+    return torch.tensor(ahead, device=device)
 
 
 def constant_baseline(x: Tensor, time_units: int) -> Tensor:

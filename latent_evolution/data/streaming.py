@@ -420,12 +420,7 @@ class StreamedSplit:
         target_stimulus: bool = False,
     ) -> Iterator[Batch]:
         """`steps` batches, each sample a start frame drawn uniformly from its unit's window."""
-        if grid != (1, 0):
-            raise ConfigError(
-                "training.acquisition",
-                "time_aligned",
-                "needs the training split resident (data.stream.enabled=false)",
-            )
+        assert grid == (1, 0), "refused before training: config.schema.refuse_streamed_acquisition"
         starts = self.chunk_starts(time_units)
         order = torch.randperm(len(starts), generator=generator).numpy()
         lo, hi, rows = random_plan(starts[order], self.pool.config, batch_size, steps, generator)

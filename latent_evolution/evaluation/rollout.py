@@ -178,7 +178,8 @@ def rollout_sums(
                 weight = (h_mid % time_units) / time_units  # of the later observation
                 line = observed + weight * (x_h - observed)
                 interp[h_mid - 1] += (line - x_mid).pow(2).sum()
-            observed, between = x_h, []
+            # the next observation may lie in a later block, which refills a streamed slot
+            observed, between = (x_h if kept else x_h.clone()), []
     return sums, const, per_neuron[0], per_neuron[1], interp
 
 
@@ -235,7 +236,10 @@ def rollout_metrics(results: dict[str, SplitRollout], horizons: list[int]) -> di
             for h in horizons:
                 out[rollout_interp_key(split, h)] = r.interp_mse[h - 1]
             intervening = [m for h, m in enumerate(r.mse, 1) if h % r.time_units]
-            out[rollout_max_intervening_key(split)] = max(intervening) if intervening else None
+            # np.max: a NaN anywhere is the maximum (Python's max skips one not first)
+            out[rollout_max_intervening_key(split)] = (
+                float(np.max(intervening)) if intervening else None
+            )
     return out
 
 

@@ -26,9 +26,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latent_evolution.config.schema import Config, loss_frames, refuse_old_keys
+from latent_evolution.config.schema import (
+    Config,
+    loss_frames,
+    refuse_old_keys,
+    refuse_streamed_acquisition,
+)
 from latent_evolution.data.dataset import Dataset, load_cross_datasets, load_dataset
 from latent_evolution.data.split import Split
+from latent_evolution.data.streaming import StreamedSplit
 from latent_evolution.errors import BadFileError
 from latent_evolution.evaluation.losses import split_loss
 from latent_evolution.evaluation.rollout import run_rollout
@@ -171,6 +177,8 @@ class Trainer:
         t = self.config.training
         if t.acquisition == "all":
             return (1, 0), None
+        if isinstance(self.data.train, StreamedSplit):  # data.stream.enabled=auto streamed it
+            refuse_streamed_acquisition(t.acquisition)
         tu = t.time_units
         grid = (tu, -self.config.data.splits.train[0] % tu)
         if t.acquisition == "time_aligned":
@@ -207,7 +215,10 @@ class Trainer:
         steps = self.steps_per_epoch
         sums = torch.zeros(len(LOSS_PARTS), device=self.device)
         self.model.train()
-        self.evolve_weight.fill_(0.0 if self.epoch < t.recon_warmup_epochs else 1.0)
+        # reconstruction-only warm-up epochs; the stimulus-only null model has no
+        # reconstruction to warm up, so it trains on its prediction from the first epoch
+        warm_up = self.epoch < t.recon_warmup_epochs and self.config.model.kind == "latent"
+        self.evolve_weight.fill_(0.0 if warm_up else 1.0)
         frames = self.loss_frames  # the stimulus of every frame up to the last target
         target = self.model.target_stimulus  # and the last target's, under interpolated
         batches = self.data.train.random(
