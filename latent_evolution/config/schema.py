@@ -520,8 +520,12 @@ def refuse_streamed_acquisition(acquisition: str) -> None:
 
 def loss_frames(t: TrainingConfig) -> tuple[int, ...]:
     """The frames after a start frame t that the evolve loss covers, ascending: every
-    multiple of tu up to evolve_multiple_steps x tu, and intermediate_loss_steps within each."""
+    multiple of tu up to evolve_multiple_steps x tu, and intermediate_loss_steps within each;
+    under staggered_random acquisition every frame up to the last multiple (each neuron is
+    observed at its own phase, so some neuron is observed at every frame)."""
     tu, multiples = t.time_units, t.evolve_multiple_steps
+    if t.acquisition == "staggered_random":
+        return tuple(range(1, multiples * tu + 1))
     frames = {m * tu for m in range(1, multiples + 1)}
     frames |= {m * tu + k for m in range(multiples) for k in t.intermediate_loss_steps}
     return tuple(sorted(frames))

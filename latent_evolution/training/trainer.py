@@ -151,7 +151,8 @@ class Trainer:
         self.step = CompiledStep(
             self._losses, config.hardware.compile, list(self.model.parameters())
         )
-        # frames after each start frame the evolve loss covers (multiples of tu, intermediates)
+        # frames after each start frame the evolve loss covers (multiples of tu, intermediates;
+        # staggered: every frame)
         self.loss_frames = loss_frames(t)
         self.grid, self.observed = self._acquisition()
         # drawn on the host: a seed gives the same batches wherever the data lives
@@ -183,7 +184,6 @@ class Trainer:
         grid = (tu, -self.config.data.splits.train[0] % tu)
         if t.acquisition == "time_aligned":
             return grid, None
-        self.loss_frames = tuple(range(1, self.loss_frames[-1] + 1))
         phases = np.random.default_rng([t.seed, tu]).integers(tu, size=self.data.n_neurons)
         atomic_write_json(
             self.run_dir / ACQUISITION_PHASES, {"time_units": tu, "phases": phases.tolist()}
